@@ -1,0 +1,1 @@
+//! Durable job store for skill-fleet (being built).

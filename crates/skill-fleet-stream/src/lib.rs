@@ -1,0 +1,1 @@
+//! Streaming aggregator for skill-fleet (being built).

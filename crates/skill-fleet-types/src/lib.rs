@@ -1,0 +1,20 @@
+//! Wire types shared by the skill-fleet server and its clients.
+//!
+//! Everything here is plain data plus the validators both sides apply: a job id or a progress
+//! value that the client accepts is exactly one the server accepts. No I/O, no async.
+#![deny(missing_docs)]
+
+mod error;
+mod job;
+mod progress;
+mod request;
+mod validate;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use job::{Job, JobList, JobStatus, ParseStatusError};
+pub use progress::{Progress, ProgressPage, ProgressRecord, ProgressUpdate, StreamEvent};
+pub use request::{ClaimRequest, CompleteRequest, CreateJob, FailRequest, ResultBody};
+pub use validate::{
+    MAX_ID_LEN, MAX_METADATA_BYTES, ValidationError, validate_cost, validate_job_id,
+    validate_job_type, validate_metadata, validate_metric, validate_progress,
+};

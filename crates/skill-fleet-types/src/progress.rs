@@ -1,0 +1,192 @@
+//! Progress: the latest state of a job, partial updates to it, its history and stream events.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::job::JobStatus;
+use crate::validate::{ValidationError, validate_cost, validate_metric, validate_progress};
+
+/// The latest progress of a job, as stored and returned with the job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Fraction done, `0.0..=1.0`.
+    pub progress: f64,
+    /// The phase the job is in (`collecting_traces`, `proposing_instructions`, …).
+    pub step: Option<String>,
+    /// A human-readable line about what is happening.
+    pub message: Option<String>,
+    /// Cumulative cost in US dollars, as the runner reports it.
+    pub cost_usd: f64,
+    /// The job's current score (whatever the optimizer maximises).
+    pub metric: Option<f64>,
+    /// Estimated seconds until done; `None` until it can be estimated.
+    pub eta_seconds: Option<f64>,
+}
+
+/// A partial progress report from a runner: fields left out keep their previous values.
+///
+/// This is the body of `POST /api/v1/jobs/{id}/events` and the shape of a progress line in
+/// the executor protocol. `step` may be given as a string or a whole number (`"3"` and `3`
+/// are the same step).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressUpdate {
+    /// The phase the job has moved to.
+    #[serde(default, deserialize_with = "step_from_string_or_number")]
+    pub step: Option<String>,
+    /// Fraction done, `0.0..=1.0`.
+    pub progress: Option<f64>,
+    /// Cumulative cost in US dollars (not an increment).
+    pub cost_usd: Option<f64>,
+    /// The job's current score.
+    pub metric: Option<f64>,
+    /// A human-readable line about what is happening.
+    pub message: Option<String>,
+    /// Opaque state to hand back if the job is resumed.
+    pub checkpoint: Option<Value>,
+}
+
+impl ProgressUpdate {
+    /// Checks the numbers: progress in `0..=1`, cost finite and not negative, metric finite.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(progress) = self.progress {
+            validate_progress(progress)?;
+        }
+        if let Some(cost) = self.cost_usd {
+            validate_cost(cost)?;
+        }
+        if let Some(metric) = self.metric {
+            validate_metric(metric)?;
+        }
+        Ok(())
+    }
+
+    /// True when the update carries nothing at all.
+    pub fn is_empty(&self) -> bool {
+        *self == ProgressUpdate::default()
+    }
+}
+
+fn step_from_string_or_number<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Step {
+        Text(String),
+        Whole(i64),
+    }
+    Ok(Option::<Step>::deserialize(deserializer)?.map(|step| match step {
+        Step::Text(text) => text,
+        Step::Whole(n) => n.to_string(),
+    }))
+}
+
+/// One row of a job's progress history (`GET /api/v1/jobs/{id}/progress`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    /// Increases per job; page with `after`.
+    pub seq: i64,
+    /// The phase at that moment.
+    pub step: Option<String>,
+    /// Fraction done at that moment.
+    pub progress: f64,
+    /// The message at that moment.
+    pub message: Option<String>,
+    /// Cumulative cost at that moment.
+    pub cost_usd: f64,
+    /// The metric at that moment.
+    pub metric: Option<f64>,
+    /// When the row was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One page of progress history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressPage {
+    /// Rows in `seq` order.
+    pub records: Vec<ProgressRecord>,
+    /// Pass as `after` for the next page; `None` when there is nothing more yet.
+    pub next_after: Option<i64>,
+}
+
+/// One live state of a job, as sent in an SSE `data:` line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamEvent {
+    /// The job this state belongs to.
+    pub job_id: String,
+    /// Increases per job, also across server restarts; the SSE `id`.
+    pub seq: u64,
+    /// The job's status.
+    pub status: JobStatus,
+    /// The phase the job is in.
+    pub step: Option<String>,
+    /// Fraction done, `0.0..=1.0`.
+    pub progress: f64,
+    /// Cumulative cost in US dollars.
+    pub cost_usd: f64,
+    /// The job's current score.
+    pub metric: Option<f64>,
+    /// Estimated seconds until done.
+    pub eta_seconds: Option<f64>,
+    /// A human-readable line about what is happening (for a failed job: the error).
+    pub message: Option<String>,
+    /// When this state was emitted.
+    pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_accepts_text_and_whole_numbers() {
+        let update: ProgressUpdate = serde_json::from_str(r#"{"step": 3}"#).unwrap();
+        assert_eq!(update.step.as_deref(), Some("3"));
+        let update: ProgressUpdate =
+            serde_json::from_str(r#"{"step": "proposing_instructions"}"#).unwrap();
+        assert_eq!(update.step.as_deref(), Some("proposing_instructions"));
+        let update: ProgressUpdate = serde_json::from_str(r#"{"progress": 0.5}"#).unwrap();
+        assert_eq!(update.step, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<ProgressUpdate>(r#"{"progres": 0.5}"#).unwrap_err();
+        assert!(err.to_string().contains("progres"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_do_not_validate() {
+        let bad = [
+            ProgressUpdate {
+                progress: Some(7.0),
+                ..Default::default()
+            },
+            ProgressUpdate {
+                progress: Some(f64::NAN),
+                ..Default::default()
+            },
+            ProgressUpdate {
+                cost_usd: Some(-0.01),
+                ..Default::default()
+            },
+            ProgressUpdate {
+                metric: Some(f64::INFINITY),
+                ..Default::default()
+            },
+        ];
+        for update in bad {
+            assert!(update.validate().is_err(), "{update:?}");
+        }
+        let good = ProgressUpdate {
+            progress: Some(1.0),
+            cost_usd: Some(0.0),
+            metric: Some(-3.5),
+            ..Default::default()
+        };
+        assert_eq!(good.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,146 @@
+//! Validators shared by the server and its clients: ids, types, metadata and progress numbers.
+
+use serde_json::{Map, Value};
+
+/// Longest job id or job type accepted.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Largest metadata object accepted, serialized as JSON.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+/// Why a value was refused. Messages are lowercase and name the value at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    /// A job id outside `[A-Za-z0-9_-]{1,64}`.
+    #[error("invalid job id `{0}`: expected 1 to 64 characters of A-Z, a-z, 0-9, `_` or `-`")]
+    JobId(String),
+    /// A job type outside `[a-z0-9_-]{1,64}`.
+    #[error("invalid job type `{0}`: expected 1 to 64 characters of a-z, 0-9, `_` or `-`")]
+    JobType(String),
+    /// Metadata larger than [`MAX_METADATA_BYTES`].
+    #[error("metadata is {0} bytes, more than the limit of {MAX_METADATA_BYTES}")]
+    MetadataTooLarge(usize),
+    /// Progress outside `0..=1` or not a number.
+    #[error("progress must be between 0 and 1, got {0}")]
+    Progress(f64),
+    /// Cost negative or not finite.
+    #[error("cost_usd must be a finite number of dollars, at least 0, got {0}")]
+    Cost(f64),
+    /// Metric not finite.
+    #[error("metric must be a finite number, got {0}")]
+    Metric(f64),
+}
+
+fn shown(value: &str) -> String {
+    value.chars().take(MAX_ID_LEN + 16).collect()
+}
+
+/// Checks a job id: `[A-Za-z0-9_-]{1,64}`, so it can never be a path or escape a directory.
+pub fn validate_job_id(id: &str) -> Result<(), ValidationError> {
+    let ok = (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::JobId(shown(id)))
+    }
+}
+
+/// Checks a job type: `[a-z0-9_-]{1,64}`.
+pub fn validate_job_type(job_type: &str) -> Result<(), ValidationError> {
+    let ok = (1..=MAX_ID_LEN).contains(&job_type.len())
+        && job_type
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::JobType(shown(job_type)))
+    }
+}
+
+/// Checks that metadata serializes to at most [`MAX_METADATA_BYTES`].
+pub fn validate_metadata(metadata: &Map<String, Value>) -> Result<(), ValidationError> {
+    let size = Value::Object(metadata.clone()).to_string().len();
+    if size > MAX_METADATA_BYTES {
+        Err(ValidationError::MetadataTooLarge(size))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a progress fraction: finite and in `0..=1`.
+pub fn validate_progress(progress: f64) -> Result<(), ValidationError> {
+    if (0.0..=1.0).contains(&progress) {
+        Ok(())
+    } else {
+        Err(ValidationError::Progress(progress))
+    }
+}
+
+/// Checks a cumulative cost: finite and not negative.
+pub fn validate_cost(cost_usd: f64) -> Result<(), ValidationError> {
+    if cost_usd.is_finite() && cost_usd >= 0.0 {
+        Ok(())
+    } else {
+        Err(ValidationError::Cost(cost_usd))
+    }
+}
+
+/// Checks a metric: any finite number.
+pub fn validate_metric(metric: f64) -> Result<(), ValidationError> {
+    if metric.is_finite() {
+        Ok(())
+    } else {
+        Err(ValidationError::Metric(metric))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_cannot_be_paths() {
+        for good in ["a", "job-1", "JOB_2", "0190c3e2-7b7a-7c00-8000-000000000000"] {
+            assert_eq!(validate_job_id(good), Ok(()), "{good}");
+        }
+        let too_long = "x".repeat(65);
+        for bad in ["", "../etc", "a/b", "a b", "é", ".", too_long.as_str()] {
+            assert!(validate_job_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn job_types_are_lowercase_words() {
+        assert_eq!(validate_job_type("optimization"), Ok(()));
+        assert_eq!(validate_job_type("eval-2_b"), Ok(()));
+        for bad in ["", "Optimization", "a.b", "a/b"] {
+            assert!(validate_job_type(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_is_bounded() {
+        let mut small = Map::new();
+        small.insert("model".into(), Value::from("gpt-4o-mini"));
+        assert_eq!(validate_metadata(&small), Ok(()));
+        let mut big = Map::new();
+        big.insert("blob".into(), Value::from("x".repeat(MAX_METADATA_BYTES)));
+        assert!(matches!(
+            validate_metadata(&big),
+            Err(ValidationError::MetadataTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn numbers_are_checked() {
+        assert!(validate_progress(0.0).is_ok() && validate_progress(1.0).is_ok());
+        assert!(validate_progress(-0.1).is_err() && validate_progress(f64::NAN).is_err());
+        assert!(validate_cost(0.0).is_ok() && validate_cost(12.5).is_ok());
+        assert!(validate_cost(-1.0).is_err() && validate_cost(f64::INFINITY).is_err());
+        assert!(validate_metric(-1.0).is_ok() && validate_metric(f64::NAN).is_err());
+    }
+}
