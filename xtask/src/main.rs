@@ -1,1 +1,60 @@
-fn main() {}
+//! `cargo xtask …`: project chores (migrations, the generated schema, the store benchmark).
+//!
+//! Exit codes: 0 success, 1 failure (including `schema --check` finding a stale file),
+//! 2 bad usage.
+
+mod bench_store;
+mod migrate;
+mod new_migration;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Errors of every subcommand, printed once by `main`.
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  migrate [DATABASE_URL]   apply the embedded migrations (default ./skill-fleet.db)
+  new-migration NAME       create migrations/<timestamp>_NAME/{up,down}.sql
+  schema [--check]         regenerate crates/skill-fleet-jobs/src/schema.rs, or check it
+  bench-store [-- ARGS]    run the progress-batch benchmark (release build)";
+
+/// The repository root: the parent of this crate's directory.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let outcome = match command.as_str() {
+        "migrate" => migrate::run(rest),
+        "new-migration" => new_migration::run(rest),
+        "schema" => schema::run(rest),
+        "bench-store" => bench_store::run(rest),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => {
+            eprintln!("unknown command `{other}`\n\n{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -13,7 +13,10 @@ mod validate;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use job::{Job, JobList, JobStatus, ParseStatusError};
 pub use progress::{Progress, ProgressPage, ProgressRecord, ProgressUpdate, StreamEvent};
-pub use request::{ClaimRequest, CompleteRequest, CreateJob, FailRequest, ResultBody};
+pub use request::{
+    CancelRequest, ClaimRequest, CompleteRequest, CreateJob, EventAck, FailRequest, JobLogs,
+    ResultBody,
+};
 pub use validate::{
     MAX_ID_LEN, MAX_METADATA_BYTES, ValidationError, validate_cost, validate_job_id,
     validate_job_type, validate_metadata, validate_metric, validate_progress,

@@ -78,10 +78,12 @@ where
         Text(String),
         Whole(i64),
     }
-    Ok(Option::<Step>::deserialize(deserializer)?.map(|step| match step {
-        Step::Text(text) => text,
-        Step::Whole(n) => n.to_string(),
-    }))
+    Ok(
+        Option::<Step>::deserialize(deserializer)?.map(|step| match step {
+            Step::Text(text) => text,
+            Step::Whole(n) => n.to_string(),
+        }),
+    )
 }
 
 /// One row of a job's progress history (`GET /api/v1/jobs/{id}/progress`).

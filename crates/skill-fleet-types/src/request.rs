@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::job::JobStatus;
+
 /// Body of `POST /api/v1/jobs`: create a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +49,15 @@ pub struct FailRequest {
     pub error: String,
 }
 
+/// Optional body of `POST /api/v1/jobs/{id}/cancel`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// Why; stored as the job's error (default `cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Body of `GET /api/v1/jobs/{id}/result`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultBody {
@@ -56,4 +67,30 @@ pub struct ResultBody {
     pub result: Option<Value>,
     /// Where the result was written, if the runner said.
     pub result_path: Option<String>,
+}
+
+/// What `POST /api/v1/jobs/{id}/events` answers (HTTP 202).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventAck {
+    /// The job the event was for.
+    pub job_id: String,
+    /// The job's status after the event.
+    pub status: JobStatus,
+    /// True when the event was written to the database before this response (the first
+    /// event of a queued job, a step change, a checkpoint); false when it waits for the next
+    /// coalesced flush (at most one flush interval, 100 ms by default).
+    pub durable: bool,
+}
+
+/// Body of `GET /api/v1/jobs/{id}/logs`: the bounded tails of a job's process output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobLogs {
+    /// The job the logs belong to.
+    pub job_id: String,
+    /// The last lines the process wrote to stdout that were not protocol messages.
+    pub stdout: Vec<String>,
+    /// The last lines the process wrote to stderr.
+    pub stderr: Vec<String>,
+    /// True when older lines were dropped to keep the tails bounded.
+    pub truncated: bool,
 }

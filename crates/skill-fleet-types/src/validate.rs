@@ -104,7 +104,12 @@ mod tests {
 
     #[test]
     fn job_ids_cannot_be_paths() {
-        for good in ["a", "job-1", "JOB_2", "0190c3e2-7b7a-7c00-8000-000000000000"] {
+        for good in [
+            "a",
+            "job-1",
+            "JOB_2",
+            "0190c3e2-7b7a-7c00-8000-000000000000",
+        ] {
             assert_eq!(validate_job_id(good), Ok(()), "{good}");
         }
         let too_long = "x".repeat(65);

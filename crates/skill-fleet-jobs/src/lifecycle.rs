@@ -1,0 +1,435 @@
+//! The job lifecycle: the one transition table, and create / start / claim / finish / resume.
+
+use std::fmt;
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use serde_json::{Map, Value};
+use skill_fleet_types::{
+    CreateJob, Job, JobStatus, Progress, ProgressUpdate, validate_job_id, validate_job_type,
+    validate_metadata,
+};
+
+use crate::error::{Result, StoreError};
+use crate::models::job_progress::InsertProgress;
+use crate::models::jobs::{JobRow, create_body};
+use crate::models::store_state::Stamp;
+use crate::schema::jobs;
+use crate::store::JobStore;
+
+/// Something asked of a job. Whether it is allowed depends only on the job's status; see
+/// [`transition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Start running (`start`, `claim`).
+    Start,
+    /// Report progress; on a queued job this starts it first.
+    Progress,
+    /// Finish successfully.
+    Complete,
+    /// Finish with an error.
+    Fail,
+    /// Stop on request.
+    Cancel,
+    /// Put a running job back in the queue (graceful shutdown, crash recovery).
+    Requeue,
+    /// Put a failed or cancelled job back in the queue.
+    Resume,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 7] = [
+        Action::Start,
+        Action::Progress,
+        Action::Complete,
+        Action::Fail,
+        Action::Cancel,
+        Action::Requeue,
+        Action::Resume,
+    ];
+
+    /// The verb used in error messages (`job `x` is completed, cannot cancel`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Progress => "record progress",
+            Action::Complete => "complete",
+            Action::Fail => "fail",
+            Action::Cancel => "cancel",
+            Action::Requeue => "requeue",
+            Action::Resume => "resume",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status a job in `from` moves to under `action`, or `None` if the action is refused.
+///
+/// This is the one transition table of skill-fleet:
+///
+/// | from | action | to |
+/// |---|---|---|
+/// | queued | start, progress | running |
+/// | queued | cancel | cancelled |
+/// | queued | fail | failed |
+/// | running | progress | running |
+/// | running | complete | completed |
+/// | running | fail | failed |
+/// | running | cancel | cancelled |
+/// | running | requeue | queued |
+/// | failed, cancelled | resume | queued |
+///
+/// Everything else (complete a cancelled job, progress on a completed job, …) is refused.
+pub fn transition(from: JobStatus, action: Action) -> Option<JobStatus> {
+    use Action as A;
+    use JobStatus as S;
+    match (from, action) {
+        (S::Queued, A::Start | A::Progress) | (S::Running, A::Progress) => Some(S::Running),
+        (S::Queued | S::Running, A::Cancel) => Some(S::Cancelled),
+        (S::Queued | S::Running, A::Fail) => Some(S::Failed),
+        (S::Running, A::Complete) => Some(S::Completed),
+        (S::Running, A::Requeue) | (S::Failed | S::Cancelled, A::Resume) => Some(S::Queued),
+        _ => None,
+    }
+}
+
+/// A job to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// The id to use; a UUID v7 (time-sortable) is generated when `None`.
+    pub id: Option<String>,
+    /// The job type, `[a-z0-9_-]{1,64}`.
+    pub job_type: String,
+    /// Any JSON object, at most [`skill_fleet_types::MAX_METADATA_BYTES`] serialized.
+    pub metadata: Map<String, Value>,
+    /// Who creates it: `api`, `cli`, …
+    pub source: String,
+}
+
+impl NewJob {
+    /// A job from the body of `POST /api/v1/jobs`.
+    pub fn from_request(request: CreateJob, source: impl Into<String>) -> NewJob {
+        NewJob {
+            id: request.id,
+            job_type: request.job_type,
+            metadata: request.metadata.unwrap_or_default(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Whether [`JobStore::create`] made a new job or found the same one already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The job was created now.
+    New,
+    /// A job with this id, type and metadata already existed; it was returned unchanged.
+    Existing,
+}
+
+/// One lifecycle change with what it carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Change<'a> {
+    Start,
+    Progress {
+        update: &'a ProgressUpdate,
+        eta_seconds: Option<f64>,
+    },
+    Complete {
+        result: Option<&'a Value>,
+        result_path: Option<&'a str>,
+    },
+    Fail(&'a str),
+    Cancel(Option<&'a str>),
+    Requeue,
+    Resume,
+}
+
+impl Change<'_> {
+    fn action(&self) -> Action {
+        match self {
+            Change::Start => Action::Start,
+            Change::Progress { .. } => Action::Progress,
+            Change::Complete { .. } => Action::Complete,
+            Change::Fail(_) => Action::Fail,
+            Change::Cancel(_) => Action::Cancel,
+            Change::Requeue => Action::Requeue,
+            Change::Resume => Action::Resume,
+        }
+    }
+}
+
+/// The row's latest progress as the wire type.
+pub(crate) fn row_progress(row: &JobRow) -> Progress {
+    Progress {
+        progress: row.progress,
+        step: row.step.clone(),
+        message: row.message.clone(),
+        cost_usd: row.cost_usd,
+        metric: row.metric,
+        eta_seconds: row.eta_seconds,
+    }
+}
+
+fn to_json_text(value: &Value) -> String {
+    value.to_string()
+}
+
+/// Applies `change` to `row` and writes it, inside the caller's transaction; the caller
+/// commits `stamp`. Refused changes return [`StoreError::InvalidTransition`] having written
+/// nothing.
+pub(crate) fn apply(
+    conn: &mut SqliteConnection,
+    row: &mut JobRow,
+    change: Change<'_>,
+    stamp: &Stamp,
+) -> Result<()> {
+    let from = row.job_status()?;
+    let action = change.action();
+    let to = transition(from, action).ok_or_else(|| StoreError::InvalidTransition {
+        id: row.id.clone(),
+        from,
+        action,
+    })?;
+    if from == JobStatus::Queued && to == JobStatus::Running {
+        // Starting: `attempt` counts starts, so a job requeued after a crash shows 2 once it
+        // runs again.
+        row.attempt = row.attempt.saturating_add(1);
+        row.started_at = Some(stamp.now);
+        row.error = None;
+        row.completed_at = None;
+    }
+    row.status = to.as_str().to_owned();
+    let mut history = false;
+    match change {
+        Change::Start | Change::Requeue => {}
+        Change::Progress {
+            update,
+            eta_seconds,
+        } => {
+            update.validate()?;
+            if let Some(step) = &update.step {
+                row.step = Some(step.clone());
+            }
+            if let Some(progress) = update.progress {
+                row.progress = progress;
+            }
+            if let Some(cost) = update.cost_usd {
+                row.cost_usd = cost;
+            }
+            if let Some(metric) = update.metric {
+                row.metric = Some(metric);
+            }
+            if let Some(message) = &update.message {
+                row.message = Some(message.clone());
+            }
+            if let Some(checkpoint) = &update.checkpoint {
+                row.checkpoint = Some(to_json_text(checkpoint));
+            }
+            if eta_seconds.is_some() {
+                row.eta_seconds = eta_seconds;
+            }
+            history = true;
+        }
+        Change::Complete {
+            result,
+            result_path,
+        } => {
+            row.progress = 1.0;
+            row.eta_seconds = None;
+            row.result = result.map(to_json_text);
+            row.result_path = result_path.map(str::to_owned);
+            history = true;
+        }
+        Change::Fail(error) => {
+            row.error = Some(error.to_owned());
+            history = true;
+        }
+        Change::Cancel(reason) => {
+            row.error = Some(reason.unwrap_or("cancelled").to_owned());
+            history = true;
+        }
+        Change::Resume => {
+            row.error = None;
+            row.completed_at = None;
+        }
+    }
+    if to.is_terminal() {
+        row.completed_at = Some(stamp.now);
+    }
+    row.updated_at = stamp.now;
+    row.version = stamp.version;
+    row.save(conn)?;
+    if history {
+        // Every progress report and every terminal state leaves one history row.
+        InsertProgress {
+            job_id: &row.id,
+            progress: &row_progress(row),
+            created_at: stamp.now,
+        }
+        .execute(conn)?;
+    }
+    Ok(())
+}
+
+impl JobStore {
+    /// Creates a job. With an `id` that already exists: the same type and metadata return the
+    /// existing job and [`Created::Existing`] (so a retried create is harmless); a different
+    /// body is [`StoreError::Conflict`].
+    pub fn create(&self, new: &NewJob) -> Result<(Job, Created)> {
+        validate_job_type(&new.job_type)?;
+        validate_metadata(&new.metadata)?;
+        let id = match &new.id {
+            Some(id) => {
+                validate_job_id(id)?;
+                id.clone()
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let body = create_body(&new.job_type, &new.metadata);
+        self.write(|conn| {
+            let existing = jobs::table
+                .find(&id)
+                .select(JobRow::as_select())
+                .first(conn)
+                .optional()?;
+            if let Some(existing) = existing {
+                if existing.same_create_body(&body) {
+                    return Ok((existing.into_job()?, Created::Existing));
+                }
+                return Err(StoreError::Conflict {
+                    id,
+                    reason: "it has a different type or metadata".into(),
+                });
+            }
+            let stamp = Stamp::begin(conn)?;
+            let row = JobRow {
+                id: id.clone(),
+                job_type: new.job_type.clone(),
+                status: JobStatus::Queued.as_str().to_owned(),
+                metadata: Value::Object(new.metadata.clone()).to_string(),
+                source: new.source.clone(),
+                progress: 0.0,
+                step: None,
+                message: None,
+                cost_usd: 0.0,
+                metric: None,
+                eta_seconds: None,
+                checkpoint: None,
+                attempt: 0,
+                result_path: None,
+                result: None,
+                error: None,
+                create_body: body.to_string(),
+                created_at: stamp.now,
+                started_at: None,
+                completed_at: None,
+                updated_at: stamp.now,
+                version: stamp.version,
+            };
+            row.insert(conn)?;
+            stamp.commit(conn)?;
+            Ok((row.into_job()?, Created::New))
+        })
+    }
+
+    /// One job.
+    pub fn get(&self, id: &str) -> Result<Job> {
+        JobRow::find(&mut *self.conn()?, id)?.into_job()
+    }
+
+    /// Applies one change to one job in one immediate transaction.
+    pub(crate) fn change(&self, id: &str, change: Change<'_>) -> Result<Job> {
+        self.write(|conn| {
+            let mut row = JobRow::find(conn, id)?;
+            let stamp = Stamp::begin(conn)?;
+            apply(conn, &mut row, change, &stamp)?;
+            stamp.commit(conn)?;
+            row.into_job()
+        })
+    }
+
+    /// Starts a queued job: `running`, `attempt + 1`, `started_at` now, error cleared.
+    pub fn start(&self, id: &str) -> Result<Job> {
+        self.change(id, Change::Start)
+    }
+
+    /// Takes the oldest queued job whose type is in `types` (any type when empty) and starts
+    /// it, in one transaction, so two workers never get the same job. `None` when the queue
+    /// holds nothing for them.
+    pub fn claim(&self, types: &[String]) -> Result<Option<Job>> {
+        self.claim_excluding(types, &[])
+    }
+
+    /// Like [`JobStore::claim`], but never takes a job whose type is in `excluded` (the
+    /// server keeps the types it runs itself away from external workers).
+    pub fn claim_excluding(&self, types: &[String], excluded: &[String]) -> Result<Option<Job>> {
+        self.write(|conn| {
+            let mut query = jobs::table
+                .filter(jobs::status.eq(JobStatus::Queued.as_str()))
+                .into_boxed();
+            if !types.is_empty() {
+                query = query.filter(jobs::job_type.eq_any(types));
+            }
+            if !excluded.is_empty() {
+                query = query.filter(jobs::job_type.ne_all(excluded));
+            }
+            let row = query
+                .order((jobs::created_at.asc(), jobs::id.asc()))
+                .select(JobRow::as_select())
+                .first(conn)
+                .optional()?;
+            let Some(mut row) = row else {
+                return Ok(None);
+            };
+            let stamp = Stamp::begin(conn)?;
+            apply(conn, &mut row, Change::Start, &stamp)?;
+            stamp.commit(conn)?;
+            row.into_job().map(Some)
+        })
+    }
+
+    /// Completes a running job with an optional JSON result and result path; progress is set
+    /// to 1.
+    pub fn complete(
+        &self,
+        id: &str,
+        result: Option<Value>,
+        result_path: Option<String>,
+    ) -> Result<Job> {
+        self.change(
+            id,
+            Change::Complete {
+                result: result.as_ref(),
+                result_path: result_path.as_deref(),
+            },
+        )
+    }
+
+    /// Fails a queued or running job with `error`.
+    pub fn fail(&self, id: &str, error: &str) -> Result<Job> {
+        self.change(id, Change::Fail(error))
+    }
+
+    /// Cancels a queued or running job; its error becomes `reason`, or `cancelled`.
+    pub fn cancel(&self, id: &str, reason: Option<&str>) -> Result<Job> {
+        self.change(id, Change::Cancel(reason))
+    }
+
+    /// Puts a failed or cancelled job back in the queue: checkpoint kept, error and
+    /// `completed_at` cleared. The next start increments `attempt`.
+    pub fn resume(&self, id: &str) -> Result<Job> {
+        self.change(id, Change::Resume)
+    }
+
+    /// Puts a running job back in the queue with its checkpoint (graceful shutdown).
+    pub fn requeue(&self, id: &str) -> Result<Job> {
+        self.change(id, Change::Requeue)
+    }
+}

@@ -1,0 +1,116 @@
+//! Recovery after a simulated crash, and pruning.
+
+use serde_json::json;
+use skill_fleet_jobs::{INTERRUPTED_ERROR, PruneReport, StoreError};
+use skill_fleet_types::{JobStatus, ProgressUpdate};
+
+use crate::common::{TestDb, create};
+
+#[test]
+fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
+    let db = TestDb::new();
+    create(&db, "opt", "optimization");
+    create(&db, "eval", "evaluation");
+    create(&db, "shell", "shell");
+    create(&db, "waiting", "optimization");
+    for id in ["opt", "eval", "shell"] {
+        db.start(id).unwrap();
+    }
+    let update = ProgressUpdate {
+        progress: Some(0.5),
+        checkpoint: Some(json!({"trial": 12})),
+        ..Default::default()
+    };
+    db.record_progress("opt", &update, None).unwrap();
+    let waiting = db.get("waiting").unwrap();
+
+    // The server dies: no requeue, no clean-up; a new one opens the same file.
+    let db = db.reopen();
+    assert_eq!(db.get("opt").unwrap().status, JobStatus::Running);
+    let resumable = ["optimization".to_owned(), "evaluation".to_owned()];
+    let report = db.recover_interrupted(&resumable).unwrap();
+    assert_eq!(report.requeued, ["opt", "eval"]);
+    assert_eq!(report.failed, ["shell"]);
+
+    let opt = db.get("opt").unwrap();
+    assert_eq!(opt.status, JobStatus::Queued);
+    assert_eq!(opt.checkpoint, Some(json!({"trial": 12})));
+    assert_eq!(opt.progress.progress, 0.5);
+    assert_eq!(opt.attempt, 1);
+    let shell = db.get("shell").unwrap();
+    assert_eq!(shell.status, JobStatus::Failed);
+    assert_eq!(shell.error.as_deref(), Some(INTERRUPTED_ERROR));
+    assert!(shell.completed_at.is_some());
+    assert_eq!(db.get("waiting").unwrap(), waiting);
+
+    // Started again (it is the oldest queued job), the job shows its second attempt and
+    // still has its checkpoint.
+    let again = db.claim(&["optimization".to_owned()]).unwrap().unwrap();
+    assert_eq!((again.id.as_str(), again.attempt), ("opt", 2));
+    assert_eq!(again.checkpoint, Some(json!({"trial": 12})));
+    let next = db.claim(&["optimization".to_owned()]).unwrap().unwrap();
+    assert_eq!((next.id.as_str(), next.attempt), ("waiting", 1));
+
+    // Nothing left running from before: a second recovery changes nothing it should not.
+    let counter = db.change_counter().unwrap();
+    let report = db.recover_interrupted(&[]).unwrap();
+    assert_eq!(report.failed, ["opt", "waiting"]);
+    assert!(db.change_counter().unwrap() > counter);
+    assert!(db.recover_interrupted(&[]).unwrap().failed.is_empty());
+}
+
+#[test]
+fn prune_removes_old_finished_jobs_with_their_history() {
+    let db = TestDb::new();
+    for id in ["done", "failed", "cancelled", "running", "queued"] {
+        create(&db, id, "optimization");
+    }
+    for id in ["done", "failed", "running"] {
+        db.start(id).unwrap();
+        db.record_progress(
+            id,
+            &ProgressUpdate {
+                progress: Some(0.5),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    }
+    db.complete("done", None, None).unwrap();
+    db.fail("failed", "x").unwrap();
+    db.cancel("cancelled", None).unwrap();
+
+    // Nothing finished an hour ago.
+    assert_eq!(
+        db.prune(chrono::Duration::hours(1)).unwrap(),
+        PruneReport::default()
+    );
+    let counter = db.change_counter().unwrap();
+    // A negative age puts the cut-off in the future: every finished job is old enough.
+    let report = db.prune(chrono::Duration::seconds(-1)).unwrap();
+    // History: done and failed have one progress row and one terminal row; cancelled one.
+    assert_eq!(
+        report,
+        PruneReport {
+            jobs: 3,
+            progress_rows: 5
+        }
+    );
+    assert!(db.change_counter().unwrap() > counter);
+    for id in ["done", "failed", "cancelled"] {
+        assert!(
+            matches!(db.get(id), Err(StoreError::NotFound { .. })),
+            "{id}"
+        );
+    }
+    assert_eq!(db.get("running").unwrap().status, JobStatus::Running);
+    assert_eq!(db.get("queued").unwrap().status, JobStatus::Queued);
+    assert_eq!(
+        db.progress_history("running", None, 0)
+            .unwrap()
+            .records
+            .len(),
+        1
+    );
+}
