@@ -1,0 +1,382 @@
+//! HTTP caching of GET responses (RFC 9110 §8.8 and §13, RFC 9111): strong `ETag`s,
+//! `Last-Modified`, conditional requests answered with `304`, `Cache-Control` by status, and a
+//! bounded in-memory response cache.
+//!
+//! Invalidation is O(1) and never serves a stale body: every cached response remembers the
+//! *generation* of what it was built from (a job's stripe, or the store-wide list counter),
+//! read **before** the database was. Every write bumps those generations **after** it commits
+//! ([`Generations::bump`]), so an entry built from older data can never match again. A
+//! revalidation that the cache can answer (`304`, or a cached `200`) touches no database.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+/// How many generation stripes jobs are spread over. A write to one job also invalidates the
+/// cached responses of the other jobs in its stripe (a harmless miss); memory stays fixed
+/// however many jobs there are.
+const STRIPES: usize = 4096;
+
+/// Change counters that cached responses are checked against.
+pub struct Generations {
+    stripes: Box<[AtomicU64]>,
+    lists: AtomicU64,
+    hasher: std::hash::BuildHasherDefault<std::hash::DefaultHasher>,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Generations {
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            lists: AtomicU64::new(0),
+            hasher: Default::default(),
+        }
+    }
+}
+
+/// What a cached response was built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One job's responses (`/jobs/{id}`, its progress, its result).
+    Job {
+        /// Which stripe the job hashes to.
+        stripe: usize,
+        /// The stripe's generation when the response was built.
+        generation: u64,
+    },
+    /// Job listings.
+    List {
+        /// The list generation when the response was built.
+        generation: u64,
+    },
+}
+
+impl Generations {
+    fn stripe_of(&self, job_id: &str) -> usize {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(job_id.as_bytes());
+        // Truncation is intended: the low bits pick the stripe.
+        (hasher.finish() as usize) % STRIPES
+    }
+
+    /// The current scope of a job's responses.
+    pub fn job(&self, job_id: &str) -> Scope {
+        let stripe = self.stripe_of(job_id);
+        Scope::Job {
+            stripe,
+            generation: self.stripes[stripe].load(Ordering::Acquire),
+        }
+    }
+
+    /// The current scope of job listings.
+    pub fn lists(&self) -> Scope {
+        Scope::List {
+            generation: self.lists.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether a response built in `scope` is still current.
+    pub fn is_current(&self, scope: Scope) -> bool {
+        match scope {
+            Scope::Job { stripe, generation } => {
+                self.stripes[stripe].load(Ordering::Acquire) == generation
+            }
+            Scope::List { generation } => self.lists.load(Ordering::Acquire) == generation,
+        }
+    }
+
+    /// Marks a job (and every listing) as changed. Call after the write committed.
+    pub fn bump(&self, job_id: &str) {
+        self.stripes[self.stripe_of(job_id)].fetch_add(1, Ordering::AcqRel);
+        self.lists.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body with its validators, as built on a miss and kept in the cache.
+#[derive(Debug, Clone)]
+pub struct Representation {
+    /// Strong entity tag, quoted (`"job-1.v7"`).
+    pub etag: String,
+    /// When the resource last changed.
+    pub last_modified: DateTime<Utc>,
+    /// Whether the resource can still change (decides `Cache-Control`).
+    pub settled: bool,
+    /// The JSON body.
+    pub body: Bytes,
+}
+
+struct Entry {
+    scope: Scope,
+    representation: Representation,
+}
+
+/// Hit/miss counters, for `/metrics` and tests.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    /// Answered from the cache (200 or 304).
+    pub hits: AtomicU64,
+    /// Built from the database.
+    pub misses: AtomicU64,
+    /// Answered with `304 Not Modified`.
+    pub not_modified: AtomicU64,
+}
+
+/// The bounded in-memory response cache, keyed by path and query.
+pub struct ResponseCache {
+    entries: moka::sync::Cache<String, Arc<Entry>>,
+    ttl: Duration,
+    vary_authorization: bool,
+    /// Hit/miss counters.
+    pub counters: CacheCounters,
+}
+
+impl ResponseCache {
+    /// A cache holding at most `max_bytes` of bodies, each for at most `ttl`.
+    /// `vary_authorization` adds `Vary: Authorization` (set when a token is required).
+    pub fn new(ttl: Duration, max_bytes: u64, vary_authorization: bool) -> ResponseCache {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, entry: &Arc<Entry>| {
+                let size = key.len() + entry.representation.body.len() + 128;
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .time_to_live(ttl.max(Duration::from_millis(1)))
+            .build();
+        ResponseCache {
+            entries,
+            ttl,
+            vary_authorization,
+            counters: CacheCounters::default(),
+        }
+    }
+
+    /// A current cached representation for `key`, if any.
+    pub fn lookup(&self, key: &str, generations: &Generations) -> Option<Representation> {
+        let entry = self.entries.get(key)?;
+        if generations.is_current(entry.scope) {
+            Some(entry.representation.clone())
+        } else {
+            self.entries.invalidate(key);
+            None
+        }
+    }
+
+    /// Keeps a representation built in `scope`.
+    pub fn insert(&self, key: String, scope: Scope, representation: Representation) {
+        self.entries.insert(
+            key,
+            Arc::new(Entry {
+                scope,
+                representation,
+            }),
+        );
+    }
+
+    /// How many entries the cache holds (after pending evictions ran).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    /// Builds the response for a request with these headers: `304` when a validator matches,
+    /// else `200` with the body. `hit` says whether the representation came from the cache.
+    pub fn respond(
+        &self,
+        request: &HeaderMap,
+        representation: Representation,
+        hit: bool,
+    ) -> Response {
+        let counter = if hit {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let not_modified = is_not_modified(request, &representation);
+        let mut response = if not_modified {
+            self.counters.not_modified.fetch_add(1, Ordering::Relaxed);
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                representation.body.clone(),
+            )
+                .into_response()
+        };
+        let headers = response.headers_mut();
+        if let Ok(etag) = HeaderValue::from_str(&representation.etag) {
+            headers.insert(header::ETAG, etag);
+        }
+        if let Ok(date) = HeaderValue::from_str(&http_date(representation.last_modified)) {
+            headers.insert(header::LAST_MODIFIED, date);
+        }
+        let cache_control = if representation.settled {
+            format!("max-age={}", self.ttl.as_secs())
+        } else {
+            "no-cache".to_owned()
+        };
+        if let Ok(value) = HeaderValue::from_str(&cache_control) {
+            headers.insert(header::CACHE_CONTROL, value);
+        }
+        if self.vary_authorization {
+            headers.insert(header::VARY, HeaderValue::from_static("authorization"));
+        }
+        headers.insert(
+            "x-cache",
+            HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),
+        );
+        response
+    }
+}
+
+/// RFC 9110 §13.2.2: `If-None-Match` decides when present; `If-Modified-Since` only without it.
+fn is_not_modified(request: &HeaderMap, representation: &Representation) -> bool {
+    let if_none_match: Vec<&HeaderValue> = request.get_all(header::IF_NONE_MATCH).iter().collect();
+    if !if_none_match.is_empty() {
+        return if_none_match.iter().any(|value| {
+            value
+                .to_str()
+                .map(|list| none_match_hits(list, &representation.etag))
+                .unwrap_or(false)
+        });
+    }
+    request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_http_date)
+        .is_some_and(|since| representation.last_modified.timestamp() <= since.timestamp())
+}
+
+/// Weak comparison (RFC 9110 §8.8.3.2) of each tag in an `If-None-Match` list; `*` matches.
+fn none_match_hits(list: &str, etag: &str) -> bool {
+    let ours = opaque_tag(etag);
+    list.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || (!candidate.is_empty() && opaque_tag(candidate) == ours)
+    })
+}
+
+fn opaque_tag(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
+}
+
+const HTTP_DATE: &str = "%a, %d %b %Y %H:%M:%S GMT";
+
+/// IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(at: DateTime<Utc>) -> String {
+    at.format(HTTP_DATE).to_string()
+}
+
+/// Parses an IMF-fixdate; other (obsolete) formats are treated as absent.
+pub fn parse_http_date(text: &str) -> Option<DateTime<Utc>> {
+    NaiveDateTime::parse_from_str(text.trim(), HTTP_DATE)
+        .ok()
+        .map(|naive| naive.and_utc())
+}
+
+/// A strong entity tag, quoted, from parts that identify one representation.
+pub fn etag(parts: std::fmt::Arguments<'_>) -> String {
+    format!("\"{parts}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn representation(etag: &str) -> Representation {
+        Representation {
+            etag: etag.to_owned(),
+            last_modified: parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap(),
+            settled: false,
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison_lists_and_star() {
+        let rep = representation("\"j.v3\"");
+        assert!(is_not_modified(
+            &headers(&[("if-none-match", "\"j.v3\"")]),
+            &rep
+        ));
+        assert!(is_not_modified(
+            &headers(&[("if-none-match", "W/\"j.v3\"")]),
+            &rep
+        ));
+        assert!(is_not_modified(
+            &headers(&[("if-none-match", "\"a\", \"j.v3\"")]),
+            &rep
+        ));
+        assert!(is_not_modified(&headers(&[("if-none-match", "*")]), &rep));
+        assert!(is_not_modified(
+            &headers(&[("if-none-match", "\"x\""), ("if-none-match", "\"j.v3\"")]),
+            &rep
+        ));
+        assert!(!is_not_modified(
+            &headers(&[("if-none-match", "\"j.v2\"")]),
+            &rep
+        ));
+        assert!(!is_not_modified(&headers(&[("if-none-match", "")]), &rep));
+    }
+
+    #[test]
+    fn if_modified_since_only_counts_without_if_none_match() {
+        let rep = representation("\"j.v3\"");
+        let later = "Mon, 07 Nov 1994 08:49:37 GMT";
+        let earlier = "Sat, 05 Nov 1994 08:49:37 GMT";
+        assert!(is_not_modified(
+            &headers(&[("if-modified-since", later)]),
+            &rep
+        ));
+        assert!(is_not_modified(
+            &headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]),
+            &rep
+        ));
+        assert!(!is_not_modified(
+            &headers(&[("if-modified-since", earlier)]),
+            &rep
+        ));
+        assert!(!is_not_modified(
+            &headers(&[("if-modified-since", "yesterday")]),
+            &rep
+        ));
+        assert!(!is_not_modified(
+            &headers(&[("if-none-match", "\"other\""), ("if-modified-since", later)]),
+            &rep
+        ));
+    }
+
+    #[test]
+    fn http_dates_round_trip() {
+        let text = "Sun, 06 Nov 1994 08:49:37 GMT";
+        assert_eq!(http_date(parse_http_date(text).unwrap()), text);
+    }
+
+    #[test]
+    fn a_bump_invalidates_the_job_and_every_list() {
+        let generations = Generations::default();
+        let job = generations.job("a");
+        let list = generations.lists();
+        assert!(generations.is_current(job) && generations.is_current(list));
+        generations.bump("a");
+        assert!(!generations.is_current(job));
+        assert!(!generations.is_current(list));
+        assert!(generations.is_current(generations.job("a")));
+    }
+}

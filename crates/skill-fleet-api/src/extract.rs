@@ -1,0 +1,104 @@
+//! Extractors whose rejections use our JSON error body instead of axum's plain text.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use skill_fleet_types::validate_job_id;
+
+use crate::error::ApiError;
+
+/// `Json<T>` with [`ApiError`] rejections (400 syntax, 413 size, 415 content type, 422 shape).
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::from_rejection(
+                rejection.status(),
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+/// Like [`ApiJson`], but an empty body means `T::default()` (for optional bodies such as
+/// `POST /jobs/{id}/cancel`).
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|rejection| {
+                ApiError::from_rejection(rejection.status(), rejection.body_text())
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalJson)
+            .map_err(|err| match err.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::Unprocessable(format!("invalid request body: {err}"))
+                }
+                _ => ApiError::BadRequest(format!("invalid json body: {err}")),
+            })
+    }
+}
+
+/// `Query<T>` with [`ApiError`] rejections (400).
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "invalid query: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// The `{id}` path segment, validated as a job id (`[A-Za-z0-9_-]{1,64}`) before any handler
+/// or the store sees it.
+pub struct JobId(pub String);
+
+impl<S> FromRequestParts<S> for JobId
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| {
+                    ApiError::BadRequest(format!("invalid path: {}", rejection.body_text()))
+                })?;
+        validate_job_id(&id).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+        Ok(JobId(id))
+    }
+}

@@ -1,0 +1,82 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod auth;
+pub mod cache;
+mod error;
+mod extract;
+pub mod routes;
+mod runner;
+mod service;
+mod state;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use auth::constant_time_eq;
+pub use error::ApiError;
+pub use runner::Runner;
+pub use service::{JobService, StreamStart};
+pub use state::{ApiConfig, AppState};
+
+/// The whole HTTP API: `/api/v1/…`, `/healthz`, `/readyz`.
+pub fn router(state: AppState) -> Router {
+    use routes::{health, jobs, stream};
+    let api = Router::new()
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/claim", post(jobs::claim))
+        .route("/jobs/{id}", get(jobs::get))
+        .route("/jobs/{id}/progress", get(jobs::history))
+        .route("/jobs/{id}/result", get(jobs::result))
+        .route("/jobs/{id}/events", post(jobs::events))
+        .route("/jobs/{id}/complete", post(jobs::complete))
+        .route("/jobs/{id}/fail", post(jobs::fail))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/resume", post(jobs::resume))
+        .route("/jobs/{id}/stream", get(stream::stream))
+        .route("/jobs/{id}/logs", get(jobs::logs))
+        .route("/optimization", post(jobs::create_optimization))
+        .route("/optimization/{id}/stream", get(stream::stream));
+    let max_body = state.config().max_body_bytes;
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for `{}`", uri.path()))
+}
+
+/// Writes pending coalesced progress every `interval` until `shutdown` resolves. The caller
+/// flushes once more on shutdown ([`JobService::shutdown`]).
+pub async fn run_flusher(
+    state: AppState,
+    interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = ticker.tick() => {
+                if let Err(err) = state.service().flush_pending().await {
+                    tracing::warn!(error = %err, "progress flush failed; will retry next tick");
+                }
+            }
+        }
+    }
+}
