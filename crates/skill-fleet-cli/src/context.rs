@@ -1,0 +1,74 @@
+//! What every command gets: the global options, a client built from them, and stdout.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+use skill_fleet_client::Client;
+
+use crate::cli::Global;
+use crate::error::CliError;
+
+/// The global options and what is built from them.
+#[derive(Debug)]
+pub struct Context {
+    /// The options as parsed.
+    pub global: Global,
+}
+
+impl Context {
+    /// A context for `global`.
+    pub fn new(global: Global) -> Context {
+        Context { global }
+    }
+
+    /// True when output should be JSON.
+    pub fn json(&self) -> bool {
+        self.global.json
+    }
+
+    /// A client of the configured server, marked as the CLI, with the local cache unless
+    /// `--no-cache`.
+    pub fn client(&self) -> Result<Client, CliError> {
+        let mut client = Client::new(&self.global.server)
+            .map_err(|err| CliError::Usage(err.to_string()))?
+            .with_source("cli");
+        if let Some(token) = &self.global.token {
+            client = client.with_token(token.clone());
+        }
+        if self.global.no_cache {
+            client = client.without_cache();
+        }
+        Ok(client)
+    }
+}
+
+/// Writes one line to stdout; a closed pipe comes back as an error the caller passes up.
+pub fn out(line: impl AsRef<str>) -> Result<(), CliError> {
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(line.as_ref().as_bytes())?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Writes text as is (tables end with their own newline).
+pub fn out_raw(text: &str) -> Result<(), CliError> {
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Writes a value as one line of JSON.
+pub fn out_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let text =
+        serde_json::to_string(value).map_err(|err| CliError::Output(io::Error::other(err)))?;
+    out(text)
+}
+
+/// Says on stderr that a response came from the local cache after a `304`.
+pub fn note_cached(from_cache: bool) {
+    if from_cache {
+        eprintln!("(cached)");
+    }
+}

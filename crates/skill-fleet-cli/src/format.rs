@@ -1,0 +1,289 @@
+//! Text formatting shared by the commands: percentages, dollars, ETAs, step names, progress
+//! lines and tables.
+
+use serde_json::Value;
+use skill_fleet_types::{Job, JobStatus, StreamEvent};
+
+/// `0.35` → `35%` (rounded down, so a job shows 100% only when it is).
+pub fn percent(progress: f64) -> String {
+    let clamped = if progress.is_finite() {
+        progress.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    format!("{}%", (clamped * 100.0 + 1e-9).floor() as u32)
+}
+
+/// `0.854` → `$0.85`.
+pub fn dollars(cost_usd: f64) -> String {
+    format!("${cost_usd:.2}")
+}
+
+/// A metric with at most four decimals and no trailing zeros: `0.84`, `0.8412`, `12`.
+pub fn metric(value: f64) -> String {
+    let text = format!("{value:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text.is_empty() || text == "-" {
+        "0".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Seconds as `45s`, `5m30s`, `1h02m`, `2d03h`.
+pub fn eta(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "-".to_owned();
+    }
+    let total = seconds.round() as u64;
+    let (d, h, m, s) = (
+        total / 86_400,
+        total / 3600 % 24,
+        total / 60 % 60,
+        total % 60,
+    );
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// `proposing_instructions` → `Proposing instructions...`; a bare number → `Step 3...`.
+pub fn pretty_step(step: &str) -> String {
+    let step = step.trim();
+    if !step.is_empty() && step.bytes().all(|b| b.is_ascii_digit()) {
+        return format!("Step {step}...");
+    }
+    let words = step
+        .split(|c: char| c == '_' || c == '-' || c.is_whitespace())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut chars = words.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}...", first.to_uppercase(), chars.as_str()),
+        None => "Working...".to_owned(),
+    }
+}
+
+/// What the job is doing, for a progress line: its step, else its status.
+pub fn activity(status: JobStatus, step: Option<&str>) -> String {
+    match (status, step) {
+        (JobStatus::Queued, None) => "Waiting to start...".to_owned(),
+        (_, Some(step)) if !step.trim().is_empty() => pretty_step(step),
+        (JobStatus::Running, _) => "Running...".to_owned(),
+        (status, _) => format!("{}...", capitalized(status.as_str())),
+    }
+}
+
+/// One plain progress line: `[35%] Proposing instructions... ($0.85)`.
+pub fn progress_line(event: &StreamEvent) -> String {
+    format!(
+        "[{}] {} ({})",
+        percent(event.progress),
+        activity(event.status, event.step.as_deref()),
+        dollars(event.cost_usd)
+    )
+}
+
+/// The last line of a watch: `Done! Final metric: 0.84 (Cost: $2.30)`, `Failed: <error>`
+/// or `Cancelled: <error>`; `None` for a job that is not finished.
+pub fn final_line(
+    status: JobStatus,
+    metric_value: Option<f64>,
+    cost_usd: f64,
+    error: Option<&str>,
+) -> Option<String> {
+    let error = error.filter(|e| !e.trim().is_empty());
+    match status {
+        JobStatus::Completed => Some(match metric_value {
+            Some(value) => format!(
+                "Done! Final metric: {} (Cost: {})",
+                metric(value),
+                dollars(cost_usd)
+            ),
+            None => format!("Done! (Cost: {})", dollars(cost_usd)),
+        }),
+        JobStatus::Failed => Some(format!("Failed: {}", error.unwrap_or("unknown error"))),
+        JobStatus::Cancelled => Some(format!("Cancelled: {}", error.unwrap_or("cancelled"))),
+        JobStatus::Queued | JobStatus::Running => None,
+    }
+}
+
+/// At most `max` characters, the last one `…` when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A job's result or error in one short line, for tables.
+pub fn outcome(job: &Job) -> String {
+    match job.status {
+        JobStatus::Failed | JobStatus::Cancelled => job.error.clone().unwrap_or_default(),
+        _ => match (&job.result, &job.result_path) {
+            (Some(result), _) => compact(result),
+            (None, Some(path)) => path.clone(),
+            (None, None) => String::new(),
+        },
+    }
+}
+
+/// JSON on one line.
+pub fn compact(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}", first.to_uppercase(), chars.as_str()),
+        None => String::new(),
+    }
+}
+
+/// A plain-text table: a header row and left-aligned columns two spaces apart, without
+/// trailing spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = width - cell.chars().count();
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn event(status: JobStatus, step: Option<&str>, progress: f64, cost: f64) -> StreamEvent {
+        StreamEvent {
+            job_id: "j".into(),
+            seq: 1,
+            status,
+            step: step.map(str::to_owned),
+            progress,
+            cost_usd: cost,
+            metric: None,
+            eta_seconds: None,
+            message: None,
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn steps_are_prettified() {
+        assert_eq!(
+            pretty_step("proposing_instructions"),
+            "Proposing instructions..."
+        );
+        assert_eq!(pretty_step("collecting-traces"), "Collecting traces...");
+        assert_eq!(pretty_step("bootstrap"), "Bootstrap...");
+        assert_eq!(pretty_step("3"), "Step 3...");
+        assert_eq!(pretty_step("__"), "Working...");
+        assert_eq!(pretty_step("évaluation_finale"), "Évaluation finale...");
+    }
+
+    #[test]
+    fn progress_lines_look_like_the_design() {
+        let line = progress_line(&event(
+            JobStatus::Running,
+            Some("proposing_instructions"),
+            0.35,
+            0.85,
+        ));
+        assert_eq!(line, "[35%] Proposing instructions... ($0.85)");
+        assert_eq!(
+            progress_line(&event(JobStatus::Queued, None, 0.0, 0.0)),
+            "[0%] Waiting to start... ($0.00)"
+        );
+        assert_eq!(
+            progress_line(&event(JobStatus::Running, None, 0.999, 1.234)),
+            "[99%] Running... ($1.23)"
+        );
+        assert_eq!(percent(0.29), "29%");
+        assert_eq!(percent(1.0), "100%");
+        assert_eq!(percent(f64::NAN), "0%");
+    }
+
+    #[test]
+    fn final_lines() {
+        assert_eq!(
+            final_line(JobStatus::Completed, Some(0.84), 2.3, None).unwrap(),
+            "Done! Final metric: 0.84 (Cost: $2.30)"
+        );
+        assert_eq!(
+            final_line(JobStatus::Completed, None, 0.0, None).unwrap(),
+            "Done! (Cost: $0.00)"
+        );
+        assert_eq!(
+            final_line(JobStatus::Failed, None, 0.0, Some("boom")).unwrap(),
+            "Failed: boom"
+        );
+        assert_eq!(
+            final_line(
+                JobStatus::Cancelled,
+                None,
+                2.31,
+                Some("budget exceeded: $2.31 of $2.00")
+            )
+            .unwrap(),
+            "Cancelled: budget exceeded: $2.31 of $2.00"
+        );
+        assert_eq!(final_line(JobStatus::Running, None, 0.0, None), None);
+    }
+
+    #[test]
+    fn numbers_and_durations() {
+        assert_eq!(metric(0.84), "0.84");
+        assert_eq!(metric(0.84123), "0.8412");
+        assert_eq!(metric(12.0), "12");
+        assert_eq!(metric(-0.5), "-0.5");
+        assert_eq!(eta(45.2), "45s");
+        assert_eq!(eta(330.0), "5m30s");
+        assert_eq!(eta(3720.0), "1h02m");
+        assert_eq!(eta(2.0 * 86_400.0 + 3.0 * 3600.0), "2d03h");
+        assert_eq!(eta(f64::NAN), "-");
+    }
+
+    #[test]
+    fn tables_align_and_truncation_marks_the_cut() {
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abc", 4), "abc");
+        let text = table(
+            &["ID", "STATUS"],
+            &[
+                vec!["a".into(), "running".into()],
+                vec!["long-id".into(), "".into()],
+            ],
+        );
+        assert_eq!(text, "ID       STATUS\na        running\nlong-id\n");
+    }
+}

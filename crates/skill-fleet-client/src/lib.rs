@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod cache;
+mod client;
+mod error;
+mod watch;
+
+pub use cache::{CACHE_DIR_ENV, Cache, CacheEntry, CacheStats};
+pub use client::{
+    CONNECT_TIMEOUT, Client, DEFAULT_SERVER_URL, Fetched, Health, JobFilter, JobLogs, READ_TIMEOUT,
+    SOURCE_HEADER,
+};
+pub use error::ClientError;
+pub use watch::{StopHandle, Watch, WatchOptions};
+
+/// The wire types this client speaks, re-exported so users need only this crate.
+pub use skill_fleet_types as types;
