@@ -20,17 +20,38 @@ pub async fn require_token(
     if request.uri().path() == "/healthz" {
         return next.run(request).await;
     }
-    let given = request
+    let header = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .map(str::to_owned);
+    // A browser's EventSource cannot set headers, so the stream routes also take `?token=`.
+    let given = header
+        .or_else(|| {
+            request
+                .uri()
+                .path()
+                .ends_with("/stream")
+                .then(|| query_token(request.uri()))
+                .flatten()
+        })
+        .unwrap_or_default();
     if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
         next.run(request).await
     } else {
         ApiError::Unauthorized.into_response()
     }
+}
+
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
+    }
+    axum::extract::Query::<TokenQuery>::try_from_uri(uri)
+        .ok()
+        .and_then(|query| query.0.token)
 }
 
 /// Compares two byte strings in time that depends only on their lengths, not their contents.

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The body is not declared as JSON (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The job's state refuses the request; the message says why and what to do (409).
+    #[error("{0}")]
+    Refused(String),
     /// No such job, or a job has no result yet (404).
     #[error("{0}")]
     NotFound(String),
@@ -80,6 +83,7 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
             ),
+            ApiError::Refused(_) => (StatusCode::CONFLICT, ErrorCode::InvalidTransition),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),

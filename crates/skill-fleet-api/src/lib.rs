@@ -5,6 +5,7 @@ mod auth;
 pub mod cache;
 mod error;
 mod extract;
+pub mod openapi;
 pub mod routes;
 mod runner;
 mod service;
@@ -22,7 +23,10 @@ pub use runner::Runner;
 pub use service::{JobService, StreamStart};
 pub use state::{ApiConfig, AppState};
 
-/// The whole HTTP API: `/api/v1/…`, `/healthz`, `/readyz`.
+/// The whole HTTP API: `/api/v1/…`, `/healthz`, `/readyz`, `/metrics`.
+///
+/// Every route is listed in [`openapi::ROUTES`] and described in the OpenAPI document served at
+/// `/api/v1/openapi.json`; `tests/openapi.rs` fails when a route here is missing from either.
 pub fn router(state: AppState) -> Router {
     use routes::{health, jobs, stream};
     let api = Router::new()
@@ -39,10 +43,14 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/stream", get(stream::stream))
         .route("/jobs/{id}/logs", get(jobs::logs))
         .route("/optimization", post(jobs::create_optimization))
-        .route("/optimization/{id}/stream", get(stream::stream));
+        .route("/optimization/{id}/stream", get(stream::stream))
+        .route("/openapi.json", get(openapi::openapi_json));
     let max_body = state.config().max_body_bytes;
-    Router::new()
-        .nest("/api/v1", api)
+    let mut root = Router::new();
+    if state.config().bench_routes {
+        root = root.route("/_bench/noop", get(health::noop).post(health::noop));
+    }
+    root.nest("/api/v1", api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -59,8 +67,12 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for `{}`", uri.path()))
 }
 
-/// Writes pending coalesced progress every `interval` until `shutdown` resolves. The caller
-/// flushes once more on shutdown ([`JobService::shutdown`]).
+/// How often running jobs are checked against their time limits.
+const LIMIT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes pending coalesced progress every `interval`, and cancels jobs past their time
+/// limits about once a second, until `shutdown` resolves. The caller flushes once more on
+/// shutdown ([`JobService::shutdown`]).
 pub async fn run_flusher(
     state: AppState,
     interval: Duration,
@@ -68,6 +80,7 @@ pub async fn run_flusher(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_limit_check = tokio::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -75,6 +88,10 @@ pub async fn run_flusher(
             _ = ticker.tick() => {
                 if let Err(err) = state.service().flush_pending().await {
                     tracing::warn!(error = %err, "progress flush failed; will retry next tick");
+                }
+                if last_limit_check.elapsed() >= LIMIT_CHECK_INTERVAL {
+                    last_limit_check = tokio::time::Instant::now();
+                    state.service().enforce_time_limits().await;
                 }
             }
         }

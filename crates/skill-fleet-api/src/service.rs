@@ -14,12 +14,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use skill_fleet_jobs::{Action, Created, JobStore, ListFilter, NewJob, ProgressWrite, StoreError};
 use skill_fleet_stream::{Hub, Subscription, Update};
 use skill_fleet_types::{
-    CreateJob, EventAck, Job, JobList, JobStatus, Progress, ProgressPage, ProgressUpdate,
-    StreamEvent,
+    CreateJob, EventAck, Job, JobLimits, JobList, JobStatus, Progress, ProgressPage,
+    ProgressUpdate, StreamEvent,
 };
 use tracing::Instrument;
 
@@ -41,6 +42,35 @@ pub enum StreamStart {
 struct LiveJob {
     status: JobStatus,
     progress: Progress,
+    limits: JobLimits,
+    /// The budget warning went out (once per server run).
+    warned: bool,
+    started_at: Option<DateTime<Utc>>,
+}
+
+impl LiveJob {
+    fn of(job: &Job) -> LiveJob {
+        LiveJob {
+            status: job.status,
+            progress: job.progress.clone(),
+            limits: limits_of(job),
+            warned: false,
+            started_at: job.started_at,
+        }
+    }
+}
+
+/// A job's limits; ones that do not parse (a legacy import, a database edited by hand) are
+/// reported and ignored rather than blocking the job.
+fn limits_of(job: &Job) -> JobLimits {
+    JobLimits::from_metadata(&job.metadata).unwrap_or_else(|err| {
+        tracing::warn!(job.id = %job.id, error = %err, "ignoring invalid limits");
+        JobLimits {
+            budget_usd: None,
+            budget_warning_fraction: skill_fleet_types::DEFAULT_BUDGET_WARNING_FRACTION,
+            time_limit_seconds: None,
+        }
+    })
 }
 
 /// The store and the hub, and the rules that keep them in step.
@@ -130,6 +160,9 @@ impl JobService {
         request: CreateJob,
         source: &str,
     ) -> Result<(Job, Created), ApiError> {
+        if let Some(metadata) = &request.metadata {
+            JobLimits::from_metadata(metadata)?;
+        }
         let new = NewJob {
             id: request.id,
             job_type: request.job_type,
@@ -231,10 +264,7 @@ impl JobService {
     fn track_live(&self, job: &Job) {
         lock(&self.live).insert(
             job.id.clone(),
-            Arc::new(tokio::sync::Mutex::new(LiveJob {
-                status: job.status,
-                progress: job.progress.clone(),
-            })),
+            Arc::new(tokio::sync::Mutex::new(LiveJob::of(job))),
         );
     }
 
@@ -268,6 +298,12 @@ impl JobService {
         }
         let step_changed = update.step.is_some() && update.step != live.progress.step;
         merge(&mut live.progress, &update);
+        let verdict = check_budget(&mut live);
+        let mut message = update.message;
+        if let Budget::Warn(warning) = &verdict {
+            live.progress.message = Some(warning.clone());
+            message = Some(warning.clone());
+        }
         let durable =
             live.status == JobStatus::Queued || step_changed || update.checkpoint.is_some();
         if durable {
@@ -295,6 +331,7 @@ impl JobService {
             };
             self.generations.bump(id);
             live.status = job.status;
+            live.started_at = job.started_at;
         } else {
             lock(&self.pending).insert(
                 id.to_owned(),
@@ -313,14 +350,63 @@ impl JobService {
                 progress: update.progress,
                 cost_usd: update.cost_usd,
                 metric: update.metric,
-                message: update.message,
+                message,
             },
         )?;
+        let status = live.status;
+        drop(live);
+        if let Budget::Exceeded(reason) = verdict {
+            // The event that crossed the budget is kept (written with the cancellation); the
+            // job stops now, and its runner is told to stop the process.
+            tracing::info!(job.id = %id, %reason, "cancelling job");
+            let job = self.cancel(id, Some(reason)).await?;
+            return Ok(EventAck {
+                job_id: id.to_owned(),
+                status: job.status,
+                durable: true,
+            });
+        }
         Ok(EventAck {
             job_id: id.to_owned(),
-            status: live.status,
+            status,
             durable,
         })
+    }
+
+    /// Cancels every running job past its `time_limit_seconds` (counted from `started_at`,
+    /// which survives restarts, so time the server was down counts). Called about once a
+    /// second by [`run_flusher`](crate::run_flusher).
+    pub async fn enforce_time_limits(&self) {
+        let now = Utc::now();
+        let entries: Vec<(String, Arc<tokio::sync::Mutex<LiveJob>>)> = lock(&self.live)
+            .iter()
+            .map(|(id, entry)| (id.clone(), Arc::clone(entry)))
+            .collect();
+        let mut expired = Vec::new();
+        for (id, entry) in entries {
+            // A job busy with an event is checked on the next round.
+            let Ok(live) = entry.try_lock() else { continue };
+            let (Some(limit), Some(started)) = (live.limits.time_limit_seconds, live.started_at)
+            else {
+                continue;
+            };
+            if live.status == JobStatus::Running {
+                let ran = (now - started).num_milliseconds() as f64 / 1000.0;
+                if ran > limit {
+                    expired.push((id, ran));
+                }
+            }
+        }
+        for (id, ran) in expired {
+            let reason = format!("time limit exceeded after {}", format_duration(ran));
+            tracing::info!(job.id = %id, %reason, "cancelling job");
+            match self.cancel(&id, Some(reason)).await {
+                Ok(_) | Err(ApiError::Store(StoreError::InvalidTransition { .. })) => {}
+                Err(err) => {
+                    tracing::warn!(job.id = %id, error = %err, "could not cancel a job past its time limit")
+                }
+            }
+        }
     }
 
     /// The in-memory entry of a job that can take progress, loading it from the store when
@@ -332,20 +418,21 @@ impl JobService {
         let job_id = id.to_owned();
         let job = self.blocking(move |store| store.get(&job_id)).await?;
         if job.status.is_terminal() {
-            return Err(StoreError::InvalidTransition {
-                id: job.id,
-                from: job.status,
-                action: Action::Progress,
-            }
-            .into());
+            // Tell the worker why, so it can stop (a budget, a time limit, a user's cancel).
+            let why = job
+                .error
+                .as_deref()
+                .map(|error| format!(" ({error})"))
+                .unwrap_or_default();
+            return Err(ApiError::Refused(format!(
+                "job `{}` is {}{why}: progress is no longer accepted, stop the run",
+                job.id, job.status
+            )));
         }
         let mut live = lock(&self.live);
-        let entry = live.entry(job.id.clone()).or_insert_with(|| {
-            Arc::new(tokio::sync::Mutex::new(LiveJob {
-                status: job.status,
-                progress: job.progress.clone(),
-            }))
-        });
+        let entry = live
+            .entry(job.id.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(LiveJob::of(&job))));
         Ok(entry.clone())
     }
 
@@ -595,5 +682,92 @@ fn merge(progress: &mut Progress, update: &ProgressUpdate) {
     }
     if let Some(message) = &update.message {
         progress.message = Some(message.clone());
+    }
+}
+
+/// What the budget says after an update.
+enum Budget {
+    Fine,
+    Warn(String),
+    Exceeded(String),
+}
+
+fn check_budget(live: &mut LiveJob) -> Budget {
+    let Some(budget) = live.limits.budget_usd else {
+        return Budget::Fine;
+    };
+    let cost = live.progress.cost_usd;
+    if cost > budget {
+        return Budget::Exceeded(format!("budget exceeded: ${cost:.2} of ${budget:.2}"));
+    }
+    let fraction = live.limits.budget_warning_fraction;
+    if !live.warned && fraction < 1.0 && cost >= budget * fraction {
+        live.warned = true;
+        let percent = (fraction * 100.0).round();
+        return Budget::Warn(format!(
+            "budget {percent}% used: ${cost:.2} of ${budget:.2}"
+        ));
+    }
+    Budget::Fine
+}
+
+/// `1h00m`, `5m03s`, `42s`.
+fn format_duration(seconds: f64) -> String {
+    let total = seconds.max(0.0).floor() as u64;
+    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_clock() {
+        assert_eq!(format_duration(3600.4), "1h00m");
+        assert_eq!(format_duration(3725.0), "1h02m");
+        assert_eq!(format_duration(303.0), "5m03s");
+        assert_eq!(format_duration(2.9), "2s");
+    }
+
+    fn live(budget: f64, cost: f64) -> LiveJob {
+        LiveJob {
+            status: JobStatus::Running,
+            progress: Progress {
+                cost_usd: cost,
+                ..Progress::default()
+            },
+            limits: JobLimits {
+                budget_usd: Some(budget),
+                budget_warning_fraction: 0.8,
+                time_limit_seconds: None,
+            },
+            warned: false,
+            started_at: None,
+        }
+    }
+
+    #[test]
+    fn the_budget_warns_once_then_stops_the_job() {
+        let mut job = live(2.0, 1.5);
+        assert!(matches!(check_budget(&mut job), Budget::Fine));
+        job.progress.cost_usd = 1.62;
+        let Budget::Warn(warning) = check_budget(&mut job) else {
+            panic!("no warning")
+        };
+        assert_eq!(warning, "budget 80% used: $1.62 of $2.00");
+        job.progress.cost_usd = 1.9;
+        assert!(matches!(check_budget(&mut job), Budget::Fine));
+        job.progress.cost_usd = 2.31;
+        let Budget::Exceeded(reason) = check_budget(&mut job) else {
+            panic!("not stopped")
+        };
+        assert_eq!(reason, "budget exceeded: $2.31 of $2.00");
     }
 }

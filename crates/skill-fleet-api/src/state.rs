@@ -22,6 +22,9 @@ pub struct ApiConfig {
     pub cache_ttl: Duration,
     /// Upper bound of the response cache, in bytes of keys and bodies.
     pub cache_max_bytes: u64,
+    /// Serve `GET`/`POST /_bench/noop`, a handler that does nothing, as the baseline of
+    /// `cargo xtask bench` (same server, same runtime, same middleware).
+    pub bench_routes: bool,
 }
 
 impl Default for ApiConfig {
@@ -33,6 +36,7 @@ impl Default for ApiConfig {
             sse_retry: Duration::from_secs(2),
             cache_ttl: Duration::from_secs(300),
             cache_max_bytes: 64 * 1024 * 1024,
+            bench_routes: false,
         }
     }
 }

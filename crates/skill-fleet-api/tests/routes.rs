@@ -441,3 +441,175 @@ async fn token_guards_every_route_but_healthz() {
         .await;
     assert_eq!(allowed.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn stream_routes_also_take_the_token_as_a_query_parameter() {
+    let app = TestApp::with_config(ApiConfig {
+        auth_token: Some("s3cret".to_owned()),
+        ..ApiConfig::default()
+    })
+    .await;
+    let authed = |uri: &str| {
+        axum::http::Request::get(uri)
+            .header("authorization", "Bearer s3cret")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let created = app
+        .request(
+            axum::http::Request::post("/api/v1/jobs")
+                .header("authorization", "Bearer s3cret")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(r#"{"id": "j", "type": "t"}"#))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let cancelled = app
+        .request(
+            axum::http::Request::post("/api/v1/jobs/j/cancel")
+                .header("authorization", "Bearer s3cret")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    assert_eq!(
+        app.request(authed("/api/v1/jobs/j")).await.status,
+        StatusCode::OK
+    );
+    // A finished job's stream is one event and the end, so oneshot can read it.
+    let ok = app.get("/api/v1/jobs/j/stream?token=s3cret").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let wrong = app.get("/api/v1/jobs/j/stream?token=nope").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    // Only the stream routes: elsewhere a token in the URL is not accepted.
+    let elsewhere = app.get("/api/v1/jobs/j?token=s3cret").await;
+    assert_eq!(elsewhere.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn limits_in_metadata_are_checked_at_creation() {
+    let app = TestApp::new().await;
+    for bad in [
+        json!({"budget_usd": 0}),
+        json!({"budget_usd": "2.00"}),
+        json!({"time_limit_seconds": -5}),
+    ] {
+        let reply = app
+            .post(
+                "/api/v1/jobs",
+                json!({"type": "optimization", "metadata": bad}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {:?}",
+            reply.body
+        );
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("metadata `")
+        );
+    }
+    let ok = app
+        .post(
+            "/api/v1/jobs",
+            json!({"type": "optimization", "metadata": {"budget_usd": 2.0, "time_limit_seconds": 3600}}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn an_external_worker_crossing_its_budget_is_stopped() {
+    let app = TestApp::new().await;
+    let hub = app.state.service().hub().clone();
+    app.post(
+        "/api/v1/jobs",
+        json!({"id": "b", "type": "evaluation", "metadata": {"budget_usd": 2.0}}),
+    )
+    .await;
+    app.post(
+        "/api/v1/jobs/b/events",
+        json!({"step": "eval", "cost_usd": 1.0}),
+    )
+    .await;
+    // 80 %: one warning on the stream and in the job.
+    let warned = app
+        .post("/api/v1/jobs/b/events", json!({"cost_usd": 1.62}))
+        .await;
+    assert_eq!(warned.body["status"], "running");
+    hub.flush();
+    assert_eq!(
+        hub.current("b").unwrap().message.as_deref(),
+        Some("budget 80% used: $1.62 of $2.00")
+    );
+    app.post(
+        "/api/v1/jobs/b/events",
+        json!({"cost_usd": 1.8, "message": "trial 9"}),
+    )
+    .await;
+    hub.flush();
+    assert_eq!(
+        hub.current("b").unwrap().message.as_deref(),
+        Some("trial 9")
+    );
+
+    let crossed = app
+        .post("/api/v1/jobs/b/events", json!({"cost_usd": 2.31}))
+        .await;
+    assert_eq!(crossed.status, StatusCode::ACCEPTED);
+    assert_eq!(crossed.body["status"], "cancelled");
+    let job = app.store().get("b").unwrap();
+    assert_eq!(job.status.as_str(), "cancelled");
+    assert_eq!(
+        job.error.as_deref(),
+        Some("budget exceeded: $2.31 of $2.00")
+    );
+    assert_eq!(job.progress.cost_usd, 2.31, "the crossing event is kept");
+    let last = hub.current("b").unwrap();
+    assert_eq!(last.status.as_str(), "cancelled");
+    assert_eq!(
+        last.message.as_deref(),
+        Some("budget exceeded: $2.31 of $2.00")
+    );
+
+    let next = app
+        .post("/api/v1/jobs/b/events", json!({"cost_usd": 2.4}))
+        .await;
+    assert_eq!(next.status, StatusCode::CONFLICT);
+    let message = next.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("budget exceeded: $2.31 of $2.00"),
+        "{message}"
+    );
+    assert!(message.contains("stop the run"), "{message}");
+}
+
+#[tokio::test]
+async fn a_job_past_its_time_limit_is_cancelled() {
+    let app = TestApp::new().await;
+    app.post(
+        "/api/v1/jobs",
+        json!({"id": "t", "type": "evaluation", "metadata": {"time_limit_seconds": 0.05}}),
+    )
+    .await;
+    app.post("/api/v1/jobs/t/events", json!({"step": "start"}))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        app.state.service().enforce_time_limits().await;
+        let job = app.store().get("t").unwrap();
+        if job.status.as_str() == "cancelled" {
+            let error = job.error.unwrap();
+            assert!(error.starts_with("time limit exceeded after "), "{error}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never cancelled");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -201,7 +201,11 @@ pub(crate) fn apply(
         // Starting: `attempt` counts starts, so a job requeued after a crash shows 2 once it
         // runs again.
         row.attempt = row.attempt.saturating_add(1);
-        row.started_at = Some(stamp.now);
+        // A run requeued by recovery or shutdown keeps its start: time limits count from
+        // it, server downtime included. `resume` clears it, so a resumed job starts anew.
+        if row.started_at.is_none() {
+            row.started_at = Some(stamp.now);
+        }
         row.error = None;
         row.completed_at = None;
     }
@@ -258,6 +262,7 @@ pub(crate) fn apply(
         Change::Resume => {
             row.error = None;
             row.completed_at = None;
+            row.started_at = None;
         }
     }
     if to.is_terminal() {
@@ -355,7 +360,8 @@ impl JobStore {
         })
     }
 
-    /// Starts a queued job: `running`, `attempt + 1`, `started_at` now, error cleared.
+    /// Starts a queued job: `running`, `attempt + 1`, error cleared, `started_at` now unless
+    /// the job was requeued mid-run (recovery, shutdown), which keeps its first start.
     pub fn start(&self, id: &str) -> Result<Job> {
         self.change(id, Change::Start)
     }

@@ -14,6 +14,7 @@ use crate::progress::Progress;
 /// Which moves between these are allowed is decided in one place, the job store
 /// (`skill-fleet-jobs`); this type only names the states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Waiting for the executor or an external worker.
@@ -82,6 +83,7 @@ impl FromStr for JobStatus {
 
 /// One job as `GET /api/v1/jobs/{id}` returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     /// Client-supplied or generated id, `[A-Za-z0-9_-]{1,64}`.
     pub id: String,
@@ -108,7 +110,9 @@ pub struct Job {
     pub metadata: Map<String, Value>,
     /// When the job was created.
     pub created_at: DateTime<Utc>,
-    /// When the job last started running.
+    /// When the current run started. Kept when a running job is requeued by crash
+    /// recovery or a graceful shutdown (so time limits count server downtime); cleared by
+    /// `resume`, so a resumed job's next start sets it anew.
     pub started_at: Option<DateTime<Utc>>,
     /// When the job reached a terminal state.
     pub completed_at: Option<DateTime<Utc>>,
@@ -120,6 +124,7 @@ pub struct Job {
 
 /// One page of `GET /api/v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobList {
     /// The jobs on this page, newest first.
     pub jobs: Vec<Job>,

@@ -18,6 +18,7 @@ pub use request::{
     ResultBody,
 };
 pub use validate::{
-    MAX_ID_LEN, MAX_METADATA_BYTES, ValidationError, validate_cost, validate_job_id,
-    validate_job_type, validate_metadata, validate_metric, validate_progress,
+    DEFAULT_BUDGET_WARNING_FRACTION, JobLimits, MAX_ID_LEN, MAX_METADATA_BYTES, ValidationError,
+    validate_cost, validate_job_id, validate_job_type, validate_metadata, validate_metric,
+    validate_progress,
 };

@@ -9,6 +9,7 @@ use crate::validate::{ValidationError, validate_cost, validate_metric, validate_
 
 /// The latest progress of a job, as stored and returned with the job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// Fraction done, `0.0..=1.0`.
     pub progress: f64,
@@ -30,10 +31,12 @@ pub struct Progress {
 /// the executor protocol. `step` may be given as a string or a whole number (`"3"` and `3`
 /// are the same step).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProgressUpdate {
     /// The phase the job has moved to.
     #[serde(default, deserialize_with = "step_from_string_or_number")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = step_schema))]
     pub step: Option<String>,
     /// Fraction done, `0.0..=1.0`.
     pub progress: Option<f64>,
@@ -68,6 +71,23 @@ impl ProgressUpdate {
     }
 }
 
+/// The schema of [`ProgressUpdate::step`]: a string, a whole number or null.
+#[cfg(feature = "openapi")]
+fn step_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Integer))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some(
+                "The phase the job has moved to; a whole number is the same step as its digits \
+             (`3` and `\"3\"`).",
+            ))
+            .build(),
+    )
+}
+
 fn step_from_string_or_number<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
 where
     D: Deserializer<'de>,
@@ -88,6 +108,7 @@ where
 
 /// One row of a job's progress history (`GET /api/v1/jobs/{id}/progress`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProgressRecord {
     /// Increases per job; page with `after`.
     pub seq: i64,
@@ -107,6 +128,7 @@ pub struct ProgressRecord {
 
 /// One page of progress history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProgressPage {
     /// Rows in `seq` order.
     pub records: Vec<ProgressRecord>,
@@ -116,6 +138,7 @@ pub struct ProgressPage {
 
 /// One live state of a job, as sent in an SSE `data:` line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamEvent {
     /// The job this state belongs to.
     pub job_id: String,

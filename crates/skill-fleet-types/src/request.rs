@@ -7,6 +7,7 @@ use crate::job::JobStatus;
 
 /// Body of `POST /api/v1/jobs`: create a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     /// The job type, `[a-z0-9_-]{1,64}`.
@@ -22,6 +23,7 @@ pub struct CreateJob {
 
 /// Body of `POST /api/v1/jobs/claim`: take the oldest queued job of these types.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// Job types the worker can run; empty means any type without an executor.
@@ -31,6 +33,7 @@ pub struct ClaimRequest {
 
 /// Body of `POST /api/v1/jobs/{id}/complete`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The job's JSON result.
@@ -43,6 +46,7 @@ pub struct CompleteRequest {
 
 /// Body of `POST /api/v1/jobs/{id}/fail` (and, optionally, `/cancel`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
     /// Why the job failed or was stopped.
@@ -51,6 +55,7 @@ pub struct FailRequest {
 
 /// Optional body of `POST /api/v1/jobs/{id}/cancel`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     /// Why; stored as the job's error (default `cancelled`).
@@ -60,6 +65,7 @@ pub struct CancelRequest {
 
 /// Body of `GET /api/v1/jobs/{id}/result`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultBody {
     /// The job the result belongs to.
     pub job_id: String,
@@ -71,6 +77,7 @@ pub struct ResultBody {
 
 /// What `POST /api/v1/jobs/{id}/events` answers (HTTP 202).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventAck {
     /// The job the event was for.
     pub job_id: String,
@@ -84,6 +91,7 @@ pub struct EventAck {
 
 /// Body of `GET /api/v1/jobs/{id}/logs`: the bounded tails of a job's process output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobLogs {
     /// The job the logs belong to.
     pub job_id: String,

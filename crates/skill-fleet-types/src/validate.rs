@@ -29,6 +29,66 @@ pub enum ValidationError {
     /// Metric not finite.
     #[error("metric must be a finite number, got {0}")]
     Metric(f64),
+    /// A limit in the metadata (`budget_usd`, `time_limit_seconds`, …) is not a positive
+    /// number.
+    #[error("metadata `{field}` must be {expected}, got {got}")]
+    Limit {
+        /// The metadata key.
+        field: &'static str,
+        /// What it must be.
+        expected: &'static str,
+        /// What it was, as JSON.
+        got: String,
+    },
+}
+
+/// Share of the budget at which a warning is emitted, unless the metadata sets
+/// `budget_warning_fraction`.
+pub const DEFAULT_BUDGET_WARNING_FRACTION: f64 = 0.8;
+
+/// The spending and time limits a job's metadata may carry, enforced by the server for every
+/// job, whoever runs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobLimits {
+    /// `budget_usd`: the job is cancelled once its reported cumulative cost passes this.
+    pub budget_usd: Option<f64>,
+    /// `budget_warning_fraction`: share of the budget at which one warning is emitted.
+    pub budget_warning_fraction: f64,
+    /// `time_limit_seconds`: the job is cancelled this long after it started.
+    pub time_limit_seconds: Option<f64>,
+}
+
+impl JobLimits {
+    /// Reads and checks the limits in a job's metadata: each must be a finite number > 0
+    /// (the warning fraction at most 1); absent or `null` means no limit.
+    pub fn from_metadata(metadata: &Map<String, Value>) -> Result<JobLimits, ValidationError> {
+        let positive =
+            |field: &'static str, max: Option<f64>| -> Result<Option<f64>, ValidationError> {
+                match metadata.get(field) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(value) => match value.as_f64() {
+                        Some(n) if n.is_finite() && n > 0.0 && max.is_none_or(|max| n <= max) => {
+                            Ok(Some(n))
+                        }
+                        _ => Err(ValidationError::Limit {
+                            field,
+                            expected: if max.is_some() {
+                                "a number above 0 and at most 1"
+                            } else {
+                                "a number above 0"
+                            },
+                            got: value.to_string(),
+                        }),
+                    },
+                }
+            };
+        Ok(JobLimits {
+            budget_usd: positive("budget_usd", None)?,
+            budget_warning_fraction: positive("budget_warning_fraction", Some(1.0))?
+                .unwrap_or(DEFAULT_BUDGET_WARNING_FRACTION),
+            time_limit_seconds: positive("time_limit_seconds", None)?,
+        })
+    }
 }
 
 fn shown(value: &str) -> String {
@@ -138,6 +198,33 @@ mod tests {
             validate_metadata(&big),
             Err(ValidationError::MetadataTooLarge(_))
         ));
+    }
+
+    #[test]
+    fn limits_must_be_positive_numbers() {
+        let metadata = |json: &str| serde_json::from_str::<Map<String, Value>>(json).unwrap();
+        let limits = JobLimits::from_metadata(&metadata(
+            r#"{"budget_usd": 2, "time_limit_seconds": 3600.5, "model": "m"}"#,
+        ))
+        .unwrap();
+        assert_eq!(limits.budget_usd, Some(2.0));
+        assert_eq!(limits.time_limit_seconds, Some(3600.5));
+        assert_eq!(
+            limits.budget_warning_fraction,
+            DEFAULT_BUDGET_WARNING_FRACTION
+        );
+        let none = JobLimits::from_metadata(&metadata(r#"{"budget_usd": null}"#)).unwrap();
+        assert_eq!(none.budget_usd, None);
+        for bad in [
+            r#"{"budget_usd": 0}"#,
+            r#"{"budget_usd": -1}"#,
+            r#"{"budget_usd": "2.00"}"#,
+            r#"{"time_limit_seconds": 0}"#,
+            r#"{"budget_warning_fraction": 1.5}"#,
+        ] {
+            let err = JobLimits::from_metadata(&metadata(bad)).unwrap_err();
+            assert!(err.to_string().starts_with("metadata `"), "{bad}: {err}");
+        }
     }
 
     #[test]

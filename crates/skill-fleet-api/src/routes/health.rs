@@ -9,11 +9,37 @@ use serde_json::json;
 use crate::state::AppState;
 
 /// Liveness: answers as long as the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    summary = "Liveness",
+    security(()),
+    responses((status = 200, description = "The process serves requests (never needs a token)", body = crate::openapi::Health))
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The benchmark baseline: reads the body (if any) and answers `{}`.
+pub async fn noop(_body: axum::body::Bytes) -> Json<serde_json::Value> {
+    Json(json!({}))
+}
+
 /// Readiness: 200 once migrations, recovery and seeding are done; 503 before.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "Start-up is done: `{\"status\": \"ready\", \"live_jobs\", \"subscribers\"}`", body = crate::openapi::Readiness),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = skill_fleet_types::ErrorBody),
+        (status = 503, description = "Still starting (migrations, recovery, seeding): `{\"status\": \"starting\"}`, not an error body", body = crate::openapi::Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         let stats = state.service().hub().stats();
@@ -33,6 +59,17 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Counters as JSON: response cache hits/misses/304s, store calls, hub size.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Counters",
+    responses(
+        (status = 200, description = "Response cache, store and stream counters", body = crate::openapi::Metrics),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = skill_fleet_types::ErrorBody),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Json<serde_json::Value> {
     use std::sync::atomic::Ordering::Relaxed;
     let counters = &state.cache().counters;

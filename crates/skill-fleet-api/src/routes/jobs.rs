@@ -14,6 +14,7 @@ use skill_fleet_types::{
     CancelRequest, ClaimRequest, CompleteRequest, CreateJob, FailRequest, JobLogs, JobStatus,
     ProgressUpdate, ResultBody,
 };
+use skill_fleet_types::{ErrorBody, EventAck, Job, JobList, ProgressPage};
 
 use crate::cache::{Representation, Scope, etag};
 use crate::error::ApiError;
@@ -44,6 +45,27 @@ fn created_response(job: skill_fleet_types::Job, created: Created) -> Response {
 }
 
 /// `POST /api/v1/jobs`: 201 + Location; the same id and body again → 200; another body → 409.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    operation_id = "create_job",
+    description = "Creates a `queued` job. With an `id` that exists, the same type and metadata return the existing job (200) so a retried create is harmless; a different body is 409. Without an `id` the server generates a sortable one.",
+    tag = "jobs",
+    summary = "Create a job",
+    params(("X-Skill-Fleet-Source" = Option<String>, Header, nullable = false, description = "`cli` records the job's `source` as `cli`; anything else, or none, as `api`")),
+    request_body(content = CreateJob, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created, queued", body = Job, headers(("Location" = String, description = "`/api/v1/jobs/{id}`"))),
+        (status = 200, description = "A job with this id and the same type and metadata exists; returned unchanged (a retried create is harmless)", body = Job, headers(("Location" = String, description = "`/api/v1/jobs/{id}`"))),
+        (status = 400, description = "The body is not valid JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 409, description = "A job with this id exists with another type or metadata (`conflict`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "The request does not declare `Content-Type: application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or of the wrong type, or the id, type or metadata is invalid (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -54,7 +76,7 @@ pub async fn create(
 }
 
 /// Body of `POST /api/v1/optimization`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOptimization {
     /// Optimizer settings (`optimizer`, `model`, `trainset`, `budget_usd`, …).
@@ -66,6 +88,26 @@ pub struct CreateOptimization {
 }
 
 /// `POST /api/v1/optimization`: creates a job of type `optimization`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/optimization",
+    operation_id = "create_optimization",
+    description = "The same as `POST /api/v1/jobs` with `type` fixed to `optimization`, except that the body may be empty and `Content-Type` is not checked.",
+    tag = "optimization",
+    summary = "Create an optimization job",
+    params(("X-Skill-Fleet-Source" = Option<String>, Header, nullable = false, description = "`cli` records the job's `source` as `cli`; anything else, or none, as `api`")),
+    request_body(content = Option<CreateOptimization>, content_type = "application/json", description = "Optional: an empty body creates a job with no metadata and a generated id. `Content-Type` is not checked."),
+    responses(
+        (status = 201, description = "Created, queued, of type `optimization`", body = Job, headers(("Location" = String, description = "`/api/v1/jobs/{id}`"))),
+        (status = 200, description = "A job with this id and the same metadata exists; returned unchanged", body = Job, headers(("Location" = String, description = "`/api/v1/jobs/{id}`"))),
+        (status = 400, description = "The body is not valid JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 409, description = "A job with this id exists with another type or metadata (`conflict`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
+        (status = 422, description = "A field is unknown or of the wrong type, or the id or metadata is invalid (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn create_optimization(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -81,15 +123,18 @@ pub async fn create_optimization(
 }
 
 /// Query of `GET /api/v1/jobs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only jobs in this status.
+    #[param(value_type = Option<JobStatus>)]
     pub status: Option<String>,
     /// Only jobs of this type.
     #[serde(rename = "type")]
     pub job_type: Option<String>,
-    /// Page size (default 50, at most 500).
+    /// Page size (default 50; larger values are taken as 500).
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -122,6 +167,22 @@ impl ListQuery {
 }
 
 /// `GET /api/v1/jobs`: ETag from the store-wide change counter and the query; `no-cache`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    operation_id = "list_jobs",
+    description = "Newest first, filtered by `status` and `type`, paged with `cursor` (the previous page's `next_cursor`). The `ETag` comes from the store-wide change counter and the query, so any write anywhere changes it.",
+    tag = "jobs",
+    summary = "List jobs, newest first",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of jobs", body = JobList),
+        (status = 400, description = "An unknown query parameter, a value of the wrong type, an unknown `status`, an invalid `type`, or `limit=0` (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 422, description = "`cursor` is not one this server issued (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -149,6 +210,22 @@ pub async fn list(
 }
 
 /// `GET /api/v1/jobs/{id}`: ETag from id and version; `max-age` once terminal, else `no-cache`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    operation_id = "get_job",
+    description = "The stored job. Coalesced progress reaches the database within one flush interval (100 ms by default), so this may lag the stream by that much; in exchange its `version`, and so its `ETag`, always describes exactly this body.",
+    tag = "jobs",
+    summary = "Get a job",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 400, description = "The id is not a valid job id (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -169,16 +246,33 @@ pub async fn get(
 }
 
 /// Query of `GET /api/v1/jobs/{id}/progress`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// Only rows with a larger `seq`.
     pub after: Option<i64>,
-    /// Page size (default 500, at most 5000).
+    /// Page size (default 500; taken into `1..=5000`).
     pub limit: Option<u32>,
 }
 
 /// `GET /api/v1/jobs/{id}/progress`: ETag from id, version and the page asked for.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/progress",
+    operation_id = "job_progress",
+    description = "The job's stored progress rows in `seq` order, paged with `after` (the previous page's `next_after`).",
+    tag = "jobs",
+    summary = "A job's progress history",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)"), HistoryQuery),
+    responses(
+        (status = 200, description = "One page of progress records, in `seq` order", body = ProgressPage),
+        (status = 400, description = "The id is not a valid job id, or the query cannot be parsed (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn history(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -209,6 +303,22 @@ pub async fn history(
 }
 
 /// `GET /api/v1/jobs/{id}/result`: the result, 404 until the job has one.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/result",
+    operation_id = "job_result",
+    description = "200 only once the job is `completed` with a `result` or a `result_path`.",
+    tag = "jobs",
+    summary = "A completed job's result",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    responses(
+        (status = 200, description = "The result (its `Cache-Control` is always `max-age`: a result never changes)", body = ResultBody),
+        (status = 400, description = "The id is not a valid job id (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id, or the job is not completed, or it completed without `result` and `result_path` (`not_found`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn result(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -278,6 +388,24 @@ fn query_hash(uri: &Uri) -> u64 {
 }
 
 /// `POST /api/v1/jobs/claim`: 200 with the job (now running), or 204 when none is queued.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/claim",
+    operation_id = "claim_job",
+    description = "An external worker takes the oldest queued job of the given types and it becomes `running`. Types the server runs itself are never handed out, and asking for one is 422.",
+    tag = "workers",
+    summary = "Take the oldest queued job",
+    request_body(content = Option<ClaimRequest>, content_type = "application/json", description = "Optional: an empty body claims any type the server does not run itself. `Content-Type` is not checked."),
+    responses(
+        (status = 200, description = "The claimed job, now `running`", body = Job),
+        (status = 204, description = "No queued job of these types"),
+        (status = 400, description = "The body is not valid JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
+        (status = 422, description = "A field is unknown or of the wrong type, a type is invalid, or a type is one the server runs itself (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn claim(
     State(state): State<AppState>,
     OptionalJson(request): OptionalJson<ClaimRequest>,
@@ -292,6 +420,28 @@ pub async fn claim(
 }
 
 /// `POST /api/v1/jobs/{id}/events`: progress from an external worker.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/events",
+    operation_id = "report_progress",
+    description = "Progress from an external worker, merged into the job's state and streamed at once. Written to the database before the answer (`durable: true`) when it is the first event of a queued job (which starts it), changes the step, or carries a checkpoint; otherwise written within one flush interval. A `cost_usd` past the job's `budget_usd` cancels the job (the answer's `status` is then `cancelled`).",
+    tag = "workers",
+    summary = "Report progress",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    request_body(content = ProgressUpdate, content_type = "application/json", description = "Fields left out keep their values. The first event of a queued job starts it."),
+    responses(
+        (status = 202, description = "Accepted and streamed; `durable` says whether it was written before the answer", body = EventAck),
+        (status = 400, description = "The id is not a valid job id, or the body is not valid JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is completed, failed or cancelled: stop the run (`invalid_transition`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "The request does not declare `Content-Type: application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "A field is unknown or of the wrong type, or `progress` is outside 0..=1, `cost_usd` negative or not finite, `metric` not finite (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+        (status = 503, description = "The server is shutting down (`unavailable`)", body = ErrorBody),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -302,6 +452,26 @@ pub async fn events(
 }
 
 /// `POST /api/v1/jobs/{id}/complete`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/complete",
+    operation_id = "complete_job",
+    description = "Pending progress is written first; the job's stream sends the final state and ends.",
+    tag = "workers",
+    summary = "Complete a running job",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    request_body(content = Option<CompleteRequest>, content_type = "application/json", description = "Optional. `Content-Type` is not checked."),
+    responses(
+        (status = 200, description = "The job, now `completed` (progress 1)", body = Job),
+        (status = 400, description = "The id is not a valid job id, or the body is not valid JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is not running (`invalid_transition`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or of the wrong type (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn complete(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -315,6 +485,27 @@ pub async fn complete(
 }
 
 /// `POST /api/v1/jobs/{id}/fail`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/fail",
+    operation_id = "fail_job",
+    description = "Pending progress is written first; the job's stream sends the final state (its `message` is the error) and ends.",
+    tag = "workers",
+    summary = "Fail a queued or running job",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    request_body(content = FailRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job, now `failed`", body = Job),
+        (status = 400, description = "The id is not a valid job id, or the body is not valid JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is already completed, failed or cancelled (`invalid_transition`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "The request does not declare `Content-Type: application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or of the wrong type (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn fail(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -325,6 +516,26 @@ pub async fn fail(
 }
 
 /// `POST /api/v1/jobs/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/cancel",
+    operation_id = "cancel_job",
+    description = "The job's error becomes `reason` (default `cancelled`). If the server runs the job, its process is stopped.",
+    tag = "jobs",
+    summary = "Cancel a queued or running job",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    request_body(content = Option<CancelRequest>, content_type = "application/json", description = "Optional. `Content-Type` is not checked."),
+    responses(
+        (status = 200, description = "The job, now `cancelled`; a process running it is stopped", body = Job),
+        (status = 400, description = "The id is not a valid job id, or the body is not valid JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is already completed, failed or cancelled (`invalid_transition`)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or of the wrong type (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -335,6 +546,23 @@ pub async fn cancel(
 }
 
 /// `POST /api/v1/jobs/{id}/resume`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/resume",
+    operation_id = "resume_job",
+    description = "The job goes back to `queued` with its checkpoint; error and `completed_at` are cleared, and the next start increments `attempt`.",
+    tag = "jobs",
+    summary = "Requeue a failed or cancelled job",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    responses(
+        (status = 200, description = "The job, `queued` again with its checkpoint", body = Job),
+        (status = 400, description = "The id is not a valid job id (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The job is not failed or cancelled (`invalid_transition`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn resume(State(state): State<AppState>, JobId(id): JobId) -> Result<Response, ApiError> {
     let job = state.service().resume(&id).await?;
     Ok(Json(job).into_response())
@@ -342,6 +570,21 @@ pub async fn resume(State(state): State<AppState>, JobId(id): JobId) -> Result<R
 
 /// `GET /api/v1/jobs/{id}/logs`: the bounded stdout/stderr tails of the job's process (empty
 /// for jobs run by external workers).
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/logs",
+    operation_id = "job_logs",
+    tag = "jobs",
+    summary = "The tails of a job's process output",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    responses(
+        (status = 200, description = "The stdout and stderr tails (empty for a job run by an external worker or not run yet)", body = JobLogs),
+        (status = 400, description = "The id is not a valid job id (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+    ),
+)]
 pub async fn logs(State(state): State<AppState>, JobId(id): JobId) -> Result<Response, ApiError> {
     let logs = state.service().runner().and_then(|runner| runner.logs(&id));
     let logs = match logs {

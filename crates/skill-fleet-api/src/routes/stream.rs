@@ -29,9 +29,22 @@ pub struct StreamQuery {
     /// The last sequence number the client has seen.
     #[serde(rename = "lastEventId")]
     pub last_event_id: Option<String>,
+    /// The bearer token, for clients that cannot set headers (a browser's `EventSource`);
+    /// checked by the auth layer, only on the stream routes.
+    pub token: Option<String>,
 }
 
 /// `GET /api/v1/jobs/{id}/stream` and `GET /api/v1/optimization/{job_id}/stream`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/stream",
+    operation_id = "stream_job",
+    tag = "stream",
+    summary = "Follow a job's progress (SSE)",
+    params(crate::openapi::StreamParams),
+    responses(crate::openapi::StreamResponses),
+    security(("bearer" = []), ("token" = []))
+)]
 pub async fn stream(
     State(state): State<AppState>,
     JobId(id): JobId,

@@ -1,0 +1,460 @@
+//! The OpenAPI 3.1 document of the HTTP API, served at `GET /api/v1/openapi.json`.
+//!
+//! It is generated from the code: every handler carries a `#[utoipa::path]` attribute, every
+//! wire type derives `utoipa::ToSchema` (the `openapi` feature of `skill-fleet-types`). What
+//! several routes share is added here, in one place each: the bearer security scheme, the
+//! caching contract of the cached GETs ([`CACHED_GETS`]) and the second path of the stream
+//! handler. [`ROUTES`] lists what the router serves; `tests/openapi.rs` checks that the
+//! document, the router and `router()`'s source agree on it.
+
+use std::sync::LazyLock;
+
+use axum::body::Bytes;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use skill_fleet_types::{
+    CancelRequest, ClaimRequest, CompleteRequest, CreateJob, ErrorBody, ErrorCode, ErrorDetail,
+    EventAck, FailRequest, Job, JobList, JobLogs, JobStatus, Progress, ProgressPage,
+    ProgressRecord, ProgressUpdate, ResultBody, StreamEvent,
+};
+use utoipa::openapi::path::{HttpMethod, Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Header, Object, ObjectBuilder, Required, ResponseBuilder, Type};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
+
+use crate::error::ApiError;
+use crate::routes::jobs::CreateOptimization;
+
+/// Every route the router serves, as `(method, path)` with paths in OpenAPI's template form.
+/// The config-gated benchmark route `/_bench/noop` is not part of the API and not listed.
+///
+/// The OpenAPI document describes exactly these; `tests/openapi.rs` checks that, that the
+/// router answers each of them, and that `router()` declares no other.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs/claim"),
+    ("GET", "/api/v1/jobs/{id}"),
+    ("GET", "/api/v1/jobs/{id}/progress"),
+    ("GET", "/api/v1/jobs/{id}/result"),
+    ("POST", "/api/v1/jobs/{id}/events"),
+    ("POST", "/api/v1/jobs/{id}/complete"),
+    ("POST", "/api/v1/jobs/{id}/fail"),
+    ("POST", "/api/v1/jobs/{id}/cancel"),
+    ("POST", "/api/v1/jobs/{id}/resume"),
+    ("GET", "/api/v1/jobs/{id}/stream"),
+    ("GET", "/api/v1/jobs/{id}/logs"),
+    ("POST", "/api/v1/optimization"),
+    ("GET", "/api/v1/optimization/{id}/stream"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
+
+/// The GET routes answered through the response cache: strong `ETag`, `Last-Modified`,
+/// `Cache-Control`, `X-Cache`, and `304` on a matching `If-None-Match` / `If-Modified-Since`.
+pub const CACHED_GETS: &[&str] = &[
+    "/api/v1/jobs",
+    "/api/v1/jobs/{id}",
+    "/api/v1/jobs/{id}/progress",
+    "/api/v1/jobs/{id}/result",
+];
+
+/// The path of the job stream; the optimization stream is the same handler.
+const JOB_STREAM: &str = "/api/v1/jobs/{id}/stream";
+const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
+
+/// The whole document. `ApiDoc::openapi()` builds it.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "skill-fleet",
+        description = "A durable job server: create jobs, follow their progress live over \
+            Server-Sent Events, read their history and results. Human-readable guide: \
+            `docs/API.md`. Every error is `{\"error\": {\"code\", \"message\"}}` \
+            (`ErrorBody`); clients match on `code`.",
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
+    ),
+    paths(
+        crate::routes::jobs::create,
+        crate::routes::jobs::list,
+        crate::routes::jobs::claim,
+        crate::routes::jobs::get,
+        crate::routes::jobs::history,
+        crate::routes::jobs::result,
+        crate::routes::jobs::events,
+        crate::routes::jobs::complete,
+        crate::routes::jobs::fail,
+        crate::routes::jobs::cancel,
+        crate::routes::jobs::resume,
+        crate::routes::stream::stream,
+        crate::routes::jobs::logs,
+        crate::routes::jobs::create_optimization,
+        openapi_json,
+        crate::routes::health::healthz,
+        crate::routes::health::readyz,
+        crate::routes::health::metrics,
+    ),
+    components(schemas(
+        ErrorBody,
+        ErrorDetail,
+        ErrorCode,
+        Job,
+        JobStatus,
+        JobList,
+        Progress,
+        ProgressUpdate,
+        ProgressRecord,
+        ProgressPage,
+        StreamEvent,
+        CreateJob,
+        CreateOptimization,
+        ClaimRequest,
+        CompleteRequest,
+        FailRequest,
+        CancelRequest,
+        ResultBody,
+        EventAck,
+        JobLogs,
+        Health,
+        Readiness,
+        Metrics,
+    )),
+    modifiers(&Security, &Caching, &OptimizationStream),
+    security(("bearer" = [])),
+    tags(
+        (name = "jobs", description = "Create, list and read jobs; lifecycle transitions"),
+        (name = "workers", description = "What an external worker calls: claim, report progress, finish"),
+        (name = "stream", description = "Live progress as Server-Sent Events"),
+        (name = "optimization", description = "Shortcuts for jobs of type `optimization`"),
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The document as served, built once.
+static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_json()
+        .map(Bytes::from)
+        .map_err(|err| format!("cannot encode the openapi document: {err}"))
+});
+
+/// `GET /api/v1/openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    summary = "This OpenAPI document",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object, content_type = "application/json"),
+        (status = 401, description = "A token is configured and the request did not carry it", body = ErrorBody),
+    )
+)]
+pub async fn openapi_json() -> Result<Response, ApiError> {
+    let body = DOCUMENT
+        .as_ref()
+        .map_err(|err| ApiError::Internal(err.clone()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.clone(),
+    )
+        .into_response())
+}
+
+/// Body of `GET /healthz` (documentation only; the handler builds it with `json!`).
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// Body of `GET /readyz`: `{"status": "ready", …}` (200) or `{"status": "starting"}` (503)
+/// (documentation only; the handler builds it with `json!`).
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `starting`.
+    #[schema(example = "ready")]
+    pub status: String,
+    /// Jobs the streaming hub follows (only when ready).
+    pub live_jobs: Option<u64>,
+    /// Open stream subscriptions (only when ready).
+    pub subscribers: Option<u64>,
+}
+
+/// Body of `GET /metrics` (documentation only; the handler builds it with `json!`).
+#[derive(Serialize, ToSchema)]
+pub struct Metrics {
+    /// The response cache of GETs.
+    pub cache: CacheMetrics,
+    /// Store calls made since start (each one a blocking-pool task).
+    pub store_calls: u64,
+    /// The streaming hub.
+    pub stream: StreamMetrics,
+}
+
+/// The `cache` part of [`Metrics`].
+#[derive(Serialize, ToSchema)]
+pub struct CacheMetrics {
+    /// GETs answered from the cache (200 or 304).
+    pub hits: u64,
+    /// GETs built from the database.
+    pub misses: u64,
+    /// GETs answered with `304 Not Modified`.
+    pub not_modified: u64,
+    /// Entries in the cache.
+    pub entries: u64,
+}
+
+/// The `stream` part of [`Metrics`].
+#[derive(Serialize, ToSchema)]
+pub struct StreamMetrics {
+    /// Jobs the hub follows.
+    pub jobs: u64,
+    /// Open subscriptions.
+    pub subscribers: u64,
+}
+
+/// The responses of the two stream routes (documentation only).
+#[derive(IntoResponses)]
+pub enum StreamResponses {
+    /// The job's states as `text/event-stream`. Each event has `id:` (the state's `seq`) and
+    /// a `data:` line holding one `StreamEvent` as JSON; the first event also carries
+    /// `retry:` (milliseconds). The first event is the current state, sent at once; then
+    /// every newer state; a terminal state is sent last and the server ends the stream.
+    /// Idle streams get keep-alive comment lines (`:`).
+    #[response(status = 200, content_type = "text/event-stream")]
+    Events(StreamEvent),
+    /// The id is not a valid job id, or the query cannot be parsed.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// A token is configured and neither `Authorization: Bearer` nor `?token=` carried it.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No job with this id (answered before any stream starts).
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The database failed.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The server is shutting down (the stream hub is closed).
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The parameters of the two stream routes (documentation only).
+pub struct StreamParams;
+
+impl IntoParams for StreamParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let param = |name: &str, place: ParameterIn, required: bool, description: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(place)
+                .required(if required {
+                    Required::True
+                } else {
+                    Required::False
+                })
+                .description(Some(description))
+                .schema(Some(Object::with_type(Type::String)))
+                .build()
+        };
+        let mut id = param("id", ParameterIn::Path, true, JOB_ID);
+        id.schema = Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(JOB_ID_PATTERN))
+                .into(),
+        );
+        vec![
+            id,
+            param(
+                "Last-Event-ID",
+                ParameterIn::Header,
+                false,
+                "The `seq` of the last event the client saw (set by `EventSource` on \
+                 reconnect): only newer states are sent, and a terminal state always. A value \
+                 that is not a whole number is ignored.",
+            ),
+            param(
+                "lastEventId",
+                ParameterIn::Query,
+                false,
+                "The same as `Last-Event-ID`, for clients that cannot set headers; the header \
+                 wins when both are given.",
+            ),
+            param(
+                "token",
+                ParameterIn::Query,
+                false,
+                "The bearer token, for clients that cannot set headers (a browser's \
+                 `EventSource`); accepted on the stream routes only.",
+            ),
+        ]
+    }
+}
+
+/// The description of the `{id}` path parameter.
+const JOB_ID: &str = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)";
+/// What a job id must match (`skill_fleet_types::validate_job_id`).
+const JOB_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// Adds the security schemes: a bearer token in `Authorization`, or (stream routes only) in
+/// the `token` query parameter.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Required on every route but `/healthz` when the server is started \
+                         with a token (`--auth-token`, `SKILL_FLEET_AUTH_TOKEN` or `auth_token`); without one, no \
+                         route needs it. A missing or wrong token gets 401 with \
+                         `WWW-Authenticate: Bearer`.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "The same token as a query parameter, accepted on the stream routes only \
+                 (browsers' `EventSource` cannot set headers).",
+            ))),
+        );
+    }
+}
+
+/// Adds the caching contract to each of [`CACHED_GETS`]: the conditional request headers, the
+/// validators and cache headers on `200`, and the `304` answer.
+struct Caching;
+
+impl Modify for Caching {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for path in CACHED_GETS {
+            let Some(operation) = openapi
+                .paths
+                .paths
+                .get_mut(*path)
+                .and_then(|item| item.get.as_mut())
+            else {
+                continue;
+            };
+            add_caching(operation);
+        }
+    }
+}
+
+fn add_caching(operation: &mut Operation) {
+    let header = |description: &str| {
+        let mut header = Header::new(Object::with_type(Type::String));
+        header.description = Some(description.to_owned());
+        header
+    };
+    let validators = [
+        (
+            "ETag",
+            header(
+                "Strong entity tag of this representation: a job's tags change with its \
+                 `version`; a list's with the store-wide change counter and the query.",
+            ),
+        ),
+        (
+            "Last-Modified",
+            header("When the resource last changed (`updated_at`; for a list, its newest job)."),
+        ),
+        (
+            "Cache-Control",
+            header(
+                "`max-age=<cache ttl in seconds>` once the job is terminal (a result always); \
+                 `no-cache` while it can still change, and for lists.",
+            ),
+        ),
+        (
+            "X-Cache",
+            header("`HIT` when answered from the server's response cache, else `MISS`."),
+        ),
+        (
+            "Vary",
+            header("`authorization`, when the server requires a token."),
+        ),
+    ];
+    if let Some(utoipa::openapi::RefOr::T(ok)) = operation.responses.responses.get_mut("200") {
+        for (name, value) in &validators {
+            ok.headers.insert((*name).to_owned(), value.clone());
+        }
+    }
+    let mut not_modified = ResponseBuilder::new().description(
+        "A validator matched: `If-None-Match` names the current tag (weak comparison, `*` \
+         matches), or, without `If-None-Match`, nothing changed since `If-Modified-Since`. \
+         No body; the same headers as 200.",
+    );
+    for (name, value) in validators {
+        not_modified = not_modified.header(name, value);
+    }
+    operation
+        .responses
+        .responses
+        .insert("304".to_owned(), not_modified.build().into());
+    let condition = |name: &str, description: &str| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(description))
+            .schema(Some(Object::with_type(Type::String)))
+            .build()
+    };
+    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+    parameters.push(condition(
+        "If-None-Match",
+        "One or more entity tags (or `*`); 304 when one matches the current `ETag`.",
+    ));
+    parameters.push(condition(
+        "If-Modified-Since",
+        "An HTTP date (IMF-fixdate); 304 when the resource has not changed since. Ignored \
+         when `If-None-Match` is present or the date does not parse.",
+    ));
+}
+
+/// Documents `GET /api/v1/optimization/{id}/stream`, served by the same handler as the job
+/// stream, as a copy of that path.
+struct OptimizationStream;
+
+impl Modify for OptimizationStream {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(mut operation) = openapi
+            .paths
+            .paths
+            .get(JOB_STREAM)
+            .and_then(|item| item.get.clone())
+        else {
+            return;
+        };
+        operation.operation_id = Some("stream_optimization".to_owned());
+        operation.tags = Some(vec!["optimization".to_owned(), "stream".to_owned()]);
+        operation.summary = Some("Follow an optimization job's progress (SSE)".to_owned());
+        operation.description = Some(
+            "The same stream as `GET /api/v1/jobs/{id}/stream`, under the optimization \
+             prefix; any job id is accepted."
+                .to_owned(),
+        );
+        openapi
+            .paths
+            .add_path_operation(OPTIMIZATION_STREAM, vec![HttpMethod::Get], operation);
+    }
+}
