@@ -1,9 +1,10 @@
-//! `cargo xtask …`: project chores (migrations, the generated schema, the store benchmark).
+//! `cargo xtask …`: project chores (migrations, the generated schema, the benchmark suite).
 //!
 //! Exit codes: 0 success, 1 failure (including `schema --check` finding a stale file),
 //! 2 bad usage.
 
-mod bench_store;
+mod bench;
+mod demo;
 mod migrate;
 mod new_migration;
 mod schema;
@@ -17,10 +18,14 @@ pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Sen
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  demo [--trials N]        start the server, run a real optimization job, watch it live
   migrate [DATABASE_URL]   apply the embedded migrations (default ./skill-fleet.db)
   new-migration NAME       create migrations/<timestamp>_NAME/{up,down}.sql
   schema [--check]         regenerate crates/skill-fleet-jobs/src/schema.rs, or check it
-  bench-store [-- ARGS]    run the progress-batch benchmark (release build)";
+  bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
+                           the benchmark suite (release build): table + target/bench/report.json;
+                           sections ingest,revalidate,sse,restart,cli,store
+  bench-store [--ticks N]  the store section alone (`bench --only store`)";
 
 /// The repository root: the parent of this crate's directory.
 pub fn project_root() -> PathBuf {
@@ -40,7 +45,14 @@ fn main() -> ExitCode {
         "migrate" => migrate::run(rest),
         "new-migration" => new_migration::run(rest),
         "schema" => schema::run(rest),
-        "bench-store" => bench_store::run(rest),
+        "bench" => bench::run(rest),
+        "bench-store" => {
+            let mut args = vec!["--only".to_owned(), "store".to_owned()];
+            args.extend(rest.iter().filter(|a| *a != "--").cloned());
+            bench::run(&args)
+        }
+        "bench-sse-client" => bench::sse_client::run(rest),
+        "demo" => demo::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,684 @@
+// skill-fleet dashboard: plain JavaScript, no framework, no build step.
+//
+// Routes: `#/` (jobs, optionally `#/?status=running`) and `#/jobs/ID` (one job, live).
+// The jobs table polls GET /api/v1/jobs with If-None-Match, so an idle server answers 304.
+// The job view follows the job's SSE stream, reconnecting with `lastEventId` when it drops.
+'use strict';
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const TOKEN_KEY = 'skill-fleet-token';
+  const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+  const LIST_MS = 3000;
+  const DETAIL_MS = 5000;
+  const HIDDEN_MS = 30000;
+  const MAX_POINTS = 20000;
+  const LOG_LINES = 200;
+
+  let token = localStorage.getItem(TOKEN_KEY) || '';
+  let needToken = false;
+  let view = null;
+
+  // ---------------------------------------------------------------- formatting
+
+  const pct = (p) => Math.round((p || 0) * 1000) / 10;
+  const pctText = (p) => `${Math.round((p || 0) * 100)}%`;
+  const money = (v) => (v == null ? '–' : `$${v >= 100 ? v.toFixed(0) : v.toFixed(2)}`);
+  const num = (v) => (v == null ? '–' : String(Number(v.toPrecision(4))));
+  const pad = (n) => String(n).padStart(2, '0');
+
+  function span(seconds) {
+    if (seconds == null || !isFinite(seconds)) return '–';
+    let s = Math.max(0, Math.round(seconds));
+    const d = Math.floor(s / 86400);
+    const h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    s %= 60;
+    if (d) return `${d}d ${h}h`;
+    if (h) return `${h}h ${pad(m)}m`;
+    if (m) return `${m}m ${pad(s)}s`;
+    return `${s}s`;
+  }
+
+  function when(iso) {
+    if (!iso) return '–';
+    const t = new Date(iso);
+    const today = new Date().toDateString() === t.toDateString();
+    return today
+      ? t.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+      : t.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  }
+
+  const clock = (ms, seconds) => new Date(ms).toLocaleTimeString([], seconds
+    ? { hour: '2-digit', minute: '2-digit', second: '2-digit' }
+    : { hour: '2-digit', minute: '2-digit' });
+  const tick = (v) => String(Number(v.toPrecision(3)));
+
+  /** Seconds a job has run: until it finished, or until now. */
+  function elapsed(job) {
+    if (!job.started_at) return null;
+    const end = job.completed_at || (TERMINAL.has(job.status) ? job.updated_at : null);
+    return ((end ? Date.parse(end) : Date.now()) - Date.parse(job.started_at)) / 1000;
+  }
+
+  const eta = (job) => (job.status === 'running' ? span(job.progress.eta_seconds) : '–');
+
+  // ---------------------------------------------------------------- DOM helpers
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v == null) continue;
+      if (k === 'class') el.className = v;
+      else if (k === 'text') el.textContent = v;
+      else el.setAttribute(k, v);
+    }
+    el.append(...children);
+    return el;
+  }
+
+  function svg(tag, attrs) {
+    const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === 'text') el.textContent = v;
+      else el.setAttribute(k, v);
+    }
+    return el;
+  }
+
+  function setText(el, text) {
+    if (el.textContent !== text) el.textContent = text;
+  }
+
+  function setBar(bar, job) {
+    const value = pct(job.progress.progress);
+    bar.className = `bar ${job.status}`;
+    bar.setAttribute('aria-valuenow', String(value));
+    bar.setAttribute('aria-valuetext', `${pctText(job.progress.progress)}, ${job.status}`);
+    bar.firstChild.style.width = `${value}%`;
+  }
+
+  function setBadge(el, status) {
+    el.className = `badge ${status}`;
+    setText(el, status);
+  }
+
+  function notice(message) {
+    const el = $('notice');
+    el.hidden = !message;
+    setText(el, message || '');
+  }
+
+  function setConn(ok, text) {
+    const el = $('conn');
+    el.className = `conn ${ok ? 'ok' : 'bad'}`;
+    setText(el, text);
+  }
+
+  // ---------------------------------------------------------------- API
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  /** One API call. Returns `{status, etag, data}`; a 304 has no data. Throws ApiError. */
+  async function api(path, { method = 'GET', etag = null } = {}) {
+    const headers = { Accept: 'application/json' };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (etag) headers['If-None-Match'] = etag;
+    let res;
+    try {
+      res = await fetch(path, { method, headers, cache: 'no-store' });
+    } catch (err) {
+      setConn(false, 'server unreachable, retrying');
+      throw new ApiError(0, 'network', 'the server cannot be reached');
+    }
+    if (res.status === 401) {
+      askToken();
+      throw new ApiError(401, 'unauthorized', 'this server needs a token');
+    }
+    if (res.status === 304) return { status: 304, etag };
+    const text = await res.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (err) {
+      data = null;
+    }
+    if (!res.ok) {
+      const e = (data && data.error) || {};
+      throw new ApiError(res.status, e.code || `http_${res.status}`, e.message || `HTTP ${res.status}`);
+    }
+    return { status: res.status, etag: res.headers.get('ETag'), data };
+  }
+
+  function askToken() {
+    if (needToken) return;
+    needToken = true;
+    stopDetail();
+    $('token-form').hidden = false;
+    $('token-input').value = '';
+    $('token-input').focus();
+    setConn(false, 'token needed');
+  }
+
+  $('token-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    token = $('token-input').value.trim();
+    if (!token) return;
+    localStorage.setItem(TOKEN_KEY, token);
+    needToken = false;
+    $('token-form').hidden = true;
+    $('forget-token').hidden = false;
+    onRoute();
+  });
+
+  $('forget-token').addEventListener('click', () => {
+    localStorage.removeItem(TOKEN_KEY);
+    token = '';
+    $('forget-token').hidden = true;
+    onRoute();
+  });
+
+  // ---------------------------------------------------------------- jobs table
+
+  const list = { status: '', limit: 100, url: null, etag: null, data: null, gen: 0, timer: 0, rows: new Map() };
+  const LABELS = ['Job', 'Status', 'Type', 'Progress', 'Step', 'Cost', 'Metric', 'ETA', 'Started', 'Duration'];
+
+  function newRow(job) {
+    const cells = LABELS.map((label) => h('td', { 'data-label': label }));
+    const link = h('a', { class: 'id', href: `#/jobs/${job.id}`, text: job.id });
+    cells[0].append(link);
+    cells[1].append(h('span', { class: 'badge' }));
+    const bar = h('div', {
+      class: 'bar', role: 'progressbar', 'aria-label': `Progress of ${job.id}`,
+      'aria-valuemin': '0', 'aria-valuemax': '100',
+    }, h('span'));
+    cells[3].append(h('div', { class: 'progress' }, bar, h('span', { class: 'pct' })));
+    cells[4].className = 'step';
+    for (const i of [5, 6, 7, 9]) cells[i].classList.add('num');
+    const tr = h('tr', { 'data-job-id': job.id }, ...cells);
+    return tr;
+  }
+
+  function fillRow(tr, job) {
+    const c = tr.cells;
+    tr.dataset.status = job.status;
+    setBadge(c[1].firstChild, job.status);
+    setText(c[2], job.type);
+    setBar(c[3].querySelector('.bar'), job);
+    setText(c[3].querySelector('.pct'), pctText(job.progress.progress));
+    setText(c[4], job.progress.step || '–');
+    c[4].title = job.progress.message || '';
+    setText(c[5], money(job.progress.cost_usd));
+    setText(c[6], num(job.progress.metric));
+    setText(c[7], eta(job));
+    setText(c[8], when(job.started_at));
+    c[8].title = job.started_at || '';
+    setText(c[9], span(elapsed(job)));
+    c[9].dataset.since = job.status === 'running' && job.started_at ? job.started_at : '';
+  }
+
+  function renderList() {
+    const body = $('jobs-body');
+    const jobs = (list.data && list.data.jobs) || [];
+    const seen = new Set();
+    jobs.forEach((job, i) => {
+      seen.add(job.id);
+      let tr = list.rows.get(job.id);
+      if (!tr) {
+        tr = newRow(job);
+        list.rows.set(job.id, tr);
+      }
+      fillRow(tr, job);
+      if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+    });
+    for (const [id, tr] of list.rows) {
+      if (!seen.has(id)) {
+        tr.remove();
+        list.rows.delete(id);
+      }
+    }
+    const empty = $('jobs-empty');
+    empty.hidden = jobs.length > 0;
+    setText(empty, list.status ? `No ${list.status} jobs.` : 'No jobs yet.');
+    const more = $('more');
+    more.hidden = !(list.data && list.data.next_cursor) || list.limit >= 500;
+    const running = jobs.filter((j) => j.status === 'running').length;
+    document.title = running ? `(${running} running) skill-fleet` : 'skill-fleet';
+  }
+
+  async function loadList() {
+    clearTimeout(list.timer);
+    const gen = ++list.gen;
+    const q = new URLSearchParams({ limit: String(list.limit) });
+    if (list.status) q.set('status', list.status);
+    const url = `/api/v1/jobs?${q}`;
+    try {
+      const r = await api(url, { etag: url === list.url ? list.etag : null });
+      if (gen !== list.gen) return;
+      if (r.status !== 304) {
+        list.url = url;
+        list.etag = r.etag;
+        list.data = r.data;
+      }
+      renderList();
+      setConn(true, `updated ${new Date().toLocaleTimeString()}`);
+      notice('');
+    } catch (err) {
+      if (gen !== list.gen) return;
+      if (err.status > 0 && err.status !== 401) notice(err.message);
+    }
+    if (!needToken && view === 'list' && gen === list.gen) {
+      list.timer = setTimeout(loadList, document.hidden ? HIDDEN_MS : LIST_MS);
+    }
+  }
+
+  $('filters').addEventListener('click', (e) => {
+    const button = e.target.closest('button[data-status]');
+    if (!button) return;
+    const status = button.dataset.status;
+    location.hash = status ? `#/?status=${status}` : '#/';
+  });
+
+  $('more').addEventListener('click', () => {
+    list.limit = Math.min(500, list.limit + 100);
+    loadList();
+  });
+
+  // ---------------------------------------------------------------- one job
+
+  let detail = null;
+
+  function stopDetail() {
+    if (!detail) return;
+    if (detail.source) detail.source.close();
+    clearTimeout(detail.retryTimer);
+    clearTimeout(detail.pollTimer);
+    clearTimeout(detail.chartTimer);
+    detail.source = null;
+    detail.stopped = true;
+  }
+
+  function openDetail(id) {
+    stopDetail();
+    detail = {
+      id, job: null, etag: null, source: null, lastSeq: null, retryMs: 1000, retryTimer: 0,
+      pollTimer: 0, chartTimer: 0, points: [], historyAfter: null, logsEtag: null, dropped: false,
+      stopped: false,
+    };
+    setText($('job-title'), id);
+    setText($('log-out'), '');
+    setText($('log-err'), '');
+    hideConfirm();
+    $('chart').replaceChildren();
+    start(detail);
+  }
+
+  async function start(d) {
+    await loadJob(d);
+    if (d.stopped || !d.job) return;
+    await loadHistory(d);
+    if (d.stopped) return;
+    drawChart(d);
+    connectStream(d);
+    loadLogs(d);
+    schedulePoll(d);
+  }
+
+  function schedulePoll(d) {
+    clearTimeout(d.pollTimer);
+    d.pollTimer = setTimeout(async () => {
+      if (d.stopped) return;
+      await loadJob(d);
+      if (d.job && !TERMINAL.has(d.job.status)) {
+        loadLogs(d);
+        if (!d.source && !d.retryTimer) connectStream(d);
+      }
+      schedulePoll(d);
+    }, document.hidden ? HIDDEN_MS : DETAIL_MS);
+  }
+
+  async function loadJob(d) {
+    try {
+      const r = await api(`/api/v1/jobs/${encodeURIComponent(d.id)}`, { etag: d.etag });
+      if (d.stopped) return;
+      if (r.status !== 304) {
+        d.etag = r.etag;
+        d.job = r.data;
+        renderDetail(d);
+      }
+      setConn(true, `updated ${new Date().toLocaleTimeString()}`);
+      notice('');
+    } catch (err) {
+      if (d.stopped) return;
+      if (err.status === 404) notice(`job ${d.id} not found`);
+      else if (err.status > 0 && err.status !== 401) notice(err.message);
+    }
+  }
+
+  async function loadHistory(d) {
+    try {
+      for (let page = 0; page < 40; page++) {
+        const q = new URLSearchParams({ limit: '5000' });
+        if (d.historyAfter != null) q.set('after', String(d.historyAfter));
+        const r = await api(`/api/v1/jobs/${encodeURIComponent(d.id)}/progress?${q}`);
+        if (d.stopped) return;
+        const records = (r.data && r.data.records) || [];
+        for (const rec of records) {
+          addPoint(d, Date.parse(rec.created_at), rec.metric, rec.cost_usd, true);
+          d.historyAfter = rec.seq;
+        }
+        if (!records.length || r.data.next_after == null) break;
+      }
+    } catch (err) {
+      if (err.status > 0 && err.status !== 401) notice(`cannot load the progress history: ${err.message}`);
+    }
+  }
+
+  /** Adds a chart point; live points only when something changed or 5 s passed. */
+  function addPoint(d, t, metric, cost, history) {
+    if (!isFinite(t)) return;
+    const last = d.points[d.points.length - 1];
+    if (!history && last && last.m === metric && last.c === cost && t - last.t < 5000) return;
+    if (last && t < last.t) {
+      d.points.push({ t, m: metric, c: cost });
+      d.points.sort((a, b) => a.t - b.t);
+    } else {
+      d.points.push({ t, m: metric, c: cost });
+    }
+    if (d.points.length > MAX_POINTS) d.points = d.points.filter((_, i) => i % 2 === 0);
+  }
+
+  function connectStream(d) {
+    if (d.stopped || d.source || (d.job && TERMINAL.has(d.job.status))) {
+      if (d.job && TERMINAL.has(d.job.status)) setText($('d-live'), 'finished');
+      return;
+    }
+    d.retryTimer = 0;
+    const q = new URLSearchParams();
+    if (d.lastSeq != null) q.set('lastEventId', d.lastSeq);
+    if (token) q.set('token', token);
+    const qs = q.toString();
+    const src = new EventSource(`/api/v1/jobs/${encodeURIComponent(d.id)}/stream${qs ? `?${qs}` : ''}`);
+    d.source = src;
+    setText($('d-live'), 'connecting…');
+    src.onopen = () => {
+      if (d.stopped) return;
+      d.retryMs = 1000;
+      setText($('d-live'), 'live');
+      if (d.dropped) {
+        // Fill the chart with what was written while we were away.
+        d.dropped = false;
+        loadHistory(d).then(() => drawChart(d));
+      }
+    };
+    src.onmessage = (m) => {
+      if (d.stopped) return;
+      let ev;
+      try {
+        ev = JSON.parse(m.data);
+      } catch (err) {
+        return;
+      }
+      if (m.lastEventId) d.lastSeq = m.lastEventId;
+      applyEvent(d, ev);
+    };
+    src.onerror = () => {
+      if (d.stopped || d.source !== src) return;
+      d.dropped = true;
+      setText($('d-live'), 'reconnecting…');
+      if (src.readyState === EventSource.CLOSED) {
+        // The browser gave up (an HTTP error): retry ourselves, with backoff.
+        d.source = null;
+        d.retryTimer = setTimeout(async () => {
+          await loadJob(d);
+          d.retryTimer = 0;
+          connectStream(d);
+        }, d.retryMs);
+        d.retryMs = Math.min(d.retryMs * 2, 30000);
+      }
+    };
+  }
+
+  function applyEvent(d, ev) {
+    if (!d.job) return;
+    const job = d.job;
+    job.status = ev.status;
+    job.progress = {
+      progress: ev.progress, step: ev.step, message: ev.message,
+      cost_usd: ev.cost_usd, metric: ev.metric, eta_seconds: ev.eta_seconds,
+    };
+    renderDetail(d);
+    addPoint(d, Date.parse(ev.at), ev.metric, ev.cost_usd, false);
+    scheduleChart(d);
+    if (TERMINAL.has(ev.status)) {
+      if (d.source) d.source.close();
+      d.source = null;
+      setText($('d-live'), 'finished');
+      d.etag = null;
+      loadJob(d);
+      loadLogs(d);
+    }
+  }
+
+  function renderDetail(d) {
+    const job = d.job;
+    const p = job.progress;
+    setBadge($('d-status'), job.status);
+    setBar($('d-bar'), job);
+    setText($('d-pct'), pctText(p.progress));
+    setText($('d-message'), p.message || '');
+    setText($('d-step'), p.step || '–');
+    setText($('d-cost'), money(p.cost_usd));
+    setText($('d-metric'), num(p.metric));
+    setText($('d-eta'), eta(job));
+    setText($('d-type'), job.type);
+    setText($('d-attempt'), String(job.attempt));
+    setText($('d-started'), when(job.started_at));
+    setText($('d-duration'), span(elapsed(job)));
+    $('d-duration').dataset.since = job.status === 'running' && job.started_at ? job.started_at : '';
+    const err = $('d-error');
+    err.hidden = !job.error;
+    setText(err, job.error ? `Error: ${job.error}` : '');
+    const extra = { metadata: job.metadata, checkpoint: job.checkpoint, result: job.result, result_path: job.result_path };
+    setText($('d-json'), JSON.stringify(extra, null, 2));
+    const terminal = TERMINAL.has(job.status);
+    $('cancel').disabled = terminal;
+    $('resume').disabled = !(job.status === 'failed' || job.status === 'cancelled');
+    if (terminal) hideConfirm();
+    document.title = `${pctText(p.progress)} ${job.id} (${job.status}) · skill-fleet`;
+  }
+
+  async function loadLogs(d) {
+    const out = $('log-out');
+    const err = $('log-err');
+    try {
+      const r = await api(`/api/v1/jobs/${encodeURIComponent(d.id)}/logs`, { etag: d.logsEtag });
+      if (d.stopped || r.status === 304) return;
+      d.logsEtag = r.etag;
+      showLog(out, (r.data && r.data.stdout) || []);
+      showLog(err, (r.data && r.data.stderr) || []);
+    } catch (e) {
+      if (d.stopped) return;
+      if (e.status === 404) {
+        setText(out, 'no logs');
+        setText(err, 'no logs');
+      }
+    }
+  }
+
+  function showLog(pre, lines) {
+    const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    setText(pre, lines.length ? lines.slice(-LOG_LINES).join('\n') : 'no output');
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
+  }
+
+  // ---------------------------------------------------------------- cancel / resume
+
+  function hideConfirm() {
+    $('confirm-cancel').hidden = true;
+    $('cancel').hidden = false;
+  }
+
+  $('cancel').addEventListener('click', () => {
+    $('cancel').hidden = true;
+    $('confirm-cancel').hidden = false;
+    $('cancel-yes').focus();
+  });
+
+  $('cancel-no').addEventListener('click', () => {
+    hideConfirm();
+    $('cancel').focus();
+  });
+
+  async function lifecycle(action) {
+    const d = detail;
+    if (!d) return;
+    const buttons = [$('cancel-yes'), $('resume')];
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      const r = await api(`/api/v1/jobs/${encodeURIComponent(d.id)}/${action}`, { method: 'POST' });
+      if (d.stopped) return;
+      d.job = r.data;
+      d.etag = null;
+      renderDetail(d);
+      notice('');
+      if (action === 'resume') connectStream(d);
+    } catch (err) {
+      if (err.status !== 401) notice(`cannot ${action} ${d.id}: ${err.message}`);
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+      if (d.job) renderDetail(d);
+      hideConfirm();
+    }
+  }
+
+  $('cancel-yes').addEventListener('click', () => lifecycle('cancel'));
+  $('resume').addEventListener('click', () => lifecycle('resume'));
+
+  // ---------------------------------------------------------------- chart
+
+  function scheduleChart(d) {
+    if (d.chartTimer) return;
+    d.chartTimer = setTimeout(() => {
+      d.chartTimer = 0;
+      if (!d.stopped) drawChart(d);
+    }, 1000);
+  }
+
+  function drawChart(d) {
+    const el = $('chart');
+    let pts = d.points;
+    if (pts.length < 2) {
+      el.replaceChildren(h('p', { class: 'muted', text: 'No progress history yet.' }));
+      return;
+    }
+    if (pts.length > 600) {
+      const step = Math.ceil(pts.length / 600);
+      pts = pts.filter((_, i) => i % step === 0 || i === d.points.length - 1);
+    }
+    const W = Math.max(280, el.clientWidth || 720);
+    const H = 240, L = 52, R = 58, T = 30, B = 26;
+    const t0 = pts[0].t;
+    const t1 = Math.max(pts[pts.length - 1].t, t0 + 1000);
+    const ms = pts.filter((p) => p.m != null).map((p) => p.m);
+    let mLo = ms.length ? Math.min(...ms) : 0;
+    let mHi = ms.length ? Math.max(...ms) : 1;
+    if (mHi - mLo < 1e-9) { mLo -= 0.5; mHi += 0.5; }
+    const cHi = Math.max(...pts.map((p) => p.c || 0)) || 1;
+    const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+    const y = (f) => T + (1 - f) * (H - T - B);
+    const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img' });
+    const last = pts[pts.length - 1];
+    root.setAttribute('aria-label',
+      `Metric (left axis) and cost (right axis) over ${span((t1 - t0) / 1000)}; latest metric ${num(last.m)}, cost ${money(last.c)}`);
+    for (let i = 0; i <= 3; i++) {
+      const f = i / 3;
+      root.append(svg('line', { class: 'grid', x1: L, x2: W - R, y1: y(f), y2: y(f) }));
+      root.append(svg('text', { x: L - 6, y: y(f) + 4, 'text-anchor': 'end', text: tick(mLo + f * (mHi - mLo)) }));
+      root.append(svg('text', { x: W - R + 6, y: y(f) + 4, text: money(f * cHi) }));
+    }
+    for (const f of [0, 0.5, 1]) {
+      const t = t0 + f * (t1 - t0);
+      const anchor = f === 0 ? 'start' : f === 1 ? 'end' : 'middle';
+      root.append(svg('text', { x: x(t), y: H - 8, 'text-anchor': anchor, text: clock(t, t1 - t0 < 600000) }));
+    }
+    const line = (pick, cls) => {
+      let path = '';
+      let pen = 'M';
+      for (const p of pts) {
+        const v = pick(p);
+        if (v == null) { pen = 'M'; continue; }
+        path += `${pen}${x(p.t).toFixed(1)} ${y(v).toFixed(1)} `;
+        pen = 'L';
+      }
+      if (path) root.append(svg('path', { class: cls, d: path.trim() }));
+    };
+    line((p) => (p.m == null ? null : (p.m - mLo) / (mHi - mLo)), 'metric');
+    line((p) => (p.c == null ? null : p.c / cHi), 'cost');
+    root.append(svg('rect', { class: 'key-metric', x: L, y: 8, width: 14, height: 4 }));
+    root.append(svg('text', { x: L + 20, y: 14, text: 'metric' }));
+    root.append(svg('rect', { class: 'key-cost', x: L + 80, y: 8, width: 14, height: 4 }));
+    root.append(svg('text', { x: L + 100, y: 14, text: 'cost (USD)' }));
+    el.replaceChildren(root);
+  }
+
+  // ---------------------------------------------------------------- routing
+
+  function onRoute() {
+    const hash = location.hash.replace(/^#/, '') || '/';
+    const m = hash.match(/^\/jobs\/([A-Za-z0-9_-]{1,64})$/);
+    notice('');
+    if (m) {
+      view = 'detail';
+      clearTimeout(list.timer);
+      list.gen++;
+      $('list-view').hidden = true;
+      $('detail-view').hidden = false;
+      openDetail(m[1]);
+      return;
+    }
+    view = 'list';
+    stopDetail();
+    detail = null;
+    const status = new URLSearchParams(hash.split('?')[1] || '').get('status') || '';
+    if (status !== list.status) {
+      list.status = status;
+      list.limit = 100;
+    }
+    for (const b of $('filters').querySelectorAll('button')) {
+      b.setAttribute('aria-pressed', String(b.dataset.status === status));
+    }
+    $('detail-view').hidden = true;
+    $('list-view').hidden = false;
+    document.title = 'skill-fleet';
+    loadList();
+  }
+
+  // Durations of running jobs tick every second without asking the server.
+  setInterval(() => {
+    for (const el of document.querySelectorAll('[data-since]:not([data-since=""])')) {
+      setText(el, span((Date.now() - Date.parse(el.dataset.since)) / 1000));
+    }
+  }, 1000);
+
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden || needToken) return;
+    if (view === 'list') loadList();
+    else if (detail) schedulePoll(detail);
+  });
+
+  let resizeTimer = 0;
+  window.addEventListener('resize', () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => { if (detail && !detail.stopped) drawChart(detail); }, 150);
+  });
+
+  window.addEventListener('hashchange', onRoute);
+  $('forget-token').hidden = !token;
+  onRoute();
+})();

@@ -1,0 +1,36 @@
+//! `ServerError`: why the server could not start or a subcommand failed.
+
+use std::path::PathBuf;
+
+/// Start-up and subcommand failures. Printed once, with their cause chain, by `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration (flags, environment or file).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The job store failed.
+    #[error(transparent)]
+    Store(#[from] skill_fleet_jobs::StoreError),
+    /// The HTTP layer failed at start-up.
+    #[error(transparent)]
+    Api(#[from] skill_fleet_api::ApiError),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}

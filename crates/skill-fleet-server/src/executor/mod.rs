@@ -1,0 +1,383 @@
+//! The job executor: runs queued jobs of configured types as child processes.
+//!
+//! Only the server's configuration maps a job type to a command; nothing in a request can
+//! choose or alter it. A dispatcher claims queued jobs of those types, oldest first, within
+//! each type's `max_concurrent` and the global limit, and runs each in [`child`]. Progress
+//! lines go through the same [`JobService`](skill_fleet_api::JobService) path as events from
+//! external workers, so they are persisted and streamed alike.
+
+mod child;
+mod protocol;
+mod tail;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skill_fleet_api::{ApiError, AppState, Runner};
+use skill_fleet_jobs::StoreError;
+use skill_fleet_types::{Job, JobLogs, JobStatus};
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+pub use protocol::{JobResult, Line, parse_line};
+
+use child::{Outcome, Tails, lock};
+
+/// How one job type is run.
+#[derive(Debug, Clone)]
+pub struct ExecutorSpec {
+    /// The job type.
+    pub job_type: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Working directory; the job's work directory when `None`.
+    pub working_dir: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Longest a run may take; past it the job fails with `timeout`.
+    pub timeout: Option<Duration>,
+    /// Whether an interrupted run goes back to the queue (with its checkpoint).
+    pub resumable: bool,
+    /// How many jobs of this type run at once.
+    pub max_concurrent: usize,
+}
+
+/// Why a running child is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The job reached this terminal status from outside (cancel, fail, budget).
+    Finished(JobStatus),
+    /// The server is shutting down.
+    Shutdown,
+    /// The executor's time limit for the run passed.
+    Timeout,
+}
+
+/// Executor settings besides the per-type specs.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    /// Where work directories live (`<data dir>/jobs/<id>/`).
+    pub data_dir: PathBuf,
+    /// Most jobs running at once, over all types.
+    pub max_concurrent_jobs: usize,
+    /// Time between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+struct RunningJob {
+    stop: watch::Sender<Option<StopReason>>,
+    tails: Arc<Mutex<Tails>>,
+}
+
+struct Inner {
+    state: AppState,
+    specs: HashMap<String, Arc<ExecutorSpec>>,
+    settings: ExecutorSettings,
+    wake: Notify,
+    running: Mutex<HashMap<String, RunningJob>>,
+    per_type: Mutex<HashMap<String, usize>>,
+    /// Tails of runs that ended, for the logs route (bounded; older runs are read from the
+    /// work directory).
+    finished_logs: Mutex<BTreeMap<String, JobLogs>>,
+    idle: Notify,
+    stopping: AtomicBool,
+}
+
+/// The executor. Cheap to clone.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+/// Logs kept in memory for runs that ended; older ones are served from disk.
+const FINISHED_LOGS_KEPT: usize = 256;
+
+impl Executor {
+    /// Builds the executor and registers it with the service as its runner.
+    pub fn new(state: AppState, specs: Vec<ExecutorSpec>, settings: ExecutorSettings) -> Executor {
+        let executor = Executor {
+            inner: Arc::new(Inner {
+                state,
+                specs: specs
+                    .into_iter()
+                    .map(|spec| (spec.job_type.clone(), Arc::new(spec)))
+                    .collect(),
+                settings,
+                wake: Notify::new(),
+                running: Mutex::new(HashMap::new()),
+                per_type: Mutex::new(HashMap::new()),
+                finished_logs: Mutex::new(BTreeMap::new()),
+                idle: Notify::new(),
+                stopping: AtomicBool::new(false),
+            }),
+        };
+        let runner: Arc<dyn Runner> = Arc::new(executor.clone());
+        executor.inner.state.service().set_runner(runner);
+        executor
+    }
+
+    /// Starts the dispatcher; it runs until [`Executor::shutdown`].
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        let executor = self.clone();
+        tokio::spawn(async move { executor.dispatch().await })
+    }
+
+    async fn dispatch(&self) {
+        if self.inner.specs.is_empty() {
+            return;
+        }
+        while !self.inner.stopping.load(Ordering::Acquire) {
+            self.start_ready_jobs().await;
+            tokio::select! {
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Claims and starts queued jobs while there is room.
+    async fn start_ready_jobs(&self) {
+        loop {
+            if self.inner.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let types = self.types_with_room();
+            if types.is_empty() {
+                return;
+            }
+            match self.inner.state.service().claim_for_runner(types).await {
+                Ok(Some(job)) => self.launch(job),
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "executor could not claim a job; retrying");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn types_with_room(&self) -> Vec<String> {
+        let running = lock(&self.inner.running).len();
+        if running >= self.inner.settings.max_concurrent_jobs {
+            return Vec::new();
+        }
+        let per_type = lock(&self.inner.per_type);
+        self.inner
+            .specs
+            .values()
+            .filter(|spec| per_type.get(&spec.job_type).copied().unwrap_or(0) < spec.max_concurrent)
+            .map(|spec| spec.job_type.clone())
+            .collect()
+    }
+
+    fn launch(&self, job: Job) {
+        let Some(spec) = self.inner.specs.get(&job.job_type).cloned() else {
+            return;
+        };
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let tails = Arc::new(Mutex::new(Tails::default()));
+        lock(&self.inner.running).insert(
+            job.id.clone(),
+            RunningJob {
+                stop: stop_tx,
+                tails: Arc::clone(&tails),
+            },
+        );
+        *lock(&self.inner.per_type)
+            .entry(job.job_type.clone())
+            .or_insert(0) += 1;
+        let executor = self.clone();
+        let span = tracing::info_span!("job", job.id = %job.id, job.type = %job.job_type);
+        tokio::spawn(async move { executor.run(job, spec, tails, stop_rx).await }.instrument(span));
+    }
+
+    async fn run(
+        &self,
+        job: Job,
+        spec: Arc<ExecutorSpec>,
+        tails: Arc<Mutex<Tails>>,
+        stop: watch::Receiver<Option<StopReason>>,
+    ) {
+        let dir = child::work_dir(&self.inner.settings.data_dir, &job.id);
+        tracing::info!(job.id = %job.id, attempt = job.attempt, "starting job");
+        let service = self.inner.state.service();
+        let job_id = job.id.clone();
+        let outcome = child::run(
+            &spec,
+            &job,
+            &dir,
+            Arc::clone(&tails),
+            stop,
+            self.inner.settings.stop_grace,
+            |update| {
+                let job_id = job_id.clone();
+                async move {
+                    match service.ingest(&job_id, update).await {
+                        Ok(_) => true,
+                        Err(ApiError::Store(StoreError::InvalidTransition { .. })) => false,
+                        Err(err) => {
+                            tracing::warn!(job.id = %job_id, error = %err, "progress line not applied");
+                            true
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+
+        // Unregister first: the terminal transition below calls back into `job_finished`.
+        lock(&self.inner.running).remove(&job.id);
+        if let Some(count) = lock(&self.inner.per_type).get_mut(&job.job_type) {
+            *count = count.saturating_sub(1);
+        }
+        let logs = lock(&tails).to_logs(&job.id);
+        self.keep_logs(&dir, logs.clone());
+        let stderr_tail = lock(&tails).stderr.last(5);
+        self.settle(&job, &spec, outcome, &stderr_tail).await;
+        self.inner.idle.notify_waiters();
+        self.inner.wake.notify_one();
+    }
+
+    /// Records how the run ended.
+    async fn settle(&self, job: &Job, spec: &ExecutorSpec, outcome: Outcome, stderr_tail: &str) {
+        let service = self.inner.state.service();
+        let with_tail = |message: String| {
+            if stderr_tail.is_empty() {
+                message
+            } else {
+                format!("{message}: {stderr_tail}")
+            }
+        };
+        let result = match outcome {
+            Outcome::Exited { status, result } if status.success() => {
+                let result = result.unwrap_or_default();
+                tracing::info!(job.id = %job.id, "job completed");
+                service
+                    .complete(&job.id, result.result, result.result_path)
+                    .await
+            }
+            Outcome::Exited { status, .. } => {
+                let reason = exit_reason(status);
+                tracing::info!(job.id = %job.id, %reason, "job failed");
+                service.fail(&job.id, with_tail(reason)).await
+            }
+            Outcome::SpawnFailed(reason) => {
+                tracing::warn!(job.id = %job.id, %reason, "job could not start");
+                service.fail(&job.id, reason).await
+            }
+            Outcome::Stopped(StopReason::Finished(status)) => {
+                tracing::info!(job.id = %job.id, %status, "job stopped");
+                return;
+            }
+            Outcome::Stopped(StopReason::Timeout) => {
+                let seconds = spec.timeout.map_or(0, |t| t.as_secs());
+                service
+                    .fail(&job.id, format!("timeout: ran longer than {seconds}s"))
+                    .await
+            }
+            Outcome::Stopped(StopReason::Shutdown) => {
+                if spec.resumable {
+                    service.requeue(&job.id).await
+                } else {
+                    service
+                        .fail(&job.id, skill_fleet_jobs::INTERRUPTED_ERROR.to_owned())
+                        .await
+                }
+            }
+        };
+        match result {
+            Ok(_) | Err(ApiError::Store(StoreError::InvalidTransition { .. })) => {}
+            Err(err) => {
+                tracing::error!(job.id = %job.id, error = %err, "could not record the end of a job")
+            }
+        }
+    }
+
+    fn keep_logs(&self, dir: &std::path::Path, logs: JobLogs) {
+        if let Ok(bytes) = serde_json::to_vec(&logs)
+            && let Err(err) = std::fs::write(dir.join("logs.json"), bytes)
+        {
+            tracing::debug!(error = %err, "could not write logs.json");
+        }
+        let mut kept = lock(&self.inner.finished_logs);
+        kept.insert(logs.job_id.clone(), logs);
+        while kept.len() > FINISHED_LOGS_KEPT {
+            kept.pop_first();
+        }
+    }
+
+    /// Stops every child (SIGTERM, SIGKILL after the grace period); resumable jobs go back
+    /// to the queue with their checkpoint, others fail as interrupted. Returns when all
+    /// runs have been settled, or after a deadline.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+        for running in lock(&self.inner.running).values() {
+            let _ = running.stop.send(Some(StopReason::Shutdown));
+        }
+        let deadline =
+            tokio::time::Instant::now() + self.inner.settings.stop_grace + Duration::from_secs(10);
+        loop {
+            let idle = self.inner.idle.notified();
+            if lock(&self.inner.running).is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!("some jobs did not stop in time");
+                return;
+            }
+        }
+    }
+}
+
+fn exit_reason(status: std::process::ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    format!("ended with {status}")
+}
+
+impl Runner for Executor {
+    fn runs_type(&self, job_type: &str) -> bool {
+        self.inner.specs.contains_key(job_type)
+    }
+
+    fn job_types(&self) -> Vec<String> {
+        self.inner.specs.keys().cloned().collect()
+    }
+
+    fn job_queued(&self, _job_id: &str, job_type: &str) {
+        if self.runs_type(job_type) {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    fn job_finished(&self, job_id: &str, status: JobStatus) {
+        if let Some(running) = lock(&self.inner.running).get(job_id) {
+            let _ = running.stop.send(Some(StopReason::Finished(status)));
+        }
+    }
+
+    fn logs(&self, job_id: &str) -> Option<JobLogs> {
+        if let Some(running) = lock(&self.inner.running).get(job_id) {
+            return Some(lock(&running.tails).to_logs(job_id));
+        }
+        if let Some(logs) = lock(&self.inner.finished_logs).get(job_id) {
+            return Some(logs.clone());
+        }
+        skill_fleet_types::validate_job_id(job_id).ok()?;
+        let path = child::work_dir(&self.inner.settings.data_dir, job_id).join("logs.json");
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}

@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod dashboard;
+mod error;
+pub mod executor;
+mod logging;
+mod startup;
+
+pub use config::{Cli, Command, Config, DbCommand};
+pub use error::ServerError;
+pub use logging::init_logging;
+pub use startup::{db_status, init_db, serve};

@@ -1,0 +1,276 @@
+//! Start-up, serving and graceful shutdown, plus the `init-db` and `db status` subcommands.
+//!
+//! Start-up order: open the store (runs migrations), recover jobs left `running`, import
+//! legacy jobs if configured, take a new boot epoch (so SSE ids never go backwards), seed the
+//! hub with running jobs, then listen. On SIGINT/SIGTERM: stop accepting, end every SSE
+//! stream, write pending progress, exit 0.
+
+use std::io::Write;
+
+use skill_fleet_api::{ApiConfig, AppState, JobService};
+use skill_fleet_jobs::JobStore;
+use skill_fleet_stream::{Hub, HubConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::executor::{Executor, ExecutorSettings, ExecutorSpec};
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServerError> {
+    let specs = executor_specs(&config)?;
+    let store = open_store(&config.database).await?;
+    let recovery = {
+        let store = store.clone();
+        let resumable = resumable_types(&config, &specs);
+        blocking(move || store.recover_interrupted(&resumable)).await?
+    };
+    if !recovery.requeued.is_empty() || !recovery.failed.is_empty() {
+        tracing::info!(
+            requeued = recovery.requeued.len(),
+            failed = recovery.failed.len(),
+            "recovered jobs left running by the previous server"
+        );
+    }
+    if let Some(path) = config.legacy_import.clone() {
+        let store = store.clone();
+        let report = blocking(move || store.import_legacy(&path)).await?;
+        tracing::info!(
+            imported = report.imported,
+            skipped = report.skipped,
+            failed = report.failed,
+            "legacy import"
+        );
+    }
+    let epoch = {
+        let store = store.clone();
+        blocking(move || store.bump_boot_epoch()).await?
+    };
+    let hub = Hub::new(HubConfig {
+        emit_interval: config.emit_interval,
+        initial_seq: epoch << 32,
+        ..HubConfig::default()
+    });
+    let service = JobService::new(store, hub, epoch << 32);
+    let state = AppState::new(
+        service,
+        ApiConfig {
+            auth_token: config.auth_token.clone(),
+            max_body_bytes: config.max_body_bytes,
+            cache_ttl: config.cache_ttl,
+            bench_routes: config.bench_routes,
+            ..ApiConfig::default()
+        },
+    );
+    let seeded = state.service().seed_running().await?;
+    let executor = Executor::new(
+        state.clone(),
+        specs,
+        ExecutorSettings {
+            data_dir: config.data_dir.clone(),
+            max_concurrent_jobs: config.max_concurrent_jobs,
+            stop_grace: config.stop_grace,
+        },
+    );
+
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    state.set_ready(true);
+    tracing::info!(%addr, database = %config.database, seeded, "skill-fleet-server ready");
+    // One machine-readable line on stdout, for scripts and tests that bind port 0.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening on http://{addr}");
+    let _ = stdout.flush();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let flusher = tokio::spawn(skill_fleet_api::run_flusher(
+        state.clone(),
+        config.emit_interval,
+        stopped(stop_rx.clone()),
+    ));
+    let dispatcher = executor.start();
+    let app = skill_fleet_api::router(state.clone()).merge(crate::dashboard::router());
+    let shutdown_state = state.clone();
+    let shutdown_executor = executor.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stopped(stop_rx).await;
+            tracing::info!("shutting down: stopping jobs, ending streams, writing progress");
+            shutdown_state.set_ready(false);
+            shutdown_executor.shutdown().await;
+            shutdown_state.service().shutdown().await;
+        })
+        .await
+        .map_err(ServerError::Serve)?;
+    let _ = flusher.await;
+    let _ = dispatcher.await;
+    // Anything that arrived while connections drained.
+    state.service().shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The bundled example optimizer, run for `optimization` jobs when the configuration names
+/// no executors (so a fresh install runs a real job with no set-up).
+const TOY_OPTIMIZER: &str = include_str!("../../../examples/toy_optimizer.py");
+
+/// The executor specs from the configuration, or the built-in default.
+fn executor_specs(config: &Config) -> Result<Vec<ExecutorSpec>, ServerError> {
+    let Some(executors) = &config.executors else {
+        let script = config.data_dir.join("bin").join("toy_optimizer.py");
+        write_if_changed(&script, TOY_OPTIMIZER)?;
+        return Ok(vec![ExecutorSpec {
+            job_type: "optimization".to_owned(),
+            command: vec!["python3".to_owned(), script.display().to_string()],
+            working_dir: None,
+            env: Default::default(),
+            timeout: None,
+            resumable: true,
+            max_concurrent: 2,
+        }]);
+    };
+    Ok(executors
+        .iter()
+        .map(|(job_type, executor)| ExecutorSpec {
+            job_type: job_type.clone(),
+            command: executor.command.clone(),
+            working_dir: executor.working_dir.clone(),
+            env: executor.env.clone(),
+            timeout: executor.timeout_seconds.map(std::time::Duration::from_secs),
+            resumable: executor.resumable,
+            max_concurrent: executor.max_concurrent,
+        })
+        .collect())
+}
+
+fn write_if_changed(path: &std::path::Path, content: &str) -> Result<(), ServerError> {
+    let io = |source| ServerError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::read_to_string(path).ok().as_deref() == Some(content) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::write(path, content).map_err(io)
+}
+
+/// Types re-queued after a crash: the configured ones, plus executor types marked
+/// resumable, minus executor types marked not resumable.
+fn resumable_types(config: &Config, specs: &[ExecutorSpec]) -> Vec<String> {
+    let mut types: Vec<String> = config
+        .resumable_types
+        .iter()
+        .filter(|t| !specs.iter().any(|s| &s.job_type == *t && !s.resumable))
+        .cloned()
+        .collect();
+    for spec in specs.iter().filter(|s| s.resumable) {
+        if !types.contains(&spec.job_type) {
+            types.push(spec.job_type.clone());
+        }
+    }
+    types
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    // An error means the sender is gone, which only happens once we are stopping anyway.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn open_store(database: &str) -> Result<JobStore, ServerError> {
+    let database = database.to_owned();
+    blocking(move || JobStore::open(&database)).await
+}
+
+async fn blocking<T, F>(call: F) -> Result<T, ServerError>
+where
+    F: FnOnce() -> Result<T, skill_fleet_jobs::StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|err| ServerError::Config(format!("start-up task failed: {err}")))?
+        .map_err(ServerError::from)
+}
+
+/// `init-db [--import PATH]`: migrate, optionally import, print a report.
+pub fn init_db(database: &str, import: Option<&std::path::Path>) -> Result<String, ServerError> {
+    let store = JobStore::open(database)?;
+    let mut report = format!("database {database} is ready\n");
+    if let Some(path) = import {
+        let imported = store.import_legacy(path)?;
+        report.push_str(&format!(
+            "imported {} jobs from {} ({} skipped, {} failed)\n",
+            imported.imported,
+            path.display(),
+            imported.skipped,
+            imported.failed
+        ));
+        for error in &imported.errors {
+            report.push_str(&format!("  failed: {error}\n"));
+        }
+    }
+    Ok(report)
+}
+
+/// `db status`: applied and pending migrations and job counts by status.
+pub fn db_status(database: &str) -> Result<String, ServerError> {
+    let status = skill_fleet_jobs::migration_status(database)?;
+    let mut report = format!("database: {database}\n");
+    report.push_str(&format!(
+        "schema version: {}\n",
+        status.applied.last().map(String::as_str).unwrap_or("none")
+    ));
+    if status.pending.is_empty() {
+        report.push_str("pending migrations: none\n");
+    } else {
+        report.push_str(&format!(
+            "pending migrations: {}\n",
+            status.pending.join(", ")
+        ));
+    }
+    if status.pending.is_empty() {
+        let store = JobStore::open(database)?;
+        report.push_str("jobs:\n");
+        for (status, count) in store.counts_by_status()? {
+            report.push_str(&format!("  {status:<10} {count}\n"));
+        }
+    }
+    Ok(report)
+}
