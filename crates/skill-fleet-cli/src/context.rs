@@ -35,8 +35,10 @@ impl Context {
         if let Some(token) = &self.global.token {
             client = client.with_token(token.clone());
         }
-        if self.global.no_cache {
-            client = client.without_cache();
+        if !self.global.no_cache
+            && let Some(cache) = skill_fleet_client::Cache::from_env()
+        {
+            client = client.with_cache(cache);
         }
         Ok(client)
     }

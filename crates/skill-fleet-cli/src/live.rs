@@ -40,7 +40,8 @@ pub fn follow(
                 return Err(err.into());
             }
         };
-        if let Err(err) = view.show(&event) {
+        let repeated = last.as_ref().and_then(|l| l.message.as_deref()) == event.message.as_deref();
+        if let Err(err) = view.show(&event, !repeated) {
             view.abandon();
             return Err(err);
         }
@@ -108,7 +109,20 @@ impl View {
         View::Bar(bar)
     }
 
-    fn show(&mut self, event: &StreamEvent) -> Result<(), CliError> {
+    fn show(&mut self, event: &StreamEvent, new_message: bool) -> Result<(), CliError> {
+        // The server's budget warning (`budget 80% used: $1.62 of $2.00`) gets a line of
+        // its own, whatever the view, so it is not lost in a progress bar.
+        if let Some(warning) = event
+            .message
+            .as_deref()
+            .filter(|m| new_message && is_budget_warning(m))
+        {
+            match self {
+                View::Bar(bar) => bar.println(format!("warning: {warning}")),
+                View::Lines { .. } => eprintln!("warning: {warning}"),
+                View::Json => {}
+            }
+        }
         match self {
             View::Json => out_json(event),
             // The final line says how a job ended; no progress line for that state.
@@ -154,4 +168,9 @@ fn bar_message(event: &StreamEvent) -> String {
         text.push_str(&format!(" · ETA {}", format::eta(eta)));
     }
     text
+}
+
+/// Whether a stream message is the server's budget warning.
+fn is_budget_warning(message: &str) -> bool {
+    message.starts_with("budget ") && message.contains("% used: $")
 }

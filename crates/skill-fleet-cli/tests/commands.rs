@@ -76,6 +76,14 @@ fn optimize_list_show_results_cancel_resume_logs() {
             .iter()
             .any(|l| l.starts_with("opt-1 ") && l.contains("queued"))
     );
+    // Spent / budget for jobs with a budget.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("opt-1 ") && l.contains("$0.00/$2.00")),
+        "{}",
+        out.stdout
+    );
     let out = cli(&["jobs", "list", "--json"]);
     out.assert_code(0);
     assert_eq!(out.json()["jobs"].as_array().map(Vec::len), Some(2));

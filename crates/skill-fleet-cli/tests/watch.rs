@@ -289,3 +289,39 @@ fn ctrl_c_stops_watching_but_not_the_job() {
     );
     assert_eq!(server.get("/api/v1/jobs/i1").1["status"], "queued");
 }
+
+#[test]
+fn watch_shows_the_budget_warning_once_and_the_budget_stop() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs.db());
+    server.post_ok(
+        "/api/v1/jobs",
+        json!({"id": "b1", "type": "optimization", "metadata": {"budget_usd": 2.0}}),
+        201,
+    );
+    let mut watch = Running::start(&server.base, &dirs.cache(), &["jobs", "watch", "b1"]);
+    watch.wait_for("[0%] Waiting to start... ($0.00)");
+    server.post_ok(
+        "/api/v1/jobs/b1/events",
+        json!({"step": "search", "progress": 0.5, "cost_usd": 1.7}),
+        202,
+    );
+    watch.wait_for("[50%] Search... ($1.70)");
+    server.post_ok("/api/v1/jobs/b1/events", json!({"progress": 0.6}), 202);
+    watch.wait_for("[60%] Search... ($1.70)");
+    server.post_ok("/api/v1/jobs/b1/events", json!({"cost_usd": 2.5}), 202);
+    let (code, lines, stderr) = watch.finish();
+    assert_eq!(code, 1, "{lines:#?}\n{stderr}");
+    assert_eq!(
+        stderr
+            .matches("warning: budget 80% used: $1.70 of $2.00")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("Cancelled: budget exceeded: $2.50 of $2.00"),
+        "{lines:#?}"
+    );
+}

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use skill_fleet_types::{
     CancelRequest, ClaimRequest, CompleteRequest, CreateJob, ErrorBody, EventAck, FailRequest, Job,
-    JobList, JobStatus, ProgressPage, ProgressUpdate, ResultBody, validate_job_id,
+    JobList, JobLogs, JobStatus, ProgressPage, ProgressUpdate, ResultBody, validate_job_id,
     validate_job_type, validate_metadata,
 };
 
@@ -57,19 +57,6 @@ pub struct JobFilter {
     pub cursor: Option<String>,
 }
 
-/// Body of `GET /api/v1/jobs/{id}/logs`: the tail of a job's output, one string per line.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobLogs {
-    /// The job the output belongs to.
-    pub job_id: String,
-    /// Lines the job's process wrote to stdout.
-    #[serde(default)]
-    pub stdout: Vec<String>,
-    /// Lines the job's process wrote to stderr.
-    #[serde(default)]
-    pub stderr: Vec<String>,
-}
-
 /// Body of `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -110,7 +97,8 @@ pub struct Client {
 
 impl Client {
     /// A client of the server at `base_url` (`http://host:port`, optionally with a path
-    /// prefix), using the default cache directory ([`Cache::from_env`]) when there is one.
+    /// prefix). No disk cache: a worker reporting progress has no use for one; the CLI adds
+    /// it with [`Client::with_cache`] and [`Cache::from_env`].
     pub fn new(base_url: &str) -> Result<Client, ClientError> {
         let base = normalize_base(base_url)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -126,7 +114,7 @@ impl Client {
             agent,
             token: None,
             source: None,
-            cache: Cache::from_env(),
+            cache: None,
             watch_options: WatchOptions::default(),
         })
     }

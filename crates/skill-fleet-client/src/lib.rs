@@ -8,10 +8,11 @@ mod watch;
 
 pub use cache::{CACHE_DIR_ENV, Cache, CacheEntry, CacheStats};
 pub use client::{
-    CONNECT_TIMEOUT, Client, DEFAULT_SERVER_URL, Fetched, Health, JobFilter, JobLogs, READ_TIMEOUT,
+    CONNECT_TIMEOUT, Client, DEFAULT_SERVER_URL, Fetched, Health, JobFilter, READ_TIMEOUT,
     SOURCE_HEADER,
 };
 pub use error::ClientError;
+pub use skill_fleet_types::JobLogs;
 pub use watch::{StopHandle, Watch, WatchOptions};
 
 /// The wire types this client speaks, re-exported so users need only this crate.

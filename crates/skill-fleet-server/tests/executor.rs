@@ -279,3 +279,55 @@ fn no_request_can_choose_a_command() {
     );
     assert_eq!(status, 422);
 }
+
+#[test]
+fn an_executor_job_crossing_its_budget_is_stopped() {
+    let (_dir, db) = temp_db();
+    let server = Server::start_with(server_command_with_defaults(&db));
+    // The toy optimizer spends $0.05 a trial: the third trial crosses $0.12.
+    server.post(
+        "/api/v1/optimization",
+        json!({"id": "spender", "metadata": {"trials": 1000, "trial_seconds": 0.05, "budget_usd": 0.12}}),
+    );
+    let pid = child_pid(&server, "spender");
+    let job = wait_status(&server, "spender", "cancelled", 60);
+    assert_eq!(job["error"], "budget exceeded: $0.15 of $0.12", "{job}");
+    wait_for("the child to be stopped", 30, || {
+        process_gone(pid).then_some(())
+    });
+    // Nothing past the crossing event was recorded.
+    assert_eq!(job["progress"]["cost_usd"], 0.15);
+}
+
+#[test]
+fn a_time_limit_counts_across_a_server_restart() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db);
+    let (status, _) = server.post(
+        "/api/v1/jobs",
+        json!({"id": "slow", "type": "optimization", "metadata": {"time_limit_seconds": 2}}),
+    );
+    assert_eq!(status, 201);
+    server.post("/api/v1/jobs/slow/events", json!({"step": "working"}));
+    let started = std::time::Instant::now();
+    server.kill();
+    // Let the limit pass while the server is down.
+    wait_for("the limit to pass", 10, || {
+        (started.elapsed() > std::time::Duration::from_millis(2500)).then_some(())
+    });
+    let server = Server::start(&db);
+    assert_eq!(job(&server, "slow")["status"], "queued");
+    // The worker picks it up again: its run started before the restart, so it is over time.
+    server.post("/api/v1/jobs/slow/events", json!({"message": "back"}));
+    let cancelled = wait_status(&server, "slow", "cancelled", 30);
+    let error = cancelled["error"].as_str().unwrap();
+    assert!(error.starts_with("time limit exceeded after "), "{error}");
+    let (status, body) = server.post("/api/v1/jobs/slow/events", json!({"progress": 0.9}));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("time limit exceeded")
+    );
+}

@@ -65,6 +65,19 @@ pub fn run(ctx: &Context, args: &ListArgs) -> Result<u8, CliError> {
     Ok(code::OK)
 }
 
+/// `$1.20`, or `$1.20/$2.00` when the job has a budget.
+fn spent(job: &Job) -> String {
+    let cost = format::dollars(job.progress.cost_usd);
+    match job
+        .metadata
+        .get("budget_usd")
+        .and_then(serde_json::Value::as_f64)
+    {
+        Some(budget) => format!("{cost}/{}", format::dollars(budget)),
+        None => cost,
+    }
+}
+
 fn row(job: &Job) -> Vec<String> {
     let progress = &job.progress;
     let eta = match (job.status, progress.eta_seconds) {
@@ -77,7 +90,7 @@ fn row(job: &Job) -> Vec<String> {
         job.status.to_string(),
         format::percent(progress.progress),
         format::truncate(progress.step.as_deref().unwrap_or("-"), 24),
-        format::dollars(progress.cost_usd),
+        spent(job),
         eta,
         format::truncate(&format::outcome(job), 40),
     ]
