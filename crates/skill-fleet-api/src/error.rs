@@ -37,6 +37,9 @@ pub enum ApiError {
     /// No such job, or a job has no result yet (404).
     #[error("{0}")]
     NotFound(String),
+    /// The path exists but not with this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// A bearer token is required and was missing or wrong (401).
     #[error("missing or wrong bearer token")]
     Unauthorized,
@@ -87,6 +90,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            ApiError::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadRequest)
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }

@@ -133,6 +133,10 @@ async fn unknown_jobs_routes_and_ids_are_404_or_400() {
     assert_eq!(no_route.status, StatusCode::NOT_FOUND);
     assert_eq!(no_route.body["error"]["code"], "not_found");
 
+    let wrong_method = app.post("/api/v1/jobs/nope", json!({})).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.body["error"]["code"], "bad_request");
+
     let stream = app.get("/api/v1/jobs/nope/stream").await;
     assert_eq!(stream.status, StatusCode::NOT_FOUND);
 }
