@@ -37,7 +37,8 @@ const USAGE: &str =
 
   --quick          short runs (CI; under two minutes with the binaries built)
   --only LIST      comma-separated sections: ingest,revalidate,sse,restart,cli,store
-  --out PATH       the JSON report [default: target/bench/report.json]
+  --out PATH       the JSON report [default: target/bench/report.json, or
+                   report-SECTIONS.json when --only leaves sections out]
   --ticks N        ticks of the store section [default: 500, quick: 100]
   --no-build       use the release binaries already in target/release";
 
@@ -308,10 +309,16 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     let mut report = report;
     report["build_seconds"] = json!(build_seconds);
     report["wall_seconds"] = json!(total);
+    // A partial run never overwrites the report of the whole suite.
+    let file = if options.only.len() == SECTIONS.len() {
+        "report.json".to_owned()
+    } else {
+        format!("report-{}.json", options.only.join("-"))
+    };
     let out = options
         .out
         .clone()
-        .unwrap_or_else(|| target_dir().join("bench").join("report.json"));
+        .unwrap_or_else(|| target_dir().join("bench").join(file));
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -78,7 +78,7 @@ impl Section {
             let baseline = row
                 .baseline
                 .map_or_else(|| "".to_owned(), |b| number(b, row.unit));
-            let ratio = row.ratio.map_or_else(String::new, |r| format!("{r:.2}×"));
+            let ratio = row.ratio.map_or_else(String::new, |r| format!("{r:.3}×"));
             let (goal, met) = match &row.goal {
                 Some((text, met)) => (text.as_str(), if *met { "met" } else { "**missed**" }),
                 None => ("", ""),
