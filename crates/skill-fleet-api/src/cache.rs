@@ -111,9 +111,19 @@ pub struct Representation {
     pub body: Bytes,
 }
 
+/// A representation with its response headers built once, when it is made, so answering
+/// from the cache (the hot path of every revalidation) formats nothing.
+#[derive(Debug)]
+pub struct Prepared {
+    representation: Representation,
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+    cache_control: Option<HeaderValue>,
+}
+
 struct Entry {
     scope: Scope,
-    representation: Representation,
+    prepared: Arc<Prepared>,
 }
 
 /// Hit/miss counters, for `/metrics` and tests.
@@ -143,7 +153,7 @@ impl ResponseCache {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, entry: &Arc<Entry>| {
-                let size = key.len() + entry.representation.body.len() + 128;
+                let size = key.len() + entry.prepared.representation.body.len() + 256;
                 u32::try_from(size).unwrap_or(u32::MAX)
             })
             .time_to_live(ttl.max(Duration::from_millis(1)))
@@ -157,25 +167,35 @@ impl ResponseCache {
     }
 
     /// A current cached representation for `key`, if any.
-    pub fn lookup(&self, key: &str, generations: &Generations) -> Option<Representation> {
+    pub fn lookup(&self, key: &str, generations: &Generations) -> Option<Arc<Prepared>> {
         let entry = self.entries.get(key)?;
         if generations.is_current(entry.scope) {
-            Some(entry.representation.clone())
+            Some(Arc::clone(&entry.prepared))
         } else {
             self.entries.invalidate(key);
             None
         }
     }
 
+    /// Builds a representation's response headers once.
+    pub fn prepare(&self, representation: Representation) -> Arc<Prepared> {
+        let cache_control = if representation.settled {
+            format!("max-age={}", self.ttl.as_secs())
+        } else {
+            "no-cache".to_owned()
+        };
+        Arc::new(Prepared {
+            etag: HeaderValue::from_str(&representation.etag).ok(),
+            last_modified: HeaderValue::from_str(&http_date(representation.last_modified)).ok(),
+            cache_control: HeaderValue::from_str(&cache_control).ok(),
+            representation,
+        })
+    }
+
     /// Keeps a representation built in `scope`.
-    pub fn insert(&self, key: String, scope: Scope, representation: Representation) {
-        self.entries.insert(
-            key,
-            Arc::new(Entry {
-                scope,
-                representation,
-            }),
-        );
+    pub fn insert(&self, key: String, scope: Scope, prepared: Arc<Prepared>) {
+        self.entries
+            .insert(key, Arc::new(Entry { scope, prepared }));
     }
 
     /// How many entries the cache holds (after pending evictions ran).
@@ -186,20 +206,15 @@ impl ResponseCache {
 
     /// Builds the response for a request with these headers: `304` when a validator matches,
     /// else `200` with the body. `hit` says whether the representation came from the cache.
-    pub fn respond(
-        &self,
-        request: &HeaderMap,
-        representation: Representation,
-        hit: bool,
-    ) -> Response {
+    pub fn respond(&self, request: &HeaderMap, prepared: &Prepared, hit: bool) -> Response {
         let counter = if hit {
             &self.counters.hits
         } else {
             &self.counters.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let not_modified = is_not_modified(request, &representation);
-        let mut response = if not_modified {
+        let representation = &prepared.representation;
+        let mut response = if is_not_modified(request, representation) {
             self.counters.not_modified.fetch_add(1, Ordering::Relaxed);
             StatusCode::NOT_MODIFIED.into_response()
         } else {
@@ -213,19 +228,14 @@ impl ResponseCache {
                 .into_response()
         };
         let headers = response.headers_mut();
-        if let Ok(etag) = HeaderValue::from_str(&representation.etag) {
-            headers.insert(header::ETAG, etag);
-        }
-        if let Ok(date) = HeaderValue::from_str(&http_date(representation.last_modified)) {
-            headers.insert(header::LAST_MODIFIED, date);
-        }
-        let cache_control = if representation.settled {
-            format!("max-age={}", self.ttl.as_secs())
-        } else {
-            "no-cache".to_owned()
-        };
-        if let Ok(value) = HeaderValue::from_str(&cache_control) {
-            headers.insert(header::CACHE_CONTROL, value);
+        for (name, value) in [
+            (header::ETAG, &prepared.etag),
+            (header::LAST_MODIFIED, &prepared.last_modified),
+            (header::CACHE_CONTROL, &prepared.cache_control),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
+            }
         }
         if self.vary_authorization {
             headers.insert(header::VARY, HeaderValue::from_static("authorization"));
@@ -240,13 +250,12 @@ impl ResponseCache {
 
 /// RFC 9110 §13.2.2: `If-None-Match` decides when present; `If-Modified-Since` only without it.
 fn is_not_modified(request: &HeaderMap, representation: &Representation) -> bool {
-    let if_none_match: Vec<&HeaderValue> = request.get_all(header::IF_NONE_MATCH).iter().collect();
-    if !if_none_match.is_empty() {
-        return if_none_match.iter().any(|value| {
+    let mut if_none_match = request.get_all(header::IF_NONE_MATCH).iter().peekable();
+    if if_none_match.peek().is_some() {
+        return if_none_match.any(|value| {
             value
                 .to_str()
-                .map(|list| none_match_hits(list, &representation.etag))
-                .unwrap_or(false)
+                .is_ok_and(|list| none_match_hits(list, &representation.etag))
         });
     }
     request

