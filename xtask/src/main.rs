@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod migrate;
 mod new_migration;
+mod release;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ commands:
   demo [--trials N]        start the server, run a real optimization job, watch it live
   migrate [DATABASE_URL]   apply the embedded migrations (default ./skill-fleet.db)
   new-migration NAME       create migrations/<timestamp>_NAME/{up,down}.sql
+  release [--dry-run] [--skip-tests]
+                           check versions, metadata, git and tests; pack target/dist/*.tar.gz
   schema [--check]         regenerate crates/skill-fleet-jobs/src/schema.rs, or check it
   bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
                            the benchmark suite (release build): table + target/bench/report.json;
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         }
         "bench-sse-client" => bench::sse_client::run(rest),
         "demo" => demo::run(rest),
+        "release" => release::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

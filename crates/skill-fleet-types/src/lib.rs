@@ -1,7 +1,4 @@
-//! Wire types shared by the skill-fleet server and its clients.
-//!
-//! Everything here is plain data plus the validators both sides apply: a job id or a progress
-//! value that the client accepts is exactly one the server accepts. No I/O, no async.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 mod error;

@@ -2,7 +2,7 @@
 //!
 //! Only the server's configuration maps a job type to a command; nothing in a request can
 //! choose or alter it. A dispatcher claims queued jobs of those types, oldest first, within
-//! each type's `max_concurrent` and the global limit, and runs each in [`child`]. Progress
+//! each type's `max_concurrent` and the global limit, and runs each in `child`. Progress
 //! lines go through the same [`JobService`](skill_fleet_api::JobService) path as events from
 //! external workers, so they are persisted and streamed alike.
 
