@@ -22,19 +22,8 @@ pub fn server_command(database: &Path) -> Command {
 pub fn server_command_with_config(database: &Path, config: &str) -> Command {
     let config_path = database.with_extension("toml");
     std::fs::write(&config_path, config).expect("write server config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_skill-fleet-server"));
-    command
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--bind")
-        .arg("127.0.0.1:0")
-        .arg("--database")
-        .arg(database)
-        .env("SKILL_FLEET_LOG", "warn")
-        .env_remove("SKILL_FLEET_AUTH_TOKEN")
-        .env_remove("SKILL_FLEET_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut command = server_command_with_defaults(database);
+    command.arg("--config").arg(&config_path);
     command
 }
 
