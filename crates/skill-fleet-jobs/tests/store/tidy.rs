@@ -17,7 +17,7 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 fn every_module_starts_with_a_doc_line() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["src", "tests", "benches"] {
+    for dir in ["src", "tests", "examples"] {
         rust_files(&root.join(dir), &mut files);
     }
     let lib = root.join("src/lib.rs");
