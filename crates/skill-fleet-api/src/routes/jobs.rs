@@ -191,7 +191,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let filter = query.into_filter()?;
-    let scope = state.service().generations().lists();
+    let scope = || state.service().generations().lists();
     cached(&state, &headers, &uri, scope, || async {
         let (counter, list) = state.service().list(filter).await?;
         let last_modified = list
@@ -233,7 +233,7 @@ pub async fn get(
     uri: Uri,
     JobId(id): JobId,
 ) -> Result<Response, ApiError> {
-    let scope = state.service().generations().job(&id);
+    let scope = || state.service().generations().job(&id);
     cached(&state, &headers, &uri, scope, || async {
         let job = state.service().get(&id).await?;
         Ok(Representation {
@@ -282,7 +282,7 @@ pub async fn history(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(500).clamp(1, 5000);
-    let scope = state.service().generations().job(&id);
+    let scope = || state.service().generations().job(&id);
     cached(&state, &headers, &uri, scope, || async {
         let job = state.service().get(&id).await?;
         let page = state.service().history(&id, query.after, limit).await?;
@@ -326,7 +326,7 @@ pub async fn result(
     uri: Uri,
     JobId(id): JobId,
 ) -> Result<Response, ApiError> {
-    let scope = state.service().generations().job(&id);
+    let scope = || state.service().generations().job(&id);
     cached(&state, &headers, &uri, scope, || async {
         let job = state.service().get(&id).await?;
         if job.status != JobStatus::Completed || (job.result.is_none() && job.result_path.is_none())
@@ -352,12 +352,13 @@ pub async fn result(
 
 /// Answers a GET from the response cache when it holds a current representation, else
 /// builds one with `build` (which reads the database), keeps it and answers with it.
-/// `scope` must be read before `build` runs, so a write in between makes the entry stale.
+/// `scope` is read (on a miss) before `build` runs, so a write in between makes the entry
+/// stale; a hit needs neither.
 async fn cached<F, Fut>(
     state: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
-    scope: Scope,
+    scope: impl FnOnce() -> Scope,
     build: F,
 ) -> Result<Response, ApiError>
 where
@@ -366,14 +367,16 @@ where
 {
     let key = uri
         .path_and_query()
-        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        .map_or_else(|| uri.path(), |pq| pq.as_str());
     let cache = state.cache();
-    if let Some(prepared) = cache.lookup(&key, state.service().generations()) {
+    if let Some(prepared) = cache.lookup(key, state.service().generations()) {
         return Ok(cache.respond(headers, &prepared, true));
     }
+    // Read before the database is: a write committed in between makes the entry stale.
+    let scope = scope();
     let representation = build().await?;
     let prepared = cache.prepare(representation);
-    cache.insert(key, scope, Arc::clone(&prepared));
+    cache.insert(key.to_owned(), scope, Arc::clone(&prepared));
     Ok(cache.respond(headers, &prepared, false))
 }
 
