@@ -475,6 +475,22 @@ impl JobService {
     where
         F: FnOnce(&JobStore, &str) -> Result<Job, StoreError> + Send + 'static,
     {
+        let job = self.leave_live(id, transition).await?;
+        let message = message.or_else(|| job.error.clone());
+        self.publish_status(&job, message);
+        if let Some(runner) = self.runner() {
+            runner.job_finished(&job.id, job.status);
+        }
+        Ok(job)
+    }
+
+    /// Takes a job out of the live set through `transition`: waits for an event being
+    /// applied to it, writes its pending progress, then the transition, in one blocking
+    /// call. Shared by the terminal transitions and the shutdown requeue.
+    async fn leave_live<F>(&self, id: &str, transition: F) -> Result<Job, ApiError>
+    where
+        F: FnOnce(&JobStore, &str) -> Result<Job, StoreError> + Send + 'static,
+    {
         let entry = lock(&self.live).get(id).cloned();
         let mut guard = match &entry {
             Some(entry) => Some(entry.lock().await),
@@ -497,11 +513,6 @@ impl JobService {
             live.status = job.status;
         }
         lock(&self.live).remove(id);
-        let message = message.or_else(|| job.error.clone());
-        self.publish_status(&job, message);
-        if let Some(runner) = self.runner() {
-            runner.job_finished(&job.id, job.status);
-        }
         Ok(job)
     }
 
@@ -519,19 +530,7 @@ impl JobService {
 
     /// Puts a running job back in the queue (graceful shutdown of a resumable job).
     pub async fn requeue(&self, id: &str) -> Result<Job, ApiError> {
-        let pending = lock(&self.pending).remove(id);
-        let job_id = id.to_owned();
-        let result = self
-            .blocking(move |store| {
-                if let Some(write) = pending {
-                    store.write_progress_batch(std::slice::from_ref(&write))?;
-                }
-                store.requeue(&job_id)
-            })
-            .await;
-        self.generations.bump(id);
-        let job = result?;
-        lock(&self.live).remove(id);
+        let job = self.leave_live(id, |store, id| store.requeue(id)).await?;
         self.publish_status(&job, Some("requeued: server stopping".to_owned()));
         Ok(job)
     }
