@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -184,15 +185,11 @@ impl ListQuery {
         (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
     ),
 )]
-pub async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Response, ApiError> {
-    let filter = query.into_filter()?;
-    let scope = || state.service().generations().lists();
-    cached(&state, &headers, &uri, scope, || async {
+pub async fn list(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    cached(&state, request, async |parts| {
+        let ApiQuery(query) = ApiQuery::<ListQuery>::from_request_parts(parts, &state).await?;
+        let filter = query.into_filter()?;
+        let scope = state.service().generations().lists();
         let (counter, list) = state.service().list(filter).await?;
         let last_modified = list
             .jobs
@@ -200,12 +197,16 @@ pub async fn list(
             .map(|job| job.updated_at)
             .max()
             .unwrap_or_default();
-        Ok(Representation {
-            etag: etag(format_args!("jobs.c{counter}.q{:x}", query_hash(&uri))),
+        let representation = Representation {
+            etag: etag(format_args!(
+                "jobs.c{counter}.q{:x}",
+                query_hash(&parts.uri)
+            )),
             last_modified,
             settled: false,
             body: to_body(&list)?,
-        })
+        };
+        Ok((scope, representation))
     })
     .await
 }
@@ -227,21 +228,18 @@ pub async fn list(
         (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
     ),
 )]
-pub async fn get(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    JobId(id): JobId,
-) -> Result<Response, ApiError> {
-    let scope = || state.service().generations().job(&id);
-    cached(&state, &headers, &uri, scope, || async {
+pub async fn get(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    cached(&state, request, async |parts| {
+        let JobId(id) = JobId::from_request_parts(parts, &state).await?;
+        let scope = state.service().generations().job(&id);
         let job = state.service().get(&id).await?;
-        Ok(Representation {
+        let representation = Representation {
             etag: etag(format_args!("{}.v{}", job.id, job.version)),
             last_modified: job.updated_at,
             settled: job.status.is_terminal(),
             body: to_body(&job)?,
-        })
+        };
+        Ok((scope, representation))
     })
     .await
 }
@@ -276,17 +274,16 @@ pub struct HistoryQuery {
 )]
 pub async fn history(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    JobId(id): JobId,
-    ApiQuery(query): ApiQuery<HistoryQuery>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(500).clamp(1, 5000);
-    let scope = || state.service().generations().job(&id);
-    cached(&state, &headers, &uri, scope, || async {
+    cached(&state, request, async |parts| {
+        let JobId(id) = JobId::from_request_parts(parts, &state).await?;
+        let ApiQuery(query) = ApiQuery::<HistoryQuery>::from_request_parts(parts, &state).await?;
+        let limit = query.limit.unwrap_or(500).clamp(1, 5000);
+        let scope = state.service().generations().job(&id);
         let job = state.service().get(&id).await?;
         let page = state.service().history(&id, query.after, limit).await?;
-        Ok(Representation {
+        let representation = Representation {
             etag: etag(format_args!(
                 "{}.v{}.p{}.{limit}",
                 job.id,
@@ -298,7 +295,8 @@ pub async fn history(
             last_modified: job.updated_at,
             settled: job.status.is_terminal(),
             body: to_body(&page)?,
-        })
+        };
+        Ok((scope, representation))
     })
     .await
 }
@@ -320,14 +318,10 @@ pub async fn history(
         (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
     ),
 )]
-pub async fn result(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    JobId(id): JobId,
-) -> Result<Response, ApiError> {
-    let scope = || state.service().generations().job(&id);
-    cached(&state, &headers, &uri, scope, || async {
+pub async fn result(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    cached(&state, request, async |parts| {
+        let JobId(id) = JobId::from_request_parts(parts, &state).await?;
+        let scope = state.service().generations().job(&id);
         let job = state.service().get(&id).await?;
         if job.status != JobStatus::Completed || (job.result.is_none() && job.result_path.is_none())
         {
@@ -336,7 +330,7 @@ pub async fn result(
                 job.id, job.status
             )));
         }
-        Ok(Representation {
+        let representation = Representation {
             etag: etag(format_args!("{}.v{}.result", job.id, job.version)),
             last_modified: job.updated_at,
             settled: true,
@@ -345,39 +339,40 @@ pub async fn result(
                 result: job.result,
                 result_path: job.result_path,
             })?,
-        })
+        };
+        Ok((scope, representation))
     })
     .await
 }
 
-/// Answers a GET from the response cache when it holds a current representation, else
-/// builds one with `build` (which reads the database), keeps it and answers with it.
-/// `scope` is read (on a miss) before `build` runs, so a write in between makes the entry
-/// stale; a hit needs neither.
-async fn cached<F, Fut>(
+/// Answers a GET from the response cache when it holds a current representation, keyed by
+/// path and query; else `build` extracts what it needs from the request, reads the
+/// database, and the result is kept and answered with.
+///
+/// A hit extracts nothing (no id, no query, no copies of headers): an entry exists only for a
+/// key whose request was valid when it was built. `build` must read the [`Scope`] it returns
+/// **before** it reads the database, so a write committed in between makes the entry stale.
+async fn cached(
     state: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
-    scope: impl FnOnce() -> Scope,
-    build: F,
-) -> Result<Response, ApiError>
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Representation, ApiError>>,
-{
-    let key = uri
-        .path_and_query()
-        .map_or_else(|| uri.path(), |pq| pq.as_str());
+    request: Request,
+    build: impl AsyncFnOnce(&mut Parts) -> Result<(Scope, Representation), ApiError>,
+) -> Result<Response, ApiError> {
+    let (mut parts, _body) = request.into_parts();
     let cache = state.cache();
+    let key = cache_key(&parts.uri);
     if let Some(prepared) = cache.lookup(key, state.service().generations()) {
-        return Ok(cache.respond(headers, &prepared, true));
+        return Ok(cache.respond(&parts.headers, &prepared, true));
     }
-    // Read before the database is: a write committed in between makes the entry stale.
-    let scope = scope();
-    let representation = build().await?;
+    let key = key.to_owned();
+    let (scope, representation) = build(&mut parts).await?;
     let prepared = cache.prepare(representation);
-    cache.insert(key.to_owned(), scope, Arc::clone(&prepared));
-    Ok(cache.respond(headers, &prepared, false))
+    cache.insert(key, scope, Arc::clone(&prepared));
+    Ok(cache.respond(&parts.headers, &prepared, false))
+}
+
+fn cache_key(uri: &Uri) -> &str {
+    uri.path_and_query()
+        .map_or_else(|| uri.path(), |pq| pq.as_str())
 }
 
 fn to_body<T: serde::Serialize>(value: &T) -> Result<Bytes, ApiError> {
