@@ -23,6 +23,11 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 /// however many jobs there are.
 const STRIPES: usize = 4096;
 
+/// Longest time an entry is kept in memory. moka panics on a time-to-live of 1000 years or
+/// more, and a configured TTL can be anything up to `u64::MAX` seconds; no entry needs to
+/// outlive a century (`max-age` still says the configured TTL).
+const MAX_ENTRY_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Change counters that cached responses are checked against.
 pub struct Generations {
     stripes: Box<[AtomicU64]>,
@@ -156,7 +161,7 @@ impl ResponseCache {
                 let size = key.len() + entry.prepared.representation.body.len() + 256;
                 u32::try_from(size).unwrap_or(u32::MAX)
             })
-            .time_to_live(ttl.max(Duration::from_millis(1)))
+            .time_to_live(ttl.clamp(Duration::from_millis(1), MAX_ENTRY_TTL))
             .build();
         ResponseCache {
             entries,
