@@ -220,6 +220,13 @@ pub struct StreamMetrics {
     pub jobs: u64,
     /// Open subscriptions.
     pub subscribers: u64,
+    /// SSE streams open now (of live and of finished jobs).
+    pub sse_connections: u64,
+    /// Most SSE streams open at once; past it new streams get 503.
+    pub max_sse_connections: u64,
+    /// New SSE streams refused with 503 because `max_sse_connections` were open, since
+    /// start.
+    pub sse_refused: u64,
 }
 
 /// The responses of the two stream routes (documentation only).
@@ -244,8 +251,13 @@ pub enum StreamResponses {
     /// The database failed.
     #[response(status = 500)]
     Internal(ErrorBody),
-    /// The server is shutting down (the stream hub is closed).
-    #[response(status = 503)]
+    /// The server is shutting down (the stream hub is closed), or `max_sse_connections`
+    /// streams are open already (`too many open streams: N of N; retry later`, with
+    /// `Retry-After`).
+    #[response(
+        status = 503,
+        headers(("Retry-After" = u64, description = "Seconds to wait before opening the stream again (sent when too many streams are open)"))
+    )]
     Unavailable(ErrorBody),
 }
 

@@ -11,7 +11,9 @@ use skill_fleet_types::{
 };
 
 use crate::error::{Result, StoreError};
-use crate::models::job_progress::InsertProgress;
+use crate::models::job_progress::{
+    FLAG_CHECKPOINT, FLAG_TERMINAL, HistoryInsert, InsertProgress, count_history_row,
+};
 use crate::models::jobs::{JobRow, create_body};
 use crate::models::store_state::Stamp;
 use crate::schema::jobs;
@@ -183,13 +185,14 @@ fn to_json_text(value: &Value) -> String {
 
 /// Applies `change` to `row` and writes it, inside the caller's transaction; the caller
 /// commits `stamp`. Refused changes return [`StoreError::InvalidTransition`] having written
-/// nothing.
+/// nothing. When the change left a history row, returns the job's history row count after
+/// it, for [`JobStore::cap_history`].
 pub(crate) fn apply(
     conn: &mut SqliteConnection,
     row: &mut JobRow,
     change: Change<'_>,
     stamp: &Stamp,
-) -> Result<()> {
+) -> Result<Option<i64>> {
     let from = row.job_status()?;
     let action = change.action();
     let to = transition(from, action).ok_or_else(|| StoreError::InvalidTransition {
@@ -211,6 +214,7 @@ pub(crate) fn apply(
     }
     row.status = to.as_str().to_owned();
     let mut history = false;
+    let mut flags = 0;
     match change {
         Change::Start | Change::Requeue => {}
         Change::Progress {
@@ -235,6 +239,7 @@ pub(crate) fn apply(
             }
             if let Some(checkpoint) = &update.checkpoint {
                 row.checkpoint = Some(to_json_text(checkpoint));
+                flags |= FLAG_CHECKPOINT;
             }
             if eta_seconds.is_some() {
                 row.eta_seconds = eta_seconds;
@@ -267,20 +272,25 @@ pub(crate) fn apply(
     }
     if to.is_terminal() {
         row.completed_at = Some(stamp.now);
+        flags |= FLAG_TERMINAL;
     }
     row.updated_at = stamp.now;
     row.version = stamp.version;
     row.save(conn)?;
-    if history {
-        // Every progress report and every terminal state leaves one history row.
-        InsertProgress {
+    if !history {
+        return Ok(None);
+    }
+    // Every progress report and every terminal state leaves one history row.
+    InsertProgress {
+        row: HistoryInsert {
             job_id: &row.id,
             progress: &row_progress(row),
-            created_at: stamp.now,
-        }
-        .execute(conn)?;
+            flags,
+        },
+        created_at: stamp.now,
     }
-    Ok(())
+    .execute(conn)?;
+    Ok(Some(count_history_row(conn, &row.id)?))
 }
 
 impl JobStore {
@@ -354,7 +364,9 @@ impl JobStore {
         self.write(|conn| {
             let mut row = JobRow::find(conn, id)?;
             let stamp = Stamp::begin(conn)?;
-            apply(conn, &mut row, change, &stamp)?;
+            if let Some(history_rows) = apply(conn, &mut row, change, &stamp)? {
+                self.cap_history(conn, &row.id, history_rows)?;
+            }
             stamp.commit(conn)?;
             row.into_job()
         })

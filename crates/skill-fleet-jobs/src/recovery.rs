@@ -59,7 +59,11 @@ impl JobStore {
                     apply(conn, &mut row, Change::Requeue, &stamp)?;
                     report.requeued.push(row.id);
                 } else {
-                    apply(conn, &mut row, Change::Fail(INTERRUPTED_ERROR), &stamp)?;
+                    if let Some(rows) =
+                        apply(conn, &mut row, Change::Fail(INTERRUPTED_ERROR), &stamp)?
+                    {
+                        self.cap_history(conn, &row.id, rows)?;
+                    }
                     report.failed.push(row.id);
                 }
             }

@@ -10,6 +10,7 @@ diesel::table! {
         cost_usd -> Double,
         metric -> Nullable<Double>,
         created_at -> Timestamp,
+        flags -> Integer,
     }
 }
 
@@ -37,6 +38,7 @@ diesel::table! {
         completed_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
         version -> BigInt,
+        history_rows -> BigInt,
     }
 }
 

@@ -56,6 +56,10 @@ impl Server {
             .arg(spec.database)
             .arg("--config")
             .arg(spec.config)
+            // The SSE section holds 10,000 subscribers on one server: measure the fan-out,
+            // not the default stream limit (which is exactly 10,000).
+            .arg("--max-sse-connections")
+            .arg("100000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);

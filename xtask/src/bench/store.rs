@@ -1,7 +1,8 @@
 //! Section `store`: progress rows persisted per second through the coalesced batch path
 //! (`write_progress_batch`, one transaction per 100-job tick) against one transaction per
 //! update (`record_progress`) and against raw prepared SQLite inserts into `job_progress`
-//! (one transaction per tick), all in one run. Folded in from the former
+//! (one transaction per tick), all in one run; plus the batch path on a store whose
+//! per-job history cap is hit over and over (the cost of thinning). Folded in from the former
 //! `crates/skill-fleet-jobs/benches/progress_batch.rs`; `cargo xtask bench-store` runs it.
 
 use std::path::Path;
@@ -13,7 +14,7 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Double, Nullable, Text, Timestamp};
 use diesel::sqlite::Sqlite;
 use serde_json::json;
-use skill_fleet_jobs::{JobStore, NewJob, ProgressWrite};
+use skill_fleet_jobs::{JobStore, NewJob, ProgressWrite, StoreOptions};
 use skill_fleet_types::{Progress, ProgressUpdate};
 
 use super::Ctx;
@@ -24,11 +25,22 @@ use crate::Result;
 const JOBS: usize = 100;
 /// Goal: the batch path at least half as fast as raw inserts (raw / batch ≤ 2).
 const GOAL: f64 = 0.5;
+/// The history cap of the capped run: hit after 100 ticks, then every ~25 ticks per job.
+const CAPPED_ROWS: u64 = 100;
 
 /// A fresh store in `dir` with `JOBS` running jobs.
 fn store_with_jobs(dir: &Path, name: &str) -> Result<(JobStore, String, Vec<String>)> {
+    store_with_options(dir, name, StoreOptions::default())
+}
+
+/// Like [`store_with_jobs`], with explicit store options.
+fn store_with_options(
+    dir: &Path,
+    name: &str,
+    options: StoreOptions,
+) -> Result<(JobStore, String, Vec<String>)> {
     let url = dir.join(format!("{name}.db")).display().to_string();
-    let store = JobStore::open(&url)?;
+    let store = JobStore::open_with(&url, options)?;
     let ids: Vec<String> = (0..JOBS).map(|n| format!("job-{n:03}")).collect();
     for id in &ids {
         store.create(&NewJob {
@@ -121,6 +133,20 @@ fn raw_inserts(dir: &Path, ticks: usize) -> Result<Duration> {
 
 fn batches(dir: &Path, ticks: usize) -> Result<Duration> {
     let (store, _, ids) = store_with_jobs(dir, "batch")?;
+    timed_batches(&store, &ids, ticks)
+}
+
+/// The batch path with every job over a history cap of [`CAPPED_ROWS`] rows for most ticks.
+fn capped_batches(dir: &Path, ticks: usize) -> Result<Duration> {
+    let options = StoreOptions {
+        max_history_rows_per_job: CAPPED_ROWS,
+        ..StoreOptions::default()
+    };
+    let (store, _, ids) = store_with_options(dir, "capped", options)?;
+    timed_batches(&store, &ids, ticks)
+}
+
+fn timed_batches(store: &JobStore, ids: &[String], ticks: usize) -> Result<Duration> {
     let started = Instant::now();
     for tick in 0..ticks {
         let writes: Vec<ProgressWrite> = ids
@@ -171,6 +197,7 @@ struct Measured {
     raw: Vec<f64>,
     batch: Vec<f64>,
     single: Vec<f64>,
+    capped: Vec<f64>,
 }
 
 fn measure(ticks: usize, rounds: usize) -> Result<Measured> {
@@ -180,6 +207,7 @@ fn measure(ticks: usize, rounds: usize) -> Result<Measured> {
         raw: Vec::new(),
         batch: Vec::new(),
         single: Vec::new(),
+        capped: Vec::new(),
     };
     // The three paths run back to back in every round, so a ratio compares measurements
     // taken under the same machine load.
@@ -187,6 +215,7 @@ fn measure(ticks: usize, rounds: usize) -> Result<Measured> {
         measured.raw.push(rate(ticks, raw_inserts)?);
         measured.batch.push(rate(ticks, batches)?);
         measured.single.push(rate(single_ticks, single_updates)?);
+        measured.capped.push(rate(ticks, capped_batches)?);
     }
     Ok(measured)
 }
@@ -198,7 +227,9 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         .await??;
     let batch_vs_raw: Vec<f64> = m.batch.iter().zip(&m.raw).map(|(b, r)| b / r).collect();
     let batch_vs_single: Vec<f64> = m.batch.iter().zip(&m.single).map(|(b, s)| b / s).collect();
+    let capped_vs_batch: Vec<f64> = m.capped.iter().zip(&m.batch).map(|(c, b)| c / b).collect();
     let (raw, batch, single) = (median(&m.raw), median(&m.batch), median(&m.single));
+    let capped = median(&m.capped);
     let ratio = median(&batch_vs_raw);
     let speedup = median(&batch_vs_single);
     Ok(Section {
@@ -215,12 +246,22 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             Row::new("record_progress, 1 tx per row", single, "rows/s")
                 .baseline(batch, single / batch.max(1e-9)),
             Row::new("batch / one-tx-per-row speed-up", speedup, "×"),
+            Row::new(
+                format!("write_progress_batch, history cap ({CAPPED_ROWS} rows/job) hit"),
+                capped,
+                "rows/s",
+            )
+            .baseline(batch, median(&capped_vs_batch)),
         ],
         notes: vec![format!(
             "{JOBS} running jobs; {ticks} ticks (one-tx-per-row: {}); baseline = raw prepared \
              INSERTs into job_progress, 1 tx per tick; WAL, synchronous=NORMAL; median of \
-             {rounds} rounds, each on fresh databases, the three paths back to back",
-            (ticks / 10).max(1)
+             {rounds} rounds, each on fresh databases, the paths back to back; the capped \
+             run keeps {CAPPED_ROWS} history rows per job, so from tick {CAPPED_ROWS} on every \
+             job is thinned about every {} ticks (the uncapped runs stay under the default \
+             cap)",
+            (ticks / 10).max(1),
+            CAPPED_ROWS / 4
         )],
         data: json!({
             "ticks": ticks,
@@ -228,6 +269,8 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             "raw_rows_per_s": m.raw,
             "batch_rows_per_s": m.batch,
             "single_rows_per_s": m.single,
+            "capped_rows_per_s": m.capped,
+            "capped_max_history_rows_per_job": CAPPED_ROWS,
         }),
     })
 }

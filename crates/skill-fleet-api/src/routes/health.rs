@@ -58,7 +58,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Counters as JSON: response cache hits/misses/304s, store calls, hub size.
+/// Counters as JSON: response cache hits/misses/304s, store calls, hub size, open SSE streams.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -82,6 +82,12 @@ pub async fn metrics(State(state): State<AppState>) -> Json<serde_json::Value> {
             "entries": state.cache().entry_count(),
         },
         "store_calls": state.service().store_calls(),
-        "stream": {"jobs": hub.jobs, "subscribers": hub.subscribers},
+        "stream": {
+            "jobs": hub.jobs,
+            "subscribers": hub.subscribers,
+            "sse_connections": state.open_streams(),
+            "max_sse_connections": state.max_streams(),
+            "sse_refused": state.streams_refused(),
+        },
     }))
 }

@@ -4,23 +4,32 @@
 //! coalesces bursts to about one per tick; a slow client only ever gets the newest). A
 //! terminal state is sent and the stream ends. The stream also ends when the server shuts
 //! down (the hub closes every subscription), so open streams never block shutdown.
+//!
+//! At most [`crate::ApiConfig::max_sse_connections`] streams are open at once: each holds a
+//! [`StreamSlot`] for its whole life (the slot lives in the stream's body, so it is released
+//! when the stream ends for any reason: terminal state, client gone, shutdown). Past the
+//! limit a new stream is refused with `503` and `Retry-After`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
 use skill_fleet_stream::Subscription;
-use skill_fleet_types::StreamEvent;
+use skill_fleet_types::{ErrorBody, StreamEvent};
 
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, JobId};
 use crate::service::StreamStart;
-use crate::state::AppState;
+use crate::state::{AppState, StreamSlot};
+
+/// `Retry-After` of a stream refused because too many are open, in seconds.
+pub const STREAM_RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Query of the stream routes: browsers cannot set `Last-Event-ID` on a new `EventSource`, so
 /// it may also come as `lastEventId`.
@@ -51,6 +60,10 @@ pub async fn stream(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
+    // Taken first: a full server refuses before any database work.
+    let Some(slot) = state.try_open_stream() else {
+        return Ok(too_many_streams(state.max_streams()));
+    };
     let last_seen = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -59,10 +72,29 @@ pub async fn stream(
         .and_then(|value| value.trim().parse::<u64>().ok());
     let start = state.service().stream(&id).await?;
     let retry = state.config().sse_retry;
-    let events = sse_events(start, last_seen, retry);
+    let events = sse_events(start, slot, last_seen, retry);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(state.config().sse_keep_alive))
         .into_response())
+}
+
+/// The `503` of a stream refused at the limit: our error body plus `Retry-After`.
+///
+/// Built from [`ApiError::Unavailable`] without its `IntoResponse`, which logs every 5xx as
+/// an error: a refusal at a configured limit is expected, and `try_open_stream` logs it
+/// sparingly and counts it in `/metrics` instead.
+fn too_many_streams(max: usize) -> Response {
+    // `try_open_stream` found no free slot: every one of the `max` slots was taken.
+    let err = ApiError::Unavailable(format!(
+        "too many open streams: {max} of {max}; retry later"
+    ));
+    let (status, code) = err.status_and_code();
+    let mut response = (status, Json(ErrorBody::new(code, err.to_string()))).into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(STREAM_RETRY_AFTER_SECONDS),
+    );
+    response
 }
 
 enum Source {
@@ -79,10 +111,14 @@ struct Cursor {
     /// Whether an event went out yet (the first one carries the `retry:` hint).
     sent_any: bool,
     retry: std::time::Duration,
+    /// Held while the stream lives; dropped with the cursor when the stream ends or its
+    /// body is dropped.
+    _slot: StreamSlot,
 }
 
 fn sse_events(
     start: StreamStart,
+    slot: StreamSlot,
     last_seen: Option<u64>,
     retry: std::time::Duration,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -96,6 +132,7 @@ fn sse_events(
         read_current: false,
         sent_any: false,
         retry,
+        _slot: slot,
     };
     futures_util::stream::unfold(cursor, |mut cursor| async move {
         let state = next_state(&mut cursor).await?;

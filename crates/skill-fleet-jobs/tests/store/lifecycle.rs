@@ -314,7 +314,7 @@ fn migrations_are_applied_on_open_and_urls_are_accepted() {
     let db = TestDb::new();
     let status = db.migration_status().unwrap();
     assert!(status.pending.is_empty(), "{status:?}");
-    assert_eq!(status.applied.len(), 4, "{status:?}");
+    assert_eq!(status.applied.len(), 5, "{status:?}");
     assert!(status.applied[0].ends_with("_create_jobs"), "{status:?}");
     assert_eq!(skill_fleet_jobs::migration_status(&db.url).unwrap(), status);
     assert!(
@@ -336,6 +336,6 @@ fn migrations_are_applied_on_open_and_urls_are_accepted() {
     }
     let fresh = dir.path().join("fresh.db").display().to_string();
     let status = skill_fleet_jobs::migration_status(&fresh).unwrap();
-    assert_eq!((status.applied.len(), status.pending.len()), (0, 4));
-    assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 4);
+    assert_eq!((status.applied.len(), status.pending.len()), (0, 5));
+    assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 5);
 }
