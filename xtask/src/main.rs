@@ -9,6 +9,7 @@ mod migrate;
 mod new_migration;
 mod release;
 mod schema;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +29,10 @@ commands:
   bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
                            the benchmark suite (release build): table + target/bench/report.json;
                            sections ingest,revalidate,sse,restart,cli,store
-  bench-store [--ticks N]  the store section alone (`bench --only store`)";
+  bench-store [--ticks N]  the store section alone (`bench --only store`)
+  soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--seed N] [--no-build]
+                           SIGKILL the release server during ingest, restart, and check that
+                           every acknowledged write survived";
 
 /// The repository root: the parent of this crate's directory.
 pub fn project_root() -> PathBuf {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         }
         "bench-sse-client" => bench::sse_client::run(rest),
         "demo" => demo::run(rest),
+        "soak" => soak::run(rest),
         "release" => release::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

@@ -10,8 +10,9 @@ use skill_fleet_types::{ErrorBody, ErrorCode, ValidationError};
 /// Why a request failed. Converted to `{"error": {"code", "message"}}` with the right status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The job store refused or failed.
-    #[error(transparent)]
+    /// The job store refused or failed. A storage fault (disk full, read-only, locked, i/o)
+    /// says so and that nothing was saved (503); other store failures are bugs (500).
+    #[error("{}", store_message(.0))]
     Store(#[from] StoreError),
     /// The streaming hub refused the update.
     #[error(transparent)]
@@ -64,6 +65,9 @@ impl ApiError {
                 StoreError::InvalidInput(_) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
                 }
+                err if err.storage_fault().is_some() => {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+                }
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
             },
             ApiError::Stream(err) => match err {
@@ -109,6 +113,29 @@ impl ApiError {
     }
 }
 
+/// A store error's message; a storage fault names the condition and says the change was not
+/// saved, so a client knows a 503 acknowledged nothing:
+/// `database is full (database or disk is full): the change was not saved; retry later`.
+fn store_message(err: &StoreError) -> String {
+    match err.storage_fault() {
+        Some(fault) => {
+            let cause = match err {
+                StoreError::Database(cause) => cause.to_string(),
+                other => other.to_string(),
+            };
+            format!(
+                "{} ({}): the change was not saved; retry later",
+                fault.describe(),
+                lowercase_first(&cause)
+            )
+        }
+        None => err.to_string(),
+    }
+}
+
+/// Seconds a client should wait before retrying after a storage fault.
+const STORAGE_RETRY_AFTER_SECONDS: &str = "1";
+
 fn lowercase_first(text: &str) -> String {
     let mut chars = text.chars();
     match chars.next() {
@@ -120,11 +147,21 @@ fn lowercase_first(text: &str) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        let storage_fault = matches!(&self, ApiError::Store(err) if err.storage_fault().is_some());
+        if storage_fault {
+            // Not a bug: the disk, the file system or another process (said once per request).
+            tracing::warn!(error = %self, status = status.as_u16(), "request refused");
+        } else if status.is_server_error() {
             // Logged once, here, where the error is turned into a response.
             tracing::error!(error = %self, status = status.as_u16(), "request failed");
         }
         let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
+        if storage_fault {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(STORAGE_RETRY_AFTER_SECONDS),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -132,5 +169,40 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Which SQLite messages are which fault is the store's business (tested there); here:
+    // a storage fault becomes a 503 that says nothing was saved, anything else stays a 500.
+    #[test]
+    fn a_storage_fault_is_503_and_says_nothing_was_saved() {
+        let err = ApiError::Store(StoreError::Busy {
+            waited: std::time::Duration::from_millis(5000),
+        });
+        assert_eq!(
+            err.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        );
+        assert_eq!(
+            err.to_string(),
+            "database is busy (database is locked: waited 5000 ms for this server's earlier writes): the change was not saved; retry later"
+        );
+        let response = err.into_response();
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn other_store_failures_stay_500() {
+        let err = ApiError::Store(StoreError::Migration("no such table: jobs".to_owned()));
+        assert_eq!(
+            err.status_and_code(),
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+        );
+        assert_eq!(err.to_string(), "migration failed: no such table: jobs");
+        assert!(err.into_response().headers().get("retry-after").is_none());
     }
 }

@@ -21,7 +21,7 @@ pub use auth::constant_time_eq;
 pub use error::ApiError;
 pub use runner::Runner;
 pub use service::{JobService, StreamStart};
-pub use state::{ApiConfig, AppState};
+pub use state::{ApiConfig, AppState, DEFAULT_MAX_SSE_CONNECTIONS, StreamSlot};
 
 /// The whole HTTP API: `/api/v1/…`, `/healthz`, `/readyz`, `/metrics`.
 ///
@@ -86,13 +86,28 @@ pub async fn run_flusher(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_limit_check = tokio::time::Instant::now();
+    let mut failed_ticks: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = ticker.tick() => {
-                if let Err(err) = state.service().flush_pending().await {
-                    tracing::warn!(error = %err, "progress flush failed; will retry next tick");
+                // An outage (disk full, read-only) fails every tick: warn once, then say
+                // when it ends, instead of ten lines a second.
+                match state.service().flush_pending().await {
+                    Ok(_) if failed_ticks > 0 => {
+                        tracing::info!(failed_ticks, "progress flush recovered; pending progress written");
+                        failed_ticks = 0;
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        if failed_ticks == 0 {
+                            tracing::warn!(error = %err, "progress flush failed; retrying every tick");
+                        } else {
+                            tracing::debug!(error = %err, failed_ticks, "progress flush failed again");
+                        }
+                        failed_ticks += 1;
+                    }
                 }
                 if last_limit_check.elapsed() >= LIMIT_CHECK_INTERVAL {
                     last_limit_check = tokio::time::Instant::now();

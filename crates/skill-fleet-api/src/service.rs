@@ -297,6 +297,11 @@ impl JobService {
             .into());
         }
         let step_changed = update.step.is_some() && update.step != live.progress.step;
+        let durable =
+            live.status == JobStatus::Queued || step_changed || update.checkpoint.is_some();
+        // Kept to undo the merge if the durable write fails: an event waiting on this job's
+        // lock must not see a step that was never saved.
+        let before = durable.then(|| (live.progress.clone(), live.warned));
         merge(&mut live.progress, &update);
         let verdict = check_budget(&mut live);
         let mut message = update.message;
@@ -304,10 +309,10 @@ impl JobService {
             live.progress.message = Some(warning.clone());
             message = Some(warning.clone());
         }
-        let durable =
-            live.status == JobStatus::Queued || step_changed || update.checkpoint.is_some();
         if durable {
-            lock(&self.pending).remove(id);
+            // The durable write carries the whole merged state, so it replaces what waits in
+            // `pending`; if it fails, what waited is put back for the flusher to retry.
+            let superseded = lock(&self.pending).remove(id);
             let full = ProgressUpdate {
                 step: live.progress.step.clone(),
                 progress: Some(live.progress.progress),
@@ -326,6 +331,13 @@ impl JobService {
                 Err(err) => {
                     // Whatever the database says now is the truth; forget the cached state.
                     lock(&self.live).remove(id);
+                    if let Some((progress, warned)) = before {
+                        live.progress = progress;
+                        live.warned = warned;
+                    }
+                    if let Some(write) = superseded {
+                        lock(&self.pending).entry(id.to_owned()).or_insert(write);
+                    }
                     return Err(err);
                 }
             };
@@ -497,18 +509,29 @@ impl JobService {
             None => None,
         };
         let pending = lock(&self.pending).remove(id);
+        let retry = pending.clone();
         let job_id = id.to_owned();
+        // Two transactions: the pending progress, then the transition. The outer result is
+        // the progress write's; when it fails, the progress goes back to `pending`.
         let result = self
             .blocking(move |store| {
                 if let Some(write) = pending {
                     store.write_progress_batch(std::slice::from_ref(&write))?;
                 }
-                transition(store, &job_id)
+                Ok(transition(store, &job_id))
             })
             .await;
         // Bumped even on failure: the pending progress may have been written.
         self.generations.bump(id);
-        let job = result?;
+        let job = match result {
+            Ok(transitioned) => transitioned?,
+            Err(err) => {
+                if let Some(write) = retry {
+                    lock(&self.pending).entry(id.to_owned()).or_insert(write);
+                }
+                return Err(err);
+            }
+        };
         if let Some(live) = guard.as_mut() {
             live.status = job.status;
         }

@@ -47,6 +47,13 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// This server's earlier writes kept the write lock longer than the busy timeout (they
+    /// are waiting for another process's lock); nothing was written.
+    #[error("database is locked: waited {} ms for this server's earlier writes", waited.as_millis())]
+    Busy {
+        /// How long this write waited.
+        waited: std::time::Duration,
+    },
     /// The database refused a query.
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
@@ -67,6 +74,100 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// A storage condition outside the program that refused a query: the operator (or time) fixes
+/// it, the server does not. Nothing the refused call tried to write was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// The disk (or the file system holding the database) is full: `SQLITE_FULL`.
+    Full,
+    /// The database cannot be written: a read-only file system or file, or the database
+    /// file was moved (`SQLITE_READONLY`).
+    ReadOnly,
+    /// Another connection holds the write lock past the busy timeout (`SQLITE_BUSY`,
+    /// `SQLITE_LOCKED`).
+    Busy,
+    /// The operating system failed a read or write (`SQLITE_IOERR`, `SQLITE_CANTOPEN`), e.g.
+    /// a file system that went read-only under the open database.
+    Io,
+}
+
+impl StorageFault {
+    /// What the condition is, for messages: `database is full`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StorageFault::Full => "database is full",
+            StorageFault::ReadOnly => "database is read-only",
+            StorageFault::Busy => "database is busy",
+            StorageFault::Io => "database i/o error",
+        }
+    }
+
+    /// Reads SQLite's message (diesel keeps only `sqlite3_errmsg`, not the code). The
+    /// phrases are SQLite's fixed texts for each primary result code.
+    fn of_message(message: &str) -> Option<StorageFault> {
+        const PHRASES: [(&str, StorageFault); 7] = [
+            ("database or disk is full", StorageFault::Full),
+            ("readonly database", StorageFault::ReadOnly),
+            ("database is locked", StorageFault::Busy),
+            ("database table is locked", StorageFault::Busy),
+            ("database schema is locked", StorageFault::Busy),
+            ("disk i/o error", StorageFault::Io),
+            ("unable to open database file", StorageFault::Io),
+        ];
+        let message = message.to_ascii_lowercase();
+        PHRASES
+            .iter()
+            .find(|(phrase, _)| message.contains(phrase))
+            .map(|&(_, fault)| fault)
+    }
+}
+
+impl StoreError {
+    /// The storage condition behind this error, if it is one (disk full, read-only,
+    /// locked, i/o); `None` for refusals (not found, conflicts, invalid input) and bugs.
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        match self {
+            StoreError::Database(err) => database_fault(err),
+            StoreError::Connection(err) => StorageFault::of_message(&err.to_string()),
+            // r2d2's message carries the last connection error ("timed out waiting for
+            // connection: unable to open database file").
+            StoreError::Pool(err) => StorageFault::of_message(&err.to_string()),
+            StoreError::Busy { .. } => Some(StorageFault::Busy),
+            _ => None,
+        }
+    }
+
+    /// `SQLITE_FULL`: the disk is full.
+    pub fn is_full(&self) -> bool {
+        self.storage_fault() == Some(StorageFault::Full)
+    }
+
+    /// `SQLITE_READONLY`: the database cannot be written.
+    pub fn is_read_only(&self) -> bool {
+        self.storage_fault() == Some(StorageFault::ReadOnly)
+    }
+
+    /// `SQLITE_BUSY`: another connection kept the write lock past the busy timeout.
+    pub fn is_busy(&self) -> bool {
+        self.storage_fault() == Some(StorageFault::Busy)
+    }
+}
+
+/// The storage fault of a diesel error; a failed commit whose rollback failed too is read
+/// through to the commit's error.
+pub(crate) fn database_fault(err: &diesel::result::Error) -> Option<StorageFault> {
+    use diesel::result::Error;
+    match err {
+        Error::DatabaseError(_, info) => StorageFault::of_message(info.message()),
+        Error::RollbackErrorOnCommit {
+            commit_error,
+            rollback_error,
+        } => database_fault(commit_error).or_else(|| database_fault(rollback_error)),
+        Error::RollbackTransaction | Error::NotFound => None,
+        other => StorageFault::of_message(&other.to_string()),
+    }
 }
 
 impl From<ValidationError> for StoreError {
@@ -91,5 +192,56 @@ impl<T> OrNotFound<T> for diesel::QueryResult<T> {
             diesel::result::Error::NotFound => StoreError::NotFound { id: id.to_owned() },
             other => StoreError::Database(other),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    fn sqlite(message: &str) -> StoreError {
+        StoreError::Database(Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(message.to_owned()),
+        ))
+    }
+
+    #[test]
+    fn sqlite_messages_name_their_storage_fault() {
+        assert!(sqlite("database or disk is full").is_full());
+        assert!(sqlite("attempt to write a readonly database").is_read_only());
+        assert!(sqlite("database is locked").is_busy());
+        assert_eq!(
+            sqlite("disk I/O error").storage_fault(),
+            Some(StorageFault::Io)
+        );
+        let busy = StoreError::Busy {
+            waited: std::time::Duration::from_millis(5),
+        };
+        assert!(busy.is_busy());
+        // A failed commit whose rollback failed too is read through to the commit's cause.
+        let commit = StoreError::Database(Error::RollbackErrorOnCommit {
+            rollback_error: Box::new(Error::NotInTransaction),
+            commit_error: Box::new(Error::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new("database or disk is full".to_owned()),
+            )),
+        });
+        assert!(commit.is_full());
+    }
+
+    #[test]
+    fn refusals_and_bugs_are_not_storage_faults() {
+        assert_eq!(
+            sqlite("UNIQUE constraint failed: jobs.id").storage_fault(),
+            None
+        );
+        assert_eq!(sqlite("no such table: jobs").storage_fault(), None);
+        let missing = StoreError::NotFound { id: "x".to_owned() };
+        assert_eq!(missing.storage_fault(), None);
+        // Client text never reaches the classification (only database errors are read).
+        let input = StoreError::InvalidInput("database or disk is full".to_owned());
+        assert_eq!(input.storage_fault(), None);
     }
 }

@@ -11,12 +11,13 @@ mod recovery;
 mod schema;
 mod store;
 
-pub use error::{Result, StoreError};
+pub use error::{Result, StorageFault, StoreError};
 pub use legacy::{DEFAULT_LEGACY_TYPE, IMPORTED_RUNNING_ERROR, ImportReport, LEGACY_SOURCE};
 pub use lifecycle::{Action, Created, NewJob, transition};
 pub use list::{DEFAULT_LIST_LIMIT, ListFilter, MAX_LIST_LIMIT};
 pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, ProgressWrite};
 pub use recovery::{INTERRUPTED_ERROR, PruneReport, RecoveryReport};
 pub use store::{
-    JobStore, MIGRATIONS, MigrationStatus, StoreOptions, migration_status, run_migrations,
+    DEFAULT_MAX_HISTORY_ROWS_PER_JOB, JobStore, MIGRATIONS, MigrationStatus, StoreOptions,
+    migration_status, run_migrations,
 };

@@ -1,26 +1,35 @@
 //! Opening the store: the connection pool, per-connection pragmas and embedded migrations.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::error::{Result, StoreError};
+use crate::error::{Result, StorageFault, StoreError, database_fault};
 use crate::models::store_state;
+use crate::progress::HistoryCap;
 
 /// The SQL migrations of `migrations/` at the repository root, embedded at build time.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
-/// How the store's pool is set up.
+/// Default of [`StoreOptions::max_history_rows_per_job`].
+pub const DEFAULT_MAX_HISTORY_ROWS_PER_JOB: u64 = 10_000;
+
+/// How the store's pool is set up, and its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Most connections open at once (readers run in parallel, writers queue on SQLite's lock).
     pub pool_size: u32,
     /// How long a connection waits for SQLite's write lock before giving up.
     pub busy_timeout: Duration,
+    /// Most progress history rows kept per job (at least 1). When a write takes a job past
+    /// it, the job's older history is thinned in the same transaction; see
+    /// [`JobStore::write_progress_batch`].
+    pub max_history_rows_per_job: u64,
 }
 
 impl Default for StoreOptions {
@@ -28,7 +37,68 @@ impl Default for StoreOptions {
         StoreOptions {
             pool_size: 10,
             busy_timeout: Duration::from_millis(5000),
+            max_history_rows_per_job: DEFAULT_MAX_HISTORY_ROWS_PER_JOB,
         }
+    }
+}
+
+/// Marks a pooled connection that has started a write transaction: SQLite opened it
+/// read-write.
+struct Writable;
+
+/// A write that changes nothing, yet fails with `SQLITE_READONLY` on a read-only connection.
+const WRITE_PROBE: &str = "UPDATE store_state SET change_counter = change_counter WHERE 0";
+
+/// One write at a time from this process. SQLite lets one connection write anyway; without
+/// this, writers waiting out another process's lock would hold every pooled connection and
+/// starve the readers, which WAL otherwise never blocks.
+#[derive(Debug)]
+struct WriteGate {
+    busy: std::sync::Mutex<bool>,
+    free: std::sync::Condvar,
+    /// Longest wait for the turn: the busy timeout, as for SQLite's own lock.
+    timeout: Duration,
+}
+
+/// The turn to write; the next writer goes when it is dropped.
+struct WriteTurn<'a>(&'a WriteGate);
+
+impl WriteGate {
+    fn new(timeout: Duration) -> WriteGate {
+        WriteGate {
+            busy: std::sync::Mutex::new(false),
+            free: std::sync::Condvar::new(),
+            timeout,
+        }
+    }
+
+    fn enter(&self) -> Result<WriteTurn<'_>> {
+        let busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut busy, _) = self
+            .free
+            .wait_timeout_while(busy, self.timeout, |busy| *busy)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *busy {
+            return Err(StoreError::Busy {
+                waited: self.timeout,
+            });
+        }
+        *busy = true;
+        Ok(WriteTurn(self))
+    }
+}
+
+impl Drop for WriteTurn<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+        self.0.free.notify_one();
     }
 }
 
@@ -47,6 +117,8 @@ pub struct MigrationStatus {
 #[derive(Clone)]
 pub struct JobStore {
     pool: Pool<ConnectionManager<SqliteConnection>>,
+    history: Arc<HistoryCap>,
+    writes: Arc<WriteGate>,
 }
 
 impl std::fmt::Debug for JobStore {
@@ -174,8 +246,10 @@ impl JobStore {
         JobStore::open_with(url, StoreOptions::default())
     }
 
-    /// Like [`JobStore::open`], with explicit pool options.
+    /// Like [`JobStore::open`], with explicit options. A `max_history_rows_per_job` of 0 is
+    /// refused with [`StoreError::InvalidInput`].
     pub fn open_with(url: &str, options: StoreOptions) -> Result<JobStore> {
+        let history = HistoryCap::new(options.max_history_rows_per_job)?;
         let setup = ConnectionSetup::from(options);
         // WAL is a property of the database file: set it once, before the pool exists.
         let mut conn = connect(url, setup)?;
@@ -190,7 +264,11 @@ impl JobStore {
             .min_idle(Some(1))
             .connection_customizer(Box::new(setup))
             .build(manager)?;
-        Ok(JobStore { pool })
+        Ok(JobStore {
+            pool,
+            history: Arc::new(history),
+            writes: Arc::new(WriteGate::new(options.busy_timeout)),
+        })
     }
 
     /// Which embedded migrations this database has applied and which are pending.
@@ -212,6 +290,11 @@ impl JobStore {
         Ok(u64::try_from(epoch).unwrap_or(0))
     }
 
+    /// The history cap and what it remembers of jobs over it.
+    pub(crate) fn history_cap(&self) -> &HistoryCap {
+        &self.history
+    }
+
     /// A pooled connection.
     pub(crate) fn conn(&self) -> Result<PooledConnection<ConnectionManager<SqliteConnection>>> {
         Ok(self.pool.get()?)
@@ -219,10 +302,61 @@ impl JobStore {
 
     /// Runs `work` in one `BEGIN IMMEDIATE` transaction: it holds the write lock from the
     /// start, so read-then-write work cannot be invalidated or deadlock on lock upgrade.
+    ///
+    /// A pooled connection that SQLite opened read-only (the file or its WAL was not writable
+    /// when the connection first opened them) stays read-only after the file system recovers;
+    /// such a connection is closed and another one taken, so writes work again without a
+    /// restart.
     pub(crate) fn write<T>(
         &self,
         work: impl FnOnce(&mut SqliteConnection) -> Result<T>,
     ) -> Result<T> {
-        self.conn()?.immediate_transaction(work)
+        let _turn = self.writes.enter()?;
+        let mut discarded = 0;
+        let mut conn = loop {
+            let mut conn = self.conn()?;
+            AnsiTransactionManager::begin_transaction_sql(&mut *conn, "BEGIN IMMEDIATE")?;
+            if PooledConnection::extensions(&conn)
+                .get::<Writable>()
+                .is_some()
+            {
+                break conn;
+            }
+            // On a read-only connection `BEGIN IMMEDIATE` quietly starts a read transaction;
+            // a write statement that changes nothing tells. Once a connection passed, it
+            // stays writable (SQLite decides that when it opens the files).
+            match conn.batch_execute(WRITE_PROBE) {
+                Ok(()) => {
+                    PooledConnection::extensions_mut(&mut conn).insert(Writable);
+                    break conn;
+                }
+                Err(err) => {
+                    let _ = AnsiTransactionManager::rollback_transaction(&mut *conn);
+                    if database_fault(&err) != Some(StorageFault::ReadOnly)
+                        || discarded >= self.pool.max_size()
+                    {
+                        return Err(err.into());
+                    }
+                    // The pool closes a connection handed back inside a transaction
+                    // (diesel's `is_broken`): open a deferred one (no lock) so this one goes.
+                    let _ = AnsiTransactionManager::begin_transaction(&mut *conn);
+                    discarded += 1;
+                }
+            }
+        };
+        match work(&mut conn) {
+            Ok(value) => {
+                AnsiTransactionManager::commit_transaction(&mut *conn)?;
+                Ok(value)
+            }
+            Err(err) => {
+                // SQLite may have rolled back already (disk full, i/o error); the caller
+                // needs the first error either way, not the rollback's.
+                if let Err(rollback) = AnsiTransactionManager::rollback_transaction(&mut *conn) {
+                    tracing::debug!(error = %rollback, "rollback after a failed write");
+                }
+                Err(err)
+            }
+        }
     }
 }

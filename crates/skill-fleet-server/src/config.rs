@@ -15,6 +15,14 @@ use crate::error::ServerError;
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 /// Default database file, relative to the working directory.
 pub const DEFAULT_DATABASE: &str = "./skill-fleet.db";
+/// Longest `cache_ttl_seconds`: a year. Longer makes no sense for a job server, and the
+/// response cache cannot hold an entry for 1000 years or more.
+pub const MAX_CACHE_TTL_SECONDS: u64 = 365 * 24 * 60 * 60;
+/// Longest `stop_grace_seconds`: an hour (shutdown waits this long plus 10 s; a deadline of
+/// `now + u64::MAX` seconds overflows and panics).
+pub const MAX_STOP_GRACE_SECONDS: u64 = 60 * 60;
+/// Longest `executors.*.timeout_seconds`: ten years (a run's deadline is `now + timeout`).
+pub const MAX_TIMEOUT_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
 /// Job types that are re-queued (not failed) when the server stopped while they ran.
 pub const DEFAULT_RESUMABLE_TYPES: [&str; 2] = ["optimization", "evaluation"];
 
@@ -113,6 +121,16 @@ pub struct ServeArgs {
     /// Most jobs the executor runs at once, over all types [default: 4].
     #[arg(long, env = "SKILL_FLEET_MAX_CONCURRENT_JOBS", value_name = "N")]
     pub max_concurrent_jobs: Option<usize>,
+    /// Most SSE streams open at once; more get 503 with Retry-After [default: 10000].
+    #[arg(long, env = "SKILL_FLEET_MAX_SSE_CONNECTIONS", value_name = "N")]
+    pub max_sse_connections: Option<usize>,
+    /// Most progress history rows kept per job; older history is thinned [default: 10000].
+    #[arg(long, env = "SKILL_FLEET_MAX_HISTORY_ROWS_PER_JOB", value_name = "N")]
+    pub max_history_rows_per_job: Option<u64>,
+    /// How long a write waits for SQLite's write lock held by another process, in ms
+    /// [default: 5000]; past it the write fails with 503 `database is busy`.
+    #[arg(long, env = "SKILL_FLEET_BUSY_TIMEOUT_MS", value_name = "MS")]
+    pub busy_timeout_ms: Option<u64>,
     /// Serve `/_bench/noop`, the do-nothing baseline of `cargo xtask bench`.
     #[arg(long, hide = true)]
     pub bench_routes: bool,
@@ -144,6 +162,12 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// See `--max-concurrent-jobs`.
     pub max_concurrent_jobs: Option<usize>,
+    /// See `--max-sse-connections`.
+    pub max_sse_connections: Option<usize>,
+    /// See `--max-history-rows-per-job`.
+    pub max_history_rows_per_job: Option<u64>,
+    /// See `--busy-timeout-ms`.
+    pub busy_timeout_ms: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when a job is stopped [default: 10].
     pub stop_grace_seconds: Option<u64>,
     /// Job type → command. When the file has this table it replaces the built-in default
@@ -217,8 +241,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Most jobs the executor runs at once.
     pub max_concurrent_jobs: usize,
+    /// Most SSE streams open at once.
+    pub max_sse_connections: usize,
+    /// Most progress history rows kept per job.
+    pub max_history_rows_per_job: u64,
     /// Time between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// How long a write waits for the database's write lock.
+    pub busy_timeout: Duration,
     /// Job type → command; `None` means the built-in default (the bundled optimizer).
     pub executors: Option<BTreeMap<String, ExecutorConfig>>,
     /// Serve the benchmark baseline route.
@@ -299,6 +329,13 @@ impl Config {
                         "executors.{job_type}: max_concurrent must be at least 1"
                     )));
                 }
+                if let Some(timeout) = executor.timeout_seconds
+                    && timeout > MAX_TIMEOUT_SECONDS
+                {
+                    return Err(ServerError::Config(format!(
+                        "executors.{job_type}: timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}, got {timeout}"
+                    )));
+                }
             }
         }
         let max_concurrent_jobs = args
@@ -310,21 +347,62 @@ impl Config {
                 "max concurrent jobs must be at least 1".to_owned(),
             ));
         }
+        let busy_timeout_ms = args
+            .busy_timeout_ms
+            .or(file.busy_timeout_ms)
+            .unwrap_or(5000);
+        if !(1..=600_000).contains(&busy_timeout_ms) {
+            return Err(ServerError::Config(format!(
+                "busy timeout must be between 1 and 600000 ms, got {busy_timeout_ms}"
+            )));
+        }
+        let max_sse_connections = args
+            .max_sse_connections
+            .or(file.max_sse_connections)
+            .unwrap_or(skill_fleet_api::DEFAULT_MAX_SSE_CONNECTIONS);
+        if max_sse_connections == 0 {
+            return Err(ServerError::Config(
+                "max sse connections must be at least 1, got 0".to_owned(),
+            ));
+        }
+        let max_history_rows_per_job = args
+            .max_history_rows_per_job
+            .or(file.max_history_rows_per_job)
+            .unwrap_or(skill_fleet_jobs::DEFAULT_MAX_HISTORY_ROWS_PER_JOB);
+        if max_history_rows_per_job == 0 {
+            return Err(ServerError::Config(
+                "max history rows per job must be at least 1, got 0".to_owned(),
+            ));
+        }
+        let stop_grace_seconds = file.stop_grace_seconds.unwrap_or(10);
+        if stop_grace_seconds > MAX_STOP_GRACE_SECONDS {
+            return Err(ServerError::Config(format!(
+                "stop grace must be at most {MAX_STOP_GRACE_SECONDS} seconds, got {stop_grace_seconds}"
+            )));
+        }
+        let cache_ttl_seconds = args
+            .cache_ttl_seconds
+            .or(file.cache_ttl_seconds)
+            .unwrap_or(300);
+        if cache_ttl_seconds > MAX_CACHE_TTL_SECONDS {
+            return Err(ServerError::Config(format!(
+                "cache ttl must be at most {MAX_CACHE_TTL_SECONDS} seconds, got {cache_ttl_seconds}"
+            )));
+        }
         Ok(Config {
+            max_sse_connections,
+            max_history_rows_per_job,
+            busy_timeout: Duration::from_millis(busy_timeout_ms),
             bind,
             database,
             data_dir,
             max_concurrent_jobs,
-            stop_grace: Duration::from_secs(file.stop_grace_seconds.unwrap_or(10)),
+            stop_grace: Duration::from_secs(stop_grace_seconds),
             executors: file.executors,
             bench_routes: args.bench_routes,
             auth_token,
             emit_interval: Duration::from_millis(emit_interval_ms),
-            cache_ttl: Duration::from_secs(
-                args.cache_ttl_seconds
-                    .or(file.cache_ttl_seconds)
-                    .unwrap_or(300),
-            ),
+            cache_ttl: Duration::from_secs(cache_ttl_seconds),
             resumable_types,
             legacy_import: args.legacy_import.clone().or(file.legacy_import),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -397,6 +475,49 @@ mod tests {
         assert_eq!(config.bind.port(), 9001);
         assert_eq!(config.emit_interval, Duration::from_millis(250));
         assert_eq!(config.database, "file.db");
+    }
+
+    #[test]
+    fn limits_come_from_flags_env_or_file_and_zero_is_refused() {
+        let config = resolve(&[]).unwrap();
+        assert_eq!(config.max_sse_connections, 10_000);
+        assert_eq!(config.max_history_rows_per_job, 10_000);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "max_sse_connections = 50\nmax_history_rows_per_job = 500\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let config = resolve(&["--config", path]).unwrap();
+        assert_eq!(config.max_sse_connections, 50);
+        assert_eq!(config.max_history_rows_per_job, 500);
+        let config = resolve(&[
+            "--config",
+            path,
+            "--max-sse-connections",
+            "7",
+            "--max-history-rows-per-job",
+            "70",
+        ])
+        .unwrap();
+        assert_eq!(config.max_sse_connections, 7);
+        assert_eq!(config.max_history_rows_per_job, 70);
+
+        let err = resolve(&["--max-sse-connections", "0"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("max sse connections must be at least 1"),
+            "{err}"
+        );
+        let err = resolve(&["--max-history-rows-per-job", "0"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("max history rows per job must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::executor::{Executor, ExecutorSettings, ExecutorSpec};
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServerError> {
     let specs = executor_specs(&config)?;
-    let store = open_store(&config.database).await?;
+    let store = open_store(&config.database, store_options(&config)).await?;
     let recovery = {
         let store = store.clone();
         let resumable = resumable_types(&config, &specs);
@@ -58,6 +58,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         ApiConfig {
             auth_token: config.auth_token.clone(),
             max_body_bytes: config.max_body_bytes,
+            max_sse_connections: config.max_sse_connections,
             cache_ttl: config.cache_ttl,
             bench_routes: config.bench_routes,
             ..ApiConfig::default()
@@ -215,9 +216,21 @@ async fn wait_for_signal() {
     }
 }
 
-async fn open_store(database: &str) -> Result<JobStore, ServerError> {
+/// The store's options from the configuration.
+fn store_options(config: &Config) -> skill_fleet_jobs::StoreOptions {
+    skill_fleet_jobs::StoreOptions {
+        busy_timeout: config.busy_timeout,
+        max_history_rows_per_job: config.max_history_rows_per_job,
+        ..skill_fleet_jobs::StoreOptions::default()
+    }
+}
+
+async fn open_store(
+    database: &str,
+    options: skill_fleet_jobs::StoreOptions,
+) -> Result<JobStore, ServerError> {
     let database = database.to_owned();
-    blocking(move || JobStore::open(&database)).await
+    blocking(move || JobStore::open_with(&database, options)).await
 }
 
 async fn blocking<T, F>(call: F) -> Result<T, ServerError>

@@ -92,6 +92,11 @@ pub struct Executor {
     inner: Arc<Inner>,
 }
 
+/// First and longest wait between retries of a write the database refused for a storage
+/// fault (disk full, read-only, locked).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// Logs kept in memory for runs that ended; older ones are served from disk.
 const FINISHED_LOGS_KEPT: usize = 256;
 
@@ -205,6 +210,7 @@ impl Executor {
         tracing::info!(job.id = %job.id, attempt = job.attempt, "starting job");
         let service = self.inner.state.service();
         let job_id = job.id.clone();
+        let stopped = stop.clone();
         let outcome = child::run(
             &spec,
             &job,
@@ -214,15 +220,45 @@ impl Executor {
             self.inner.settings.stop_grace,
             |update| {
                 let job_id = job_id.clone();
+                let mut stopped = stopped.clone();
                 async move {
-                    match service.ingest(&job_id, update).await {
-                        Ok(_) => true,
-                        Err(ApiError::Store(StoreError::InvalidTransition { .. })) => false,
-                        Err(err) => {
-                            tracing::warn!(job.id = %job_id, error = %err, "progress line not applied");
-                            true
+                    // A step change or checkpoint the database could not take (disk full,
+                    // read-only, locked) is retried until it is saved: the child is not read
+                    // meanwhile, so it waits (its stdout pipe fills). A stop ends the wait.
+                    let durable = update.step.is_some() || update.checkpoint.is_some();
+                    let mut delay = RETRY_FIRST;
+                    let mut next = Some(update);
+                    while let Some(update) = next.take() {
+                        if durable {
+                            next = Some(update.clone());
+                        }
+                        match service.ingest(&job_id, update).await {
+                            Ok(_) => return true,
+                            // The job ended from outside (cancel, budget): stop reading;
+                            // the stop signal follows.
+                            Err(
+                                ApiError::Store(StoreError::InvalidTransition { .. })
+                                | ApiError::Refused(_),
+                            ) => {
+                                return false;
+                            }
+                            Err(ApiError::Store(err))
+                                if durable && err.storage_fault().is_some() =>
+                            {
+                                tracing::warn!(job.id = %job_id, error = %err, retry_ms = delay.as_millis() as u64, "progress line not saved; retrying");
+                                if !self.pause(delay, &mut stopped).await {
+                                    return true;
+                                }
+                                delay = (delay * 2).min(RETRY_MAX);
+                                continue;
+                            }
+                            Err(err) => {
+                                tracing::warn!(job.id = %job_id, error = %err, "progress line not applied");
+                                return true;
+                            }
                         }
                     }
+                    true
                 }
             },
         )
@@ -241,8 +277,53 @@ impl Executor {
         self.inner.wake.notify_one();
     }
 
-    /// Records how the run ended.
+    /// Waits `delay`, or less when the job is stopped or the server stops; false then.
+    async fn pause(
+        &self,
+        delay: Duration,
+        stopped: &mut watch::Receiver<Option<StopReason>>,
+    ) -> bool {
+        if self.inner.stopping.load(Ordering::Acquire) || stopped.borrow().is_some() {
+            return false;
+        }
+        let gone = tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            changed = stopped.changed() => changed.is_err(),
+        };
+        !gone && !self.inner.stopping.load(Ordering::Acquire) && stopped.borrow().is_none()
+    }
+
+    /// Records how the run ended. A storage fault (disk full, read-only, locked) is retried
+    /// until the end is saved, so a run that ended during an outage is not left `running`;
+    /// when the server stops first, start-up recovery settles the job instead.
     async fn settle(&self, job: &Job, spec: &ExecutorSpec, outcome: Outcome, stderr_tail: &str) {
+        let mut delay = RETRY_FIRST;
+        loop {
+            match self.settle_once(job, spec, &outcome, stderr_tail).await {
+                Ok(()) | Err(ApiError::Store(StoreError::InvalidTransition { .. })) => return,
+                Err(ApiError::Store(err))
+                    if err.storage_fault().is_some()
+                        && !self.inner.stopping.load(Ordering::Acquire) =>
+                {
+                    tracing::warn!(job.id = %job.id, error = %err, retry_ms = delay.as_millis() as u64, "the end of a job was not saved; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+                Err(err) => {
+                    tracing::error!(job.id = %job.id, error = %err, "could not record the end of a job");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn settle_once(
+        &self,
+        job: &Job,
+        spec: &ExecutorSpec,
+        outcome: &Outcome,
+        stderr_tail: &str,
+    ) -> Result<(), ApiError> {
         let service = self.inner.state.service();
         let with_tail = |message: String| {
             if stderr_tail.is_empty() {
@@ -253,24 +334,24 @@ impl Executor {
         };
         let result = match outcome {
             Outcome::Exited { status, result } if status.success() => {
-                let result = result.unwrap_or_default();
+                let result = result.clone().unwrap_or_default();
                 tracing::info!(job.id = %job.id, "job completed");
                 service
                     .complete(&job.id, result.result, result.result_path)
                     .await
             }
             Outcome::Exited { status, .. } => {
-                let reason = exit_reason(status);
+                let reason = exit_reason(*status);
                 tracing::info!(job.id = %job.id, %reason, "job failed");
                 service.fail(&job.id, with_tail(reason)).await
             }
             Outcome::SpawnFailed(reason) => {
                 tracing::warn!(job.id = %job.id, %reason, "job could not start");
-                service.fail(&job.id, reason).await
+                service.fail(&job.id, reason.clone()).await
             }
             Outcome::Stopped(StopReason::Finished(status)) => {
                 tracing::info!(job.id = %job.id, %status, "job stopped");
-                return;
+                return Ok(());
             }
             Outcome::Stopped(StopReason::Timeout) => {
                 let seconds = spec.timeout.map_or(0, |t| t.as_secs());
@@ -288,12 +369,7 @@ impl Executor {
                 }
             }
         };
-        match result {
-            Ok(_) | Err(ApiError::Store(StoreError::InvalidTransition { .. })) => {}
-            Err(err) => {
-                tracing::error!(job.id = %job.id, error = %err, "could not record the end of a job")
-            }
-        }
+        result.map(|_| ())
     }
 
     fn keep_logs(&self, dir: &std::path::Path, logs: JobLogs) {
