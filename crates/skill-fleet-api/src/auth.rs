@@ -8,13 +8,50 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The bearer token. Its `Debug` never shows it, so a logged configuration cannot leak it;
+/// [`AuthToken::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct AuthToken(String);
+
+impl AuthToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> AuthToken {
+        AuthToken(token.into())
+    }
+
+    /// The token itself, for comparing with what a request carries.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the token is empty (an empty token means "no token").
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for AuthToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(token: &str) -> Result<Self, Self::Err> {
+        Ok(AuthToken::new(token))
+    }
+}
+
 /// Refuses requests without the configured bearer token (no-op when none is configured).
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = state.config().auth_token.as_deref() else {
+    let Some(expected) = state.config().auth_token.as_ref().map(AuthToken::expose) else {
         return next.run(request).await;
     };
     if request.uri().path() == "/healthz" {
@@ -64,7 +101,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{AuthToken, constant_time_eq};
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let token = AuthToken::new("s3cret-value");
+        assert_eq!(format!("{token:?}"), "AuthToken(<redacted>)");
+        assert_eq!(format!("{:?}", Some(&token)), "Some(AuthToken(<redacted>))");
+        assert_eq!(token.expose(), "s3cret-value");
+    }
 
     #[test]
     fn compares_whole_tokens() {

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
-pub use auth::constant_time_eq;
+pub use auth::{AuthToken, constant_time_eq};
 pub use error::ApiError;
 pub use runner::Runner;
 pub use service::{JobService, StreamStart};

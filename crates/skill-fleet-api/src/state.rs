@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::AuthToken;
 use crate::cache::ResponseCache;
 use crate::service::JobService;
 
@@ -17,7 +18,7 @@ pub const DEFAULT_MAX_SSE_CONNECTIONS: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// When set, every route but `/healthz` requires `Authorization: Bearer <token>`.
-    pub auth_token: Option<String>,
+    pub auth_token: Option<AuthToken>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// How often an idle SSE stream sends a keep-alive comment.

@@ -266,7 +266,7 @@ async fn entries_expire_after_the_ttl() {
 #[tokio::test]
 async fn vary_authorization_when_a_token_is_required() {
     let app = TestApp::with_config(ApiConfig {
-        auth_token: Some("t".to_owned()),
+        auth_token: Some(skill_fleet_api::AuthToken::new("t")),
         ..ApiConfig::default()
     })
     .await;

@@ -681,7 +681,7 @@ async fn random_requests_never_get_a_5xx_and_4xx_bodies_are_ours() {
     let apps = [
         TestApp::new().await,
         TestApp::with_config(ApiConfig {
-            auth_token: Some(TOKEN.to_owned()),
+            auth_token: Some(skill_fleet_api::AuthToken::new(TOKEN)),
             max_body_bytes: SMALL_BODY_LIMIT,
             ..ApiConfig::default()
         })

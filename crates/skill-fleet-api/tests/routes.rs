@@ -418,7 +418,7 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn token_guards_every_route_but_healthz() {
     let app = TestApp::with_config(ApiConfig {
-        auth_token: Some("s3cret".to_owned()),
+        auth_token: Some(skill_fleet_api::AuthToken::new("s3cret")),
         ..ApiConfig::default()
     })
     .await;
@@ -449,7 +449,7 @@ async fn token_guards_every_route_but_healthz() {
 #[tokio::test]
 async fn stream_routes_also_take_the_token_as_a_query_parameter() {
     let app = TestApp::with_config(ApiConfig {
-        auth_token: Some("s3cret".to_owned()),
+        auth_token: Some(skill_fleet_api::AuthToken::new("s3cret")),
         ..ApiConfig::default()
     })
     .await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
+use skill_fleet_api::AuthToken;
 
 use crate::error::ServerError;
 
@@ -94,7 +95,7 @@ pub struct ServeArgs {
         value_name = "TOKEN",
         hide_env_values = true
     )]
-    pub auth_token: Option<String>,
+    pub auth_token: Option<AuthToken>,
     /// How often coalesced progress is streamed and persisted, in ms [default: 100].
     #[arg(long, env = "SKILL_FLEET_EMIT_INTERVAL_MS", value_name = "MS")]
     pub emit_interval_ms: Option<u64>,
@@ -145,7 +146,7 @@ pub struct FileConfig {
     /// See `--database`.
     pub database: Option<String>,
     /// See `--auth-token`.
-    pub auth_token: Option<String>,
+    pub auth_token: Option<AuthToken>,
     /// See `--emit-interval-ms`.
     pub emit_interval_ms: Option<u64>,
     /// See `--cache-ttl-seconds`.
@@ -223,8 +224,8 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Database path or URL.
     pub database: String,
-    /// Bearer token, if any.
-    pub auth_token: Option<String>,
+    /// Bearer token, if any (its `Debug` is redacted).
+    pub auth_token: Option<AuthToken>,
     /// Coalescing interval of streams and progress writes.
     pub emit_interval: Duration,
     /// TTL of cached GET responses.
@@ -458,7 +459,15 @@ mod tests {
         let err = resolve(&["--bind", "0.0.0.0:8000"]).unwrap_err();
         assert!(err.to_string().contains("requires a bearer token"), "{err}");
         let config = resolve(&["--bind", "0.0.0.0:8000", "--auth-token", "t"]).unwrap();
-        assert_eq!(config.auth_token.as_deref(), Some("t"));
+        assert_eq!(config.auth_token.as_ref().map(AuthToken::expose), Some("t"));
+    }
+
+    #[test]
+    fn a_debug_printed_config_does_not_show_the_token() {
+        let config = resolve(&["--auth-token", "tok-debug-secret"]).unwrap();
+        let printed = format!("{config:?}");
+        assert!(printed.contains("AuthToken(<redacted>)"), "{printed}");
+        assert!(!printed.contains("tok-debug-secret"), "{printed}");
     }
 
     #[test]

@@ -484,8 +484,7 @@ fn check_usable(config: &Config) -> Result<(), TestCaseError> {
     prop_assert!((1..=60_000).contains(&config.emit_interval.as_millis()));
     prop_assert!(config.max_concurrent_jobs >= 1);
     prop_assert!(
-        config.bind.ip().is_loopback()
-            || config.auth_token.as_deref().is_some_and(|t| !t.is_empty())
+        config.bind.ip().is_loopback() || config.auth_token.as_ref().is_some_and(|t| !t.is_empty())
     );
     prop_assert!(config.data_dir.is_absolute());
     for job_type in &config.resumable_types {

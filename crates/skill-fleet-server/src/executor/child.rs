@@ -197,9 +197,10 @@ where
     let mut result: Option<JobResult> = None;
     let mut stdout_open = true;
     let mut buffer = Vec::new();
+    // A timeout too large to be a point in time is no timeout (config refuses those anyway).
     let deadline = spec
         .timeout
-        .map(|timeout| tokio::time::Instant::now() + timeout);
+        .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
     let timeout = async {
         match deadline {
             Some(deadline) => tokio::time::sleep_until(deadline).await,

@@ -394,8 +394,14 @@ impl Executor {
         for running in lock(&self.inner.running).values() {
             let _ = running.stop.send(Some(StopReason::Shutdown));
         }
-        let deadline =
-            tokio::time::Instant::now() + self.inner.settings.stop_grace + Duration::from_secs(10);
+        // Saturating and bounded: a huge grace must not overflow the clock (and panic).
+        let wait = self
+            .inner
+            .settings
+            .stop_grace
+            .saturating_add(Duration::from_secs(10))
+            .min(Duration::from_secs(24 * 60 * 60));
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let idle = self.inner.idle.notified();
             if lock(&self.inner.running).is_empty() {
