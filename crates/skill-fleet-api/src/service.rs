@@ -631,6 +631,19 @@ impl JobService {
         Ok(seeded)
     }
 
+    /// Deletes finished jobs that ended more than `older_than` ago, with their history, and
+    /// drops their cached responses. The caller removes their files.
+    pub async fn prune(
+        &self,
+        older_than: chrono::Duration,
+    ) -> Result<skill_fleet_jobs::PruneReport, ApiError> {
+        let report = self.blocking(move |store| store.prune(older_than)).await?;
+        for id in &report.ids {
+            self.generations.bump(id);
+        }
+        Ok(report)
+    }
+
     /// Writes every job's pending progress in one transaction. Called every tick and on
     /// shutdown. On a database error the writes are kept (unless newer ones arrived) and
     /// retried on the next tick.

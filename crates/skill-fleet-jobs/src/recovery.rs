@@ -23,10 +23,12 @@ pub struct RecoveryReport {
 }
 
 /// What [`JobStore::prune`] removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
     /// Jobs deleted.
     pub jobs: usize,
+    /// Their ids (so callers can drop what they keep per job: cached responses, files).
+    pub ids: Vec<String>,
     /// History rows deleted with them.
     pub progress_rows: usize,
 }
@@ -86,24 +88,28 @@ impl JobStore {
                 StoreError::InvalidInput(format!("prune age {older_than} is out of range"))
             })?;
         self.write(|conn| {
-            let doomed = jobs::table
+            // One write transaction: the ids read here are exactly the rows deleted below.
+            let ids: Vec<String> = jobs::table
                 .filter(jobs::status.eq_any(TERMINAL))
                 .filter(jobs::completed_at.lt(cutoff))
-                .select(jobs::id);
-            let progress_rows =
-                diesel::delete(job_progress::table.filter(job_progress::job_id.eq_any(doomed)))
-                    .execute(conn)?;
-            let jobs = diesel::delete(
-                jobs::table
-                    .filter(jobs::status.eq_any(TERMINAL))
-                    .filter(jobs::completed_at.lt(cutoff)),
-            )
-            .execute(conn)?;
+                .select(jobs::id)
+                .order(jobs::id.asc())
+                .load(conn)?;
+            let mut progress_rows = 0;
+            let mut jobs = 0;
+            // Chunks keep each statement under SQLite's bound-parameter limit.
+            for chunk in ids.chunks(500) {
+                progress_rows +=
+                    diesel::delete(job_progress::table.filter(job_progress::job_id.eq_any(chunk)))
+                        .execute(conn)?;
+                jobs += diesel::delete(jobs::table.filter(jobs::id.eq_any(chunk))).execute(conn)?;
+            }
             if jobs > 0 {
                 Stamp::begin(conn)?.commit(conn)?;
             }
             Ok(PruneReport {
                 jobs,
+                ids,
                 progress_rows,
             })
         })

@@ -19,6 +19,8 @@ pub const DEFAULT_DATABASE: &str = "./skill-fleet.db";
 /// Longest `cache_ttl_seconds`: a year. Longer makes no sense for a job server, and the
 /// response cache cannot hold an entry for 1000 years or more.
 pub const MAX_CACHE_TTL_SECONDS: u64 = 365 * 24 * 60 * 60;
+/// Longest `retention_days`: a century.
+pub const MAX_RETENTION_DAYS: u64 = 36_500;
 /// Longest `stop_grace_seconds`: an hour (shutdown waits this long plus 10 s; a deadline of
 /// `now + u64::MAX` seconds overflows and panics).
 pub const MAX_STOP_GRACE_SECONDS: u64 = 60 * 60;
@@ -128,6 +130,10 @@ pub struct ServeArgs {
     /// Most progress history rows kept per job; older history is thinned [default: 10000].
     #[arg(long, env = "SKILL_FLEET_MAX_HISTORY_ROWS_PER_JOB", value_name = "N")]
     pub max_history_rows_per_job: Option<u64>,
+    /// Delete finished jobs (their history and files too) this many days after they ended,
+    /// checked hourly [default: keep them].
+    #[arg(long, env = "SKILL_FLEET_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u64>,
     /// How long a write waits for SQLite's write lock held by another process, in ms
     /// [default: 5000]; past it the write fails with 503 `database is busy`.
     #[arg(long, env = "SKILL_FLEET_BUSY_TIMEOUT_MS", value_name = "MS")]
@@ -167,6 +173,8 @@ pub struct FileConfig {
     pub max_sse_connections: Option<usize>,
     /// See `--max-history-rows-per-job`.
     pub max_history_rows_per_job: Option<u64>,
+    /// See `--retention-days`.
+    pub retention_days: Option<u64>,
     /// See `--busy-timeout-ms`.
     pub busy_timeout_ms: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when a job is stopped [default: 10].
@@ -246,6 +254,8 @@ pub struct Config {
     pub max_sse_connections: usize,
     /// Most progress history rows kept per job.
     pub max_history_rows_per_job: u64,
+    /// How long finished jobs are kept; `None` keeps them.
+    pub retention: Option<Duration>,
     /// Time between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// How long a write waits for the database's write lock.
@@ -375,6 +385,14 @@ impl Config {
                 "max history rows per job must be at least 1, got 0".to_owned(),
             ));
         }
+        let retention_days = args.retention_days.or(file.retention_days);
+        if let Some(days) = retention_days
+            && !(1..=MAX_RETENTION_DAYS).contains(&days)
+        {
+            return Err(ServerError::Config(format!(
+                "retention days must be between 1 and {MAX_RETENTION_DAYS}, got {days}"
+            )));
+        }
         let stop_grace_seconds = file.stop_grace_seconds.unwrap_or(10);
         if stop_grace_seconds > MAX_STOP_GRACE_SECONDS {
             return Err(ServerError::Config(format!(
@@ -393,6 +411,7 @@ impl Config {
         Ok(Config {
             max_sse_connections,
             max_history_rows_per_job,
+            retention: retention_days.map(|days| Duration::from_secs(days * 24 * 60 * 60)),
             busy_timeout: Duration::from_millis(busy_timeout_ms),
             bind,
             database,

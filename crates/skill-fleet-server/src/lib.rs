@@ -6,6 +6,7 @@ pub mod dashboard;
 mod error;
 pub mod executor;
 mod logging;
+mod retention;
 mod startup;
 
 pub use config::{Cli, Command, Config, DbCommand};

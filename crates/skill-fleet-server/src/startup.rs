@@ -2,7 +2,7 @@
 //!
 //! Start-up order: open the store (runs migrations), recover jobs left `running`, import
 //! legacy jobs if configured, take a new boot epoch (so SSE ids never go backwards), seed the
-//! hub with running jobs, then listen. On SIGINT/SIGTERM: stop accepting, end every SSE
+//! hub with running jobs, then listen (and, with `retention_days`, prune old finished jobs). On SIGINT/SIGTERM: stop accepting, end every SSE
 //! stream, write pending progress, exit 0.
 
 use std::io::Write;
@@ -99,6 +99,14 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         config.emit_interval,
         stopped(stop_rx.clone()),
     ));
+    let retention = config.retention.map(|keep| {
+        tokio::spawn(crate::retention::run(
+            state.clone(),
+            config.data_dir.clone(),
+            keep,
+            stopped(stop_rx.clone()),
+        ))
+    });
     let dispatcher = executor.start();
     let app = skill_fleet_api::router(state.clone()).merge(crate::dashboard::router());
     let shutdown_state = state.clone();
@@ -117,6 +125,9 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         .map_err(ServerError::Serve)?;
     let _ = flusher.await;
     let _ = dispatcher.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     // Anything that arrived while connections drained.
     state.service().shutdown().await;
     tracing::info!("stopped");

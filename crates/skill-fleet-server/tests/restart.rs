@@ -185,3 +185,66 @@ fn non_loopback_bind_without_token_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("requires a bearer token"), "{stderr}");
 }
+
+#[test]
+fn retention_deletes_old_finished_jobs_with_their_files_and_keeps_the_rest() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+
+    let (dir, db) = temp_db();
+    let server = Server::start(&db);
+    for id in ["old", "recent", "waiting"] {
+        let (status, body) = server.post("/api/v1/jobs", json!({"id": id, "type": "sweep"}));
+        assert_eq!(status, 201, "{body}");
+    }
+    for id in ["old", "recent"] {
+        let (status, body) = server.post(&format!("/api/v1/jobs/{id}/cancel"), json!({}));
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(server.terminate().success());
+    let jobs_dir = dir.path().join("skill-fleet-data").join("jobs");
+    for id in ["old", "recent", "waiting"] {
+        std::fs::create_dir_all(jobs_dir.join(id)).unwrap();
+        std::fs::write(jobs_dir.join(id).join("logs.json"), "{}").unwrap();
+    }
+    // "old" ended three days ago.
+    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    conn.batch_execute(
+        "UPDATE jobs SET completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '-3 days') \
+         WHERE id = 'old'",
+    )
+    .unwrap();
+    drop(conn);
+
+    let mut command = support::server_command(&db);
+    command.arg("--retention-days").arg("2");
+    let server = Server::start_with(command);
+    support::wait_for("the old job to be pruned", 30, || {
+        (server.get("/api/v1/jobs/old").0 == 404).then_some(())
+    });
+    assert!(!jobs_dir.join("old").exists(), "its files were not removed");
+    for id in ["recent", "waiting"] {
+        assert_eq!(server.get(&format!("/api/v1/jobs/{id}")).0, 200, "{id}");
+        assert!(jobs_dir.join(id).join("logs.json").exists(), "{id}");
+    }
+    let (_, list) = server.get("/api/v1/jobs");
+    let ids: Vec<_> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+
+    let mut command = support::server_command(&db);
+    command.arg("--retention-days").arg("0");
+    let output = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("retention days must be between 1 and")
+    );
+}

@@ -94,6 +94,11 @@ fn prune_removes_old_finished_jobs_with_their_history() {
         report,
         PruneReport {
             jobs: 3,
+            ids: vec![
+                "cancelled".to_owned(),
+                "done".to_owned(),
+                "failed".to_owned()
+            ],
             progress_rows: 5
         }
     );
