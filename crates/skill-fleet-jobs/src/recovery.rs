@@ -33,6 +33,10 @@ pub struct PruneReport {
     pub progress_rows: usize,
 }
 
+/// Jobs deleted per transaction by [`JobStore::prune`] (also under SQLite's limit of bound
+/// parameters per statement).
+const PRUNE_BATCH: i64 = 500;
+
 const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
 
 impl JobStore {
@@ -87,31 +91,40 @@ impl JobStore {
             .ok_or_else(|| {
                 StoreError::InvalidInput(format!("prune age {older_than} is out of range"))
             })?;
-        self.write(|conn| {
-            // One write transaction: the ids read here are exactly the rows deleted below.
-            let ids: Vec<String> = jobs::table
-                .filter(jobs::status.eq_any(TERMINAL))
-                .filter(jobs::completed_at.lt(cutoff))
-                .select(jobs::id)
-                .order(jobs::id.asc())
-                .load(conn)?;
-            let mut progress_rows = 0;
-            let mut jobs = 0;
-            // Chunks keep each statement under SQLite's bound-parameter limit.
-            for chunk in ids.chunks(500) {
-                progress_rows +=
-                    diesel::delete(job_progress::table.filter(job_progress::job_id.eq_any(chunk)))
+        // Batches of their own transactions: a first prune of a large database must not
+        // hold the write lock (and so every other write) for seconds.
+        let mut report = PruneReport::default();
+        loop {
+            let batch = self.write(|conn| {
+                // In one transaction, so the ids read are exactly the rows deleted.
+                let ids: Vec<String> = jobs::table
+                    .filter(jobs::status.eq_any(TERMINAL))
+                    .filter(jobs::completed_at.lt(cutoff))
+                    .select(jobs::id)
+                    .order(jobs::id.asc())
+                    .limit(PRUNE_BATCH)
+                    .load(conn)?;
+                let progress_rows =
+                    diesel::delete(job_progress::table.filter(job_progress::job_id.eq_any(&ids)))
                         .execute(conn)?;
-                jobs += diesel::delete(jobs::table.filter(jobs::id.eq_any(chunk))).execute(conn)?;
+                let jobs =
+                    diesel::delete(jobs::table.filter(jobs::id.eq_any(&ids))).execute(conn)?;
+                if jobs > 0 {
+                    Stamp::begin(conn)?.commit(conn)?;
+                }
+                Ok(PruneReport {
+                    jobs,
+                    ids,
+                    progress_rows,
+                })
+            })?;
+            let done = batch.ids.len() < usize::try_from(PRUNE_BATCH).unwrap_or(usize::MAX);
+            report.jobs += batch.jobs;
+            report.progress_rows += batch.progress_rows;
+            report.ids.extend(batch.ids);
+            if done {
+                return Ok(report);
             }
-            if jobs > 0 {
-                Stamp::begin(conn)?.commit(conn)?;
-            }
-            Ok(PruneReport {
-                jobs,
-                ids,
-                progress_rows,
-            })
-        })
+        }
     }
 }

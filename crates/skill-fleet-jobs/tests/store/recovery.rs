@@ -119,3 +119,27 @@ fn prune_removes_old_finished_jobs_with_their_history() {
         1
     );
 }
+
+#[test]
+fn prune_takes_many_jobs_in_batches_and_reports_each_once() {
+    let db = TestDb::new();
+    for i in 0..1203 {
+        let id = format!("j{i:04}");
+        create(&db, &id, "sweep");
+        db.cancel(&id, None).unwrap();
+    }
+    create(&db, "alive", "sweep");
+    let report = db.prune(chrono::Duration::seconds(-1)).unwrap();
+    assert_eq!(report.jobs, 1203);
+    assert_eq!(report.ids.len(), 1203);
+    let mut unique = report.ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 1203, "an id was reported twice");
+    assert!(report.ids.windows(2).all(|pair| pair[0] < pair[1]));
+    assert!(matches!(db.get("j0600"), Err(StoreError::NotFound { .. })));
+    assert_eq!(db.get("alive").unwrap().status, JobStatus::Queued);
+    assert_eq!(
+        db.prune(chrono::Duration::seconds(-1)).unwrap(),
+        PruneReport::default()
+    );
+}
