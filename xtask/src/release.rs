@@ -109,7 +109,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             )
             .into());
         }
-        let files = String::from_utf8_lossy(&output.stdout).lines().count();
+        let listed = String::from_utf8_lossy(&output.stdout);
+        if krate == "skill-fleet-jobs" {
+            check_migrations_packaged(&root, &listed)?;
+        }
+        let files = listed.lines().count();
         println!("ok: cargo package --list -p {krate} ({files} files)");
     }
 
@@ -372,6 +376,25 @@ fn copy(from: &Path, to: &Path) -> Result {
     } else {
         std::fs::copy(from, to)
             .map_err(|err| format!("cannot copy `{}`: {err}", from.display()))?;
+    }
+    Ok(())
+}
+
+/// The store embeds its migrations at build time, so its package must carry every one of
+/// them (`crates/skill-fleet-jobs/migrations` links to the root `migrations/`).
+fn check_migrations_packaged(root: &Path, listed: &str) -> Result {
+    for entry in std::fs::read_dir(root.join("migrations"))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        for file in ["up.sql", "down.sql"] {
+            let path = format!("migrations/{name}/{file}");
+            if !listed.lines().any(|line| line.trim() == path) {
+                return Err(format!(
+                    "skill-fleet-jobs would be packaged without `{path}`: check the \
+                     crates/skill-fleet-jobs/migrations link"
+                )
+                .into());
+            }
+        }
     }
     Ok(())
 }

@@ -13,8 +13,9 @@ use crate::error::{Result, StorageFault, StoreError, database_fault};
 use crate::models::store_state;
 use crate::progress::HistoryCap;
 
-/// The SQL migrations of `migrations/` at the repository root, embedded at build time.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
+/// The SQL migrations of `migrations/` at the repository root (linked into this crate as
+/// `migrations`, so a packaged crate carries them), embedded at build time.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Default of [`StoreOptions::max_history_rows_per_job`].
 pub const DEFAULT_MAX_HISTORY_ROWS_PER_JOB: u64 = 10_000;
