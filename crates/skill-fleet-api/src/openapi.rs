@@ -122,7 +122,7 @@ const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
         Readiness,
         Metrics,
     )),
-    modifiers(&Security, &Caching, &OptimizationStream),
+    modifiers(&Security, &Caching, &StorageFaults, &OptimizationStream),
     security(("bearer" = [])),
     tags(
         (name = "jobs", description = "Create, list and read jobs; lifecycle transitions"),
@@ -441,6 +441,43 @@ fn add_caching(operation: &mut Operation) {
         "An HTTP date (IMF-fixdate); 304 when the resource has not changed since. Ignored \
          when `If-None-Match` is present or the date does not parse.",
     ));
+}
+
+/// Adds the storage-fault `503` to every route that uses the store (`/api/v1/jobs…`,
+/// `/api/v1/optimization…`), so the per-route annotations need not repeat it. A route that
+/// documents its own 503 (the streams' connection limit) gets the fault named in it.
+struct StorageFaults;
+
+const STORAGE_FAULT: &str = "The database refused the change: disk full, read-only, locked by \
+     another process or an i/o error (`unavailable`). The change was not saved; retry after \
+     `Retry-After` seconds (1). Reads keep working.";
+
+impl Modify for StorageFaults {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !(path.starts_with("/api/v1/jobs") || path.starts_with("/api/v1/optimization")) {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                if let Some(utoipa::openapi::RefOr::T(existing)) = responses.get_mut("503") {
+                    existing.description = format!("{} {STORAGE_FAULT}", existing.description);
+                    continue;
+                }
+                let fault = ResponseBuilder::new()
+                    .description(STORAGE_FAULT)
+                    .header("Retry-After", Header::new(Object::with_type(Type::Integer)))
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build();
+                responses.insert("503".to_owned(), fault.into());
+            }
+        }
+    }
 }
 
 /// Documents `GET /api/v1/optimization/{id}/stream`, served by the same handler as the job

@@ -207,6 +207,10 @@ async fn every_failure_is_documented_with_the_error_body() {
         }
         if path.starts_with("/api/v1/jobs") || path.starts_with("/api/v1/optimization") {
             assert!(has_error("500"), "{route} reads the store but lacks 500");
+            assert!(
+                has_error("503"),
+                "{route} reads the store but lacks 503 (storage fault)"
+            );
         }
     }
     // The error body is one shared component.
