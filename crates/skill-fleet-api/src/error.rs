@@ -44,9 +44,18 @@ pub enum ApiError {
     /// A bearer token is required and was missing or wrong (401).
     #[error("missing or wrong bearer token")]
     Unauthorized,
-    /// The server is starting, stopping or at a limit (503).
+    /// The server is starting or stopping (503).
     #[error("{0}")]
     Unavailable(String),
+    /// A configured limit is reached (503 with `Retry-After`). Expected under load, so not
+    /// logged here: the place that enforces the limit counts and logs it.
+    #[error("{message}")]
+    AtLimit {
+        /// What is full, e.g. `too many open streams: 10000 of 10000; retry later`.
+        message: String,
+        /// Seconds the client should wait before trying again.
+        retry_after_seconds: u64,
+    },
     /// A bug or an environment failure; never caused by bad input (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -93,11 +102,31 @@ impl ApiError {
             ApiError::Refused(_) => (StatusCode::CONFLICT, ErrorCode::InvalidTransition),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            ApiError::Unavailable(_) | ApiError::AtLimit { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
             ApiError::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadRequest)
             }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        }
+    }
+
+    /// Whether the storage (disk, file system, another process) refused: not a bug, and
+    /// nothing was saved.
+    fn is_storage_fault(&self) -> bool {
+        matches!(self, ApiError::Store(err) if err.storage_fault().is_some())
+    }
+
+    /// Seconds a client should wait before retrying, for the errors that mean "not now".
+    fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            ApiError::AtLimit {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
+            err if err.is_storage_fault() => Some(STORAGE_RETRY_AFTER_SECONDS),
+            _ => None,
         }
     }
 
@@ -134,7 +163,7 @@ fn store_message(err: &StoreError) -> String {
 }
 
 /// Seconds a client should wait before retrying after a storage fault.
-const STORAGE_RETRY_AFTER_SECONDS: &str = "1";
+const STORAGE_RETRY_AFTER_SECONDS: u64 = 1;
 
 fn lowercase_first(text: &str) -> String {
     let mut chars = text.chars();
@@ -147,19 +176,21 @@ fn lowercase_first(text: &str) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let storage_fault = matches!(&self, ApiError::Store(err) if err.storage_fault().is_some());
-        if storage_fault {
+        if matches!(self, ApiError::AtLimit { .. }) {
+            // Counted and logged sparingly where the limit is enforced.
+        } else if self.is_storage_fault() {
             // Not a bug: the disk, the file system or another process (said once per request).
             tracing::warn!(error = %self, status = status.as_u16(), "request refused");
         } else if status.is_server_error() {
             // Logged once, here, where the error is turned into a response.
             tracing::error!(error = %self, status = status.as_u16(), "request failed");
         }
+        let retry_after = self.retry_after_seconds();
         let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
-        if storage_fault {
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static(STORAGE_RETRY_AFTER_SECONDS),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         if status == StatusCode::UNAUTHORIZED {

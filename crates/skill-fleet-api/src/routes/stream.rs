@@ -13,15 +13,14 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
 use skill_fleet_stream::Subscription;
-use skill_fleet_types::{ErrorBody, StreamEvent};
+use skill_fleet_types::StreamEvent;
 
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, JobId};
@@ -62,7 +61,12 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     // Taken first: a full server refuses before any database work.
     let Some(slot) = state.try_open_stream() else {
-        return Ok(too_many_streams(state.max_streams()));
+        // No free slot: every one of the `max` slots is taken.
+        let max = state.max_streams();
+        return Err(ApiError::AtLimit {
+            message: format!("too many open streams: {max} of {max}; retry later"),
+            retry_after_seconds: STREAM_RETRY_AFTER_SECONDS,
+        });
     };
     let last_seen = headers
         .get("last-event-id")
@@ -76,25 +80,6 @@ pub async fn stream(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(state.config().sse_keep_alive))
         .into_response())
-}
-
-/// The `503` of a stream refused at the limit: our error body plus `Retry-After`.
-///
-/// Built from [`ApiError::Unavailable`] without its `IntoResponse`, which logs every 5xx as
-/// an error: a refusal at a configured limit is expected, and `try_open_stream` logs it
-/// sparingly and counts it in `/metrics` instead.
-fn too_many_streams(max: usize) -> Response {
-    // `try_open_stream` found no free slot: every one of the `max` slots was taken.
-    let err = ApiError::Unavailable(format!(
-        "too many open streams: {max} of {max}; retry later"
-    ));
-    let (status, code) = err.status_and_code();
-    let mut response = (status, Json(ErrorBody::new(code, err.to_string()))).into_response();
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(STREAM_RETRY_AFTER_SECONDS),
-    );
-    response
 }
 
 enum Source {
