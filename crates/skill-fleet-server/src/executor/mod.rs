@@ -226,39 +226,27 @@ impl Executor {
                     // read-only, locked) is retried until it is saved: the child is not read
                     // meanwhile, so it waits (its stdout pipe fills). A stop ends the wait.
                     let durable = update.step.is_some() || update.checkpoint.is_some();
-                    let mut delay = RETRY_FIRST;
-                    let mut next = Some(update);
-                    while let Some(update) = next.take() {
-                        if durable {
-                            next = Some(update.clone());
-                        }
-                        match service.ingest(&job_id, update).await {
-                            Ok(_) => return true,
-                            // The job ended from outside (cancel, budget): stop reading;
-                            // the stop signal follows.
-                            Err(
-                                ApiError::Store(StoreError::InvalidTransition { .. })
-                                | ApiError::Refused(_),
-                            ) => {
-                                return false;
-                            }
-                            Err(ApiError::Store(err))
-                                if durable && err.storage_fault().is_some() =>
-                            {
-                                tracing::warn!(job.id = %job_id, error = %err, retry_ms = delay.as_millis() as u64, "progress line not saved; retrying");
-                                if !self.pause(delay, &mut stopped).await {
-                                    return true;
-                                }
-                                delay = (delay * 2).min(RETRY_MAX);
-                                continue;
-                            }
-                            Err(err) => {
-                                tracing::warn!(job.id = %job_id, error = %err, "progress line not applied");
-                                return true;
-                            }
+                    let result = if durable {
+                        self.until_saved(&job_id, Some(&mut stopped), || {
+                            service.ingest(&job_id, update.clone())
+                        })
+                        .await
+                    } else {
+                        service.ingest(&job_id, update).await
+                    };
+                    match result {
+                        Ok(_) => true,
+                        // The job ended from outside (cancel, budget): stop reading; the stop
+                        // signal follows.
+                        Err(
+                            ApiError::Store(StoreError::InvalidTransition { .. })
+                            | ApiError::Refused(_),
+                        ) => false,
+                        Err(err) => {
+                            tracing::warn!(job.id = %job_id, error = %err, "progress line not applied");
+                            true
                         }
                     }
-                    true
                 }
             },
         )
@@ -277,42 +265,72 @@ impl Executor {
         self.inner.wake.notify_one();
     }
 
-    /// Waits `delay`, or less when the job is stopped or the server stops; false then.
+    /// Runs `write` until it is not refused for a storage fault (disk full, read-only,
+    /// locked), waiting 0.1 s, then twice as long each time up to 2 s. Gives up, returning the
+    /// last error, when the server stops or (given `stopped`) the job is stopped.
+    async fn until_saved<T, Write>(
+        &self,
+        job_id: &str,
+        mut stopped: Option<&mut watch::Receiver<Option<StopReason>>>,
+        mut write: impl FnMut() -> Write,
+    ) -> Result<T, ApiError>
+    where
+        Write: Future<Output = Result<T, ApiError>>,
+    {
+        let mut delay = RETRY_FIRST;
+        loop {
+            match write().await {
+                Err(ApiError::Store(err)) if err.storage_fault().is_some() => {
+                    if !self.pause(delay, stopped.as_deref_mut()).await {
+                        return Err(ApiError::Store(err));
+                    }
+                    tracing::warn!(job.id = %job_id, error = %err, retry_ms = delay.as_millis() as u64, "not saved; retrying");
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits `delay`, or less when the server stops or (given `stopped`) the job is stopped;
+    /// false then.
     async fn pause(
         &self,
         delay: Duration,
-        stopped: &mut watch::Receiver<Option<StopReason>>,
+        stopped: Option<&mut watch::Receiver<Option<StopReason>>>,
     ) -> bool {
-        if self.inner.stopping.load(Ordering::Acquire) || stopped.borrow().is_some() {
+        let stopping = || self.inner.stopping.load(Ordering::Acquire);
+        let Some(stopped) = stopped else {
+            if stopping() {
+                return false;
+            }
+            tokio::time::sleep(delay).await;
+            return !stopping();
+        };
+        if stopping() || stopped.borrow().is_some() {
             return false;
         }
         let gone = tokio::select! {
             () = tokio::time::sleep(delay) => false,
             changed = stopped.changed() => changed.is_err(),
         };
-        !gone && !self.inner.stopping.load(Ordering::Acquire) && stopped.borrow().is_none()
+        !gone && !stopping() && stopped.borrow().is_none()
     }
 
     /// Records how the run ended. A storage fault (disk full, read-only, locked) is retried
     /// until the end is saved, so a run that ended during an outage is not left `running`;
     /// when the server stops first, start-up recovery settles the job instead.
     async fn settle(&self, job: &Job, spec: &ExecutorSpec, outcome: Outcome, stderr_tail: &str) {
-        let mut delay = RETRY_FIRST;
-        loop {
-            match self.settle_once(job, spec, &outcome, stderr_tail).await {
-                Ok(()) | Err(ApiError::Store(StoreError::InvalidTransition { .. })) => return,
-                Err(ApiError::Store(err))
-                    if err.storage_fault().is_some()
-                        && !self.inner.stopping.load(Ordering::Acquire) =>
-                {
-                    tracing::warn!(job.id = %job.id, error = %err, retry_ms = delay.as_millis() as u64, "the end of a job was not saved; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
-                Err(err) => {
-                    tracing::error!(job.id = %job.id, error = %err, "could not record the end of a job");
-                    return;
-                }
+        let outcome = &outcome;
+        let result = self
+            .until_saved(&job.id, None, || {
+                self.settle_once(job, spec, outcome, stderr_tail)
+            })
+            .await;
+        match result {
+            Ok(()) | Err(ApiError::Store(StoreError::InvalidTransition { .. })) => {}
+            Err(err) => {
+                tracing::error!(job.id = %job.id, error = %err, "could not record the end of a job")
             }
         }
     }
