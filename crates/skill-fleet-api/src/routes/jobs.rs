@@ -251,7 +251,7 @@ pub async fn get(State(state): State<AppState>, request: Request) -> Result<Resp
 pub struct HistoryQuery {
     /// Only rows with a larger `seq`.
     pub after: Option<i64>,
-    /// Page size (default 500; taken into `1..=5000`).
+    /// Page size (default 500; taken into `1..=1000`, the store's largest page).
     pub limit: Option<u32>,
 }
 
@@ -279,7 +279,10 @@ pub async fn history(
     cached(&state, request, async |parts| {
         let JobId(id) = JobId::from_request_parts(parts, &state).await?;
         let ApiQuery(query) = ApiQuery::<HistoryQuery>::from_request_parts(parts, &state).await?;
-        let limit = query.limit.unwrap_or(500).clamp(1, 5000);
+        let limit = query
+            .limit
+            .unwrap_or(500)
+            .clamp(1, skill_fleet_jobs::MAX_HISTORY_LIMIT);
         let scope = state.service().generations().job(&id);
         let job = state.service().get(&id).await?;
         let page = state.service().history(&id, query.after, limit).await?;
