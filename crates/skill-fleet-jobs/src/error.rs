@@ -138,21 +138,6 @@ impl StoreError {
             _ => None,
         }
     }
-
-    /// `SQLITE_FULL`: the disk is full.
-    pub fn is_full(&self) -> bool {
-        self.storage_fault() == Some(StorageFault::Full)
-    }
-
-    /// `SQLITE_READONLY`: the database cannot be written.
-    pub fn is_read_only(&self) -> bool {
-        self.storage_fault() == Some(StorageFault::ReadOnly)
-    }
-
-    /// `SQLITE_BUSY`: another connection kept the write lock past the busy timeout.
-    pub fn is_busy(&self) -> bool {
-        self.storage_fault() == Some(StorageFault::Busy)
-    }
 }
 
 /// The storage fault of a diesel error; a failed commit whose rollback failed too is read
@@ -209,9 +194,12 @@ mod tests {
 
     #[test]
     fn sqlite_messages_name_their_storage_fault() {
-        assert!(sqlite("database or disk is full").is_full());
-        assert!(sqlite("attempt to write a readonly database").is_read_only());
-        assert!(sqlite("database is locked").is_busy());
+        assert!(sqlite("database or disk is full").storage_fault() == Some(StorageFault::Full));
+        assert!(
+            sqlite("attempt to write a readonly database").storage_fault()
+                == Some(StorageFault::ReadOnly)
+        );
+        assert!(sqlite("database is locked").storage_fault() == Some(StorageFault::Busy));
         assert_eq!(
             sqlite("disk I/O error").storage_fault(),
             Some(StorageFault::Io)
@@ -219,7 +207,7 @@ mod tests {
         let busy = StoreError::Busy {
             waited: std::time::Duration::from_millis(5),
         };
-        assert!(busy.is_busy());
+        assert!(busy.storage_fault() == Some(StorageFault::Busy));
         // A failed commit whose rollback failed too is read through to the commit's cause.
         let commit = StoreError::Database(Error::RollbackErrorOnCommit {
             rollback_error: Box::new(Error::NotInTransaction),
@@ -228,7 +216,7 @@ mod tests {
                 Box::new("database or disk is full".to_owned()),
             )),
         });
-        assert!(commit.is_full());
+        assert!(commit.storage_fault() == Some(StorageFault::Full));
     }
 
     #[test]
