@@ -45,6 +45,14 @@ impl Default for Generations {
     }
 }
 
+/// The cache's side of the change feed: every committed change to a job bumps its stripe
+/// and the list generation, after the commit and before the write answers.
+impl skill_fleet_core::ChangeListener for Generations {
+    fn committed(&self, change: &skill_fleet_core::Committed) {
+        self.bump(&change.job_id);
+    }
+}
+
 /// What a cached response was built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use skill_fleet_core::CoreError;
 use skill_fleet_jobs::StoreError;
 use skill_fleet_stream::StreamError;
 use skill_fleet_types::{ErrorBody, ErrorCode, ValidationError};
@@ -10,13 +11,11 @@ use skill_fleet_types::{ErrorBody, ErrorCode, ValidationError};
 /// Why a request failed. Converted to `{"error": {"code", "message"}}` with the right status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The job store refused or failed. A storage fault (disk full, read-only, locked, i/o)
-    /// says so and that nothing was saved (503); other store failures are bugs (500).
-    #[error("{}", store_message(.0))]
-    Store(#[from] StoreError),
-    /// The streaming hub refused the update.
-    #[error(transparent)]
-    Stream(#[from] StreamError),
+    /// The core refused or failed: a job rule, the store, the hub. A storage fault (disk
+    /// full, read-only, locked, i/o) says so and that nothing was saved (503); other store
+    /// failures are bugs (500).
+    #[error("{}", core_message(.0))]
+    Core(#[from] CoreError),
     /// A value in the request is out of range or malformed (422).
     #[error(transparent)]
     Invalid(#[from] ValidationError),
@@ -32,9 +31,6 @@ pub enum ApiError {
     /// The body is not declared as JSON (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// The job's state refuses the request; the message says why and what to do (409).
-    #[error("{0}")]
-    Refused(String),
     /// No such job, or a job has no result yet (404).
     #[error("{0}")]
     NotFound(String),
@@ -65,28 +61,38 @@ impl ApiError {
     /// The HTTP status and machine-readable code for this error.
     pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::Store(err) => match err {
-                StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-                StoreError::InvalidTransition { .. } => {
-                    (StatusCode::CONFLICT, ErrorCode::InvalidTransition)
-                }
-                StoreError::Conflict { .. } => (StatusCode::CONFLICT, ErrorCode::Conflict),
-                StoreError::InvalidInput(_) => {
+            ApiError::Core(err) => match err {
+                CoreError::Store(err) => match err {
+                    StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+                    StoreError::InvalidTransition { .. } => {
+                        (StatusCode::CONFLICT, ErrorCode::InvalidTransition)
+                    }
+                    StoreError::Conflict { .. } => (StatusCode::CONFLICT, ErrorCode::Conflict),
+                    StoreError::InvalidInput(_) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
+                    }
+                    err if err.storage_fault().is_some() => {
+                        (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+                    }
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+                },
+                CoreError::Stream(err) => match err {
+                    StreamError::InvalidUpdate { .. } => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
+                    }
+                    StreamError::Terminal { .. } => {
+                        (StatusCode::CONFLICT, ErrorCode::InvalidTransition)
+                    }
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+                },
+                CoreError::Invalid(_) | CoreError::ClaimsServerType { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
                 }
-                err if err.storage_fault().is_some() => {
+                CoreError::Ended { .. } => (StatusCode::CONFLICT, ErrorCode::InvalidTransition),
+                CoreError::Unavailable(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
                 }
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
-            },
-            ApiError::Stream(err) => match err {
-                StreamError::InvalidUpdate { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
-                }
-                StreamError::Terminal { .. } => {
-                    (StatusCode::CONFLICT, ErrorCode::InvalidTransition)
-                }
-                _ => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+                CoreError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
             },
             ApiError::Invalid(_) | ApiError::Unprocessable(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
@@ -99,7 +105,6 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
             ),
-            ApiError::Refused(_) => (StatusCode::CONFLICT, ErrorCode::InvalidTransition),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Unavailable(_) | ApiError::AtLimit { .. } => {
@@ -115,7 +120,7 @@ impl ApiError {
     /// Whether the storage (disk, file system, another process) refused: not a bug, and
     /// nothing was saved.
     fn is_storage_fault(&self) -> bool {
-        matches!(self, ApiError::Store(err) if err.storage_fault().is_some())
+        matches!(self, ApiError::Core(err) if err.storage_fault().is_some())
     }
 
     /// Seconds a client should wait before retrying, for the errors that mean "not now".
@@ -142,13 +147,13 @@ impl ApiError {
     }
 }
 
-/// A store error's message; a storage fault names the condition and says the change was not
+/// A core error's message; a storage fault names the condition and says the change was not
 /// saved, so a client knows a 503 acknowledged nothing:
 /// `database is full (database or disk is full): the change was not saved; retry later`.
-fn store_message(err: &StoreError) -> String {
-    match err.storage_fault() {
-        Some(fault) => {
-            let cause = match err {
+fn core_message(err: &CoreError) -> String {
+    match (err, err.storage_fault()) {
+        (CoreError::Store(store), Some(fault)) => {
+            let cause = match store {
                 StoreError::Database(cause) => cause.to_string(),
                 other => other.to_string(),
             };
@@ -158,7 +163,7 @@ fn store_message(err: &StoreError) -> String {
                 lowercase_first(&cause)
             )
         }
-        None => err.to_string(),
+        _ => err.to_string(),
     }
 }
 
@@ -211,9 +216,9 @@ mod tests {
     // a storage fault becomes a 503 that says nothing was saved, anything else stays a 500.
     #[test]
     fn a_storage_fault_is_503_and_says_nothing_was_saved() {
-        let err = ApiError::Store(StoreError::Busy {
+        let err = ApiError::Core(CoreError::Store(StoreError::Busy {
             waited: std::time::Duration::from_millis(5000),
-        });
+        }));
         assert_eq!(
             err.status_and_code(),
             (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
@@ -228,7 +233,9 @@ mod tests {
 
     #[test]
     fn other_store_failures_stay_500() {
-        let err = ApiError::Store(StoreError::Migration("no such table: jobs".to_owned()));
+        let err = ApiError::Core(CoreError::Store(StoreError::Migration(
+            "no such table: jobs".to_owned(),
+        )));
         assert_eq!(
             err.status_and_code(),
             (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)

@@ -7,11 +7,7 @@ mod error;
 mod extract;
 pub mod openapi;
 pub mod routes;
-mod runner;
-mod service;
 mod state;
-
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -19,8 +15,6 @@ use axum::routing::{get, post};
 
 pub use auth::{AuthToken, constant_time_eq};
 pub use error::ApiError;
-pub use runner::Runner;
-pub use service::{JobService, StreamStart};
 pub use state::{ApiConfig, AppState, DEFAULT_MAX_SSE_CONNECTIONS, StreamSlot};
 
 /// The whole HTTP API: `/api/v1/…`, `/healthz`, `/readyz`, `/metrics`.
@@ -70,50 +64,4 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for `{}`", uri.path()))
-}
-
-/// How often running jobs are checked against their time limits.
-const LIMIT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Writes pending coalesced progress every `interval`, and cancels jobs past their time
-/// limits about once a second, until `shutdown` resolves. The caller flushes once more on
-/// shutdown ([`JobService::shutdown`]).
-pub async fn run_flusher(
-    state: AppState,
-    interval: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_limit_check = tokio::time::Instant::now();
-    let mut failed_ticks: u64 = 0;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = ticker.tick() => {
-                // An outage (disk full, read-only) fails every tick: warn once, then say
-                // when it ends, instead of ten lines a second.
-                match state.service().flush_pending().await {
-                    Ok(_) if failed_ticks > 0 => {
-                        tracing::info!(failed_ticks, "progress flush recovered; pending progress written");
-                        failed_ticks = 0;
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        if failed_ticks == 0 {
-                            tracing::warn!(error = %err, "progress flush failed; retrying every tick");
-                        } else {
-                            tracing::debug!(error = %err, failed_ticks, "progress flush failed again");
-                        }
-                        failed_ticks += 1;
-                    }
-                }
-                if last_limit_check.elapsed() >= LIMIT_CHECK_INTERVAL {
-                    last_limit_check = tokio::time::Instant::now();
-                    state.service().enforce_time_limits().await;
-                }
-            }
-        }
-    }
 }

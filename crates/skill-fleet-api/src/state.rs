@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::AuthToken;
-use crate::cache::ResponseCache;
-use crate::service::JobService;
+use skill_fleet_core::{Audience, JobService};
+
+use crate::cache::{Generations, ResponseCache};
 
 /// Default of [`ApiConfig::max_sse_connections`]: about 180 MiB of server memory when full.
 pub const DEFAULT_MAX_SSE_CONNECTIONS: usize = 10_000;
@@ -60,6 +61,8 @@ pub struct AppState {
 
 struct Inner {
     service: JobService,
+    /// Change counters of cached responses; bumped by the change feed after every commit.
+    generations: Arc<Generations>,
     cache: ResponseCache,
     config: ApiConfig,
     ready: AtomicBool,
@@ -83,9 +86,14 @@ impl AppState {
     /// 503) until [`AppState::set_ready`] is called after start-up recovery.
     pub fn new(service: JobService, config: ApiConfig) -> AppState {
         let max_streams = config.max_sse_connections.min(Semaphore::MAX_PERMITS);
+        let generations = Arc::new(Generations::default());
+        service
+            .feed()
+            .subscribe(Audience::Caches, Arc::clone(&generations) as _);
         AppState {
             inner: Arc::new(Inner {
                 service,
+                generations,
                 cache: ResponseCache::new(
                     config.cache_ttl,
                     config.cache_max_bytes,
@@ -103,6 +111,11 @@ impl AppState {
     /// The job service.
     pub fn service(&self) -> &JobService {
         &self.inner.service
+    }
+
+    /// Change counters of cached responses, bumped after every commit.
+    pub fn generations(&self) -> &Generations {
+        &self.inner.generations
     }
 
     /// The response cache of GETs.

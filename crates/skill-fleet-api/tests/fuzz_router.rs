@@ -691,13 +691,13 @@ async fn random_requests_never_get_a_5xx_and_4xx_bodies_are_ours() {
     for app in &apps {
         seed(app).await;
         let mut stopped = stopped.clone();
-        tokio::spawn(skill_fleet_api::run_flusher(
-            app.state.clone(),
-            Duration::from_millis(20),
-            async move {
+        let state = app.state.clone();
+        tokio::spawn(async move {
+            skill_fleet_core::run_flusher(state.service(), Duration::from_millis(20), async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
-            },
-        ));
+            })
+            .await;
+        });
     }
 
     let started = Instant::now();

@@ -29,7 +29,7 @@ pub enum ServerError {
     Store(#[from] skill_fleet_jobs::StoreError),
     /// The HTTP layer failed at start-up.
     #[error(transparent)]
-    Api(#[from] skill_fleet_api::ApiError),
+    Core(#[from] skill_fleet_core::CoreError),
     /// Serving failed.
     #[error("server: {0}")]
     Serve(std::io::Error),

@@ -7,7 +7,8 @@
 
 use std::io::Write;
 
-use skill_fleet_api::{ApiConfig, AppState, JobService};
+use skill_fleet_api::{ApiConfig, AppState};
+use skill_fleet_core::JobService;
 use skill_fleet_jobs::JobStore;
 use skill_fleet_stream::{Hub, HubConfig};
 use tokio::net::TcpListener;
@@ -94,11 +95,14 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         wait_for_signal().await;
         let _ = stop_tx.send(true);
     });
-    let flusher = tokio::spawn(skill_fleet_api::run_flusher(
-        state.clone(),
-        config.emit_interval,
-        stopped(stop_rx.clone()),
-    ));
+    let flusher = {
+        let state = state.clone();
+        let stop = stopped(stop_rx.clone());
+        let interval = config.emit_interval;
+        tokio::spawn(async move {
+            skill_fleet_core::run_flusher(state.service(), interval, stop).await;
+        })
+    };
     let retention = config.retention.map(|keep| {
         tokio::spawn(crate::retention::run(
             state.clone(),

@@ -149,12 +149,12 @@ fn event(job_id: &str, state: &SlotState) -> StreamEvent {
         job_id: job_id.to_owned(),
         seq: state.seq,
         status: fields.status,
-        step: fields.step.clone(),
-        progress: fields.progress,
-        cost_usd: fields.cost_usd,
-        metric: fields.metric,
-        eta_seconds: state.eta.estimate(fields.progress, fields.status),
-        message: fields.message.clone(),
+        step: fields.progress.step.clone(),
+        progress: fields.progress.progress,
+        cost_usd: fields.progress.cost_usd,
+        metric: fields.progress.metric,
+        eta_seconds: state.eta.estimate(fields.progress.progress, fields.status),
+        message: fields.progress.message.clone(),
         at: Utc::now(),
     }
 }

@@ -1,8 +1,7 @@
 //! [`Update`]: a partial change to a job's live state, and how it merges.
 
 use skill_fleet_types::{
-    JobStatus, ProgressUpdate, StreamEvent, ValidationError, validate_cost, validate_metric,
-    validate_progress,
+    JobStatus, Progress, ProgressPatch, ProgressUpdate, StreamEvent, ValidationError,
 };
 
 /// A partial change to a job's live state: fields left `None` keep their current values.
@@ -105,16 +104,18 @@ impl Update {
 
     /// Checks the numbers: progress finite in `0..=1`, cost finite and `>= 0`, metric finite.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        if let Some(progress) = self.progress {
-            validate_progress(progress)?;
+        self.patch().validate()
+    }
+
+    /// The progress fields of this update, as a patch.
+    pub fn patch(&self) -> ProgressPatch<'_> {
+        ProgressPatch {
+            step: self.step.as_deref(),
+            progress: self.progress,
+            cost_usd: self.cost_usd,
+            metric: self.metric,
+            message: self.message.as_deref(),
         }
-        if let Some(cost) = self.cost_usd {
-            validate_cost(cost)?;
-        }
-        if let Some(metric) = self.metric {
-            validate_metric(metric)?;
-        }
-        Ok(())
     }
 }
 
@@ -133,16 +134,35 @@ impl From<ProgressUpdate> for Update {
     }
 }
 
+/// Like the owned conversion, for a report the caller keeps.
+impl From<&ProgressUpdate> for Update {
+    fn from(update: &ProgressUpdate) -> Update {
+        Update {
+            status: None,
+            step: update.step.clone(),
+            progress: update.progress,
+            cost_usd: update.cost_usd,
+            metric: update.metric,
+            message: update.message.clone(),
+        }
+    }
+}
+
+/// A job's whole progress state as an update that sets every field (no status).
+impl From<&Progress> for Update {
+    fn from(progress: &Progress) -> Update {
+        Update::from(ProgressUpdate::from(progress))
+    }
+}
+
 /// The merged live state of a job: everything in a [`StreamEvent`] except what emission adds
-/// (`job_id`, `seq`, `eta_seconds`, `at`).
+/// (`job_id`, `seq`, `eta_seconds`, `at`). Progress fields merge through
+/// [`Progress::apply`], the one merge of progress.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Fields {
     pub(crate) status: JobStatus,
-    pub(crate) step: Option<String>,
-    pub(crate) progress: f64,
-    pub(crate) cost_usd: f64,
-    pub(crate) metric: Option<f64>,
-    pub(crate) message: Option<String>,
+    /// `eta_seconds` is unused here: the estimator adds it at emission.
+    pub(crate) progress: Progress,
 }
 
 /// What a merge changed.
@@ -159,11 +179,7 @@ impl Fields {
     pub(crate) fn fresh() -> Fields {
         Fields {
             status: JobStatus::Running,
-            step: None,
-            progress: 0.0,
-            cost_usd: 0.0,
-            metric: None,
-            message: None,
+            progress: Progress::default(),
         }
     }
 
@@ -171,28 +187,21 @@ impl Fields {
     pub(crate) fn of(event: &StreamEvent) -> Fields {
         Fields {
             status: event.status,
-            step: event.step.clone(),
-            progress: event.progress,
-            cost_usd: event.cost_usd,
-            metric: event.metric,
-            message: event.message.clone(),
+            progress: Progress {
+                progress: event.progress,
+                step: event.step.clone(),
+                message: event.message.clone(),
+                cost_usd: event.cost_usd,
+                metric: event.metric,
+                eta_seconds: None,
+            },
         }
     }
 
     /// True when applying `update` would change at least one field.
     pub(crate) fn would_change(&self, update: &Update) -> bool {
         update.status.is_some_and(|s| s != self.status)
-            || update
-                .step
-                .as_ref()
-                .is_some_and(|s| self.step.as_ref() != Some(s))
-            || update.progress.is_some_and(|p| p != self.progress)
-            || update.cost_usd.is_some_and(|c| c != self.cost_usd)
-            || update.metric.is_some_and(|m| self.metric != Some(m))
-            || update
-                .message
-                .as_ref()
-                .is_some_and(|m| self.message.as_ref() != Some(m))
+            || self.progress.would_change(update.patch())
     }
 
     /// Applies an (already validated) update.
@@ -205,48 +214,21 @@ impl Fields {
             merged.changed = true;
             merged.urgent = true;
         }
-        if let Some(step) = update.step
-            && self.step.as_ref() != Some(&step)
-        {
-            self.step = Some(step);
-            merged.changed = true;
-            merged.urgent = true;
-        }
-        if let Some(progress) = update.progress
-            && progress != self.progress
-        {
-            self.progress = progress;
-            merged.changed = true;
-        }
-        if let Some(cost) = update.cost_usd
-            && cost != self.cost_usd
-        {
-            self.cost_usd = cost;
-            merged.changed = true;
-        }
-        if let Some(metric) = update.metric
-            && self.metric != Some(metric)
-        {
-            self.metric = Some(metric);
-            merged.changed = true;
-        }
-        if let Some(message) = update.message
-            && self.message.as_ref() != Some(&message)
-        {
-            self.message = Some(message);
-            merged.changed = true;
-        }
+        let applied = self.progress.apply(update.patch());
+        merged.changed |= applied.changed;
+        merged.urgent |= applied.step_changed;
         merged
     }
 
     /// True when these fields are exactly what `event` carries.
     pub(crate) fn matches(&self, event: &StreamEvent) -> bool {
+        let progress = &self.progress;
         self.status == event.status
-            && self.step == event.step
-            && self.progress == event.progress
-            && self.cost_usd == event.cost_usd
-            && self.metric == event.metric
-            && self.message == event.message
+            && progress.step == event.step
+            && progress.progress == event.progress
+            && progress.cost_usd == event.cost_usd
+            && progress.metric == event.metric
+            && progress.message == event.message
     }
 }
 
@@ -273,10 +255,10 @@ mod tests {
                 urgent: false
             }
         );
-        assert_eq!(fields.progress, 0.4);
-        assert_eq!(fields.cost_usd, 1.5);
-        assert_eq!(fields.step.as_deref(), Some("a"));
-        assert_eq!(fields.message.as_deref(), Some("hi"));
+        assert_eq!(fields.progress.progress, 0.4);
+        assert_eq!(fields.progress.cost_usd, 1.5);
+        assert_eq!(fields.progress.step.as_deref(), Some("a"));
+        assert_eq!(fields.progress.message.as_deref(), Some("hi"));
         assert_eq!(fields.merge(Update::step("a")), Merged::default());
         assert!(!fields.would_change(&Update::progress(0.4).with_step("a")));
         assert!(fields.would_change(&Update::status(JobStatus::Failed)));

@@ -1,15 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod backoff;
 mod error;
 mod job;
 mod progress;
 mod request;
 mod validate;
 
+pub use backoff::Backoff;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use job::{Job, JobList, JobStatus, ParseStatusError};
-pub use progress::{Progress, ProgressPage, ProgressRecord, ProgressUpdate, StreamEvent};
+pub use progress::{
+    Applied, Progress, ProgressPage, ProgressPatch, ProgressRecord, ProgressUpdate, StreamEvent,
+};
 pub use request::{
     CancelRequest, ClaimRequest, CompleteRequest, CreateJob, EventAck, FailRequest, JobLogs,
     ResultBody,

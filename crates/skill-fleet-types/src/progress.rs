@@ -53,6 +53,47 @@ pub struct ProgressUpdate {
 impl ProgressUpdate {
     /// Checks the numbers: progress in `0..=1`, cost finite and not negative, metric finite.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.patch().validate()
+    }
+
+    /// The progress fields of this report, as a patch (the checkpoint is not among them).
+    pub fn patch(&self) -> ProgressPatch<'_> {
+        ProgressPatch {
+            step: self.step.as_deref(),
+            progress: self.progress,
+            cost_usd: self.cost_usd,
+            metric: self.metric,
+            message: self.message.as_deref(),
+        }
+    }
+
+    /// True when the update carries nothing at all.
+    pub fn is_empty(&self) -> bool {
+        *self == ProgressUpdate::default()
+    }
+}
+
+/// The schema of [`ProgressUpdate::step`]: a string, a whole number or null.
+/// A partial change to a job's progress fields, borrowed from whatever carries it (a
+/// runner's [`ProgressUpdate`], the hub's update): fields left `None` keep their values.
+/// Progress fields are validated and merged here and nowhere else.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProgressPatch<'a> {
+    /// The phase the job moved to.
+    pub step: Option<&'a str>,
+    /// Fraction done, `0.0..=1.0`.
+    pub progress: Option<f64>,
+    /// Cumulative cost in US dollars.
+    pub cost_usd: Option<f64>,
+    /// The job's current score.
+    pub metric: Option<f64>,
+    /// A human-readable line about what is happening.
+    pub message: Option<&'a str>,
+}
+
+impl ProgressPatch<'_> {
+    /// Checks the numbers: progress finite in `0..=1`, cost finite and `>= 0`, metric finite.
+    pub fn validate(&self) -> Result<(), ValidationError> {
         if let Some(progress) = self.progress {
             validate_progress(progress)?;
         }
@@ -64,14 +105,77 @@ impl ProgressUpdate {
         }
         Ok(())
     }
+}
 
-    /// True when the update carries nothing at all.
-    pub fn is_empty(&self) -> bool {
-        *self == ProgressUpdate::default()
+/// What merging a patch changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Any field changed.
+    pub changed: bool,
+    /// The step changed.
+    pub step_changed: bool,
+}
+
+impl Progress {
+    /// Merges a patch into this state (fields it leaves out keep their values) and says what
+    /// changed. The one merge of progress: the live set, the store and the hub all use it.
+    pub fn apply(&mut self, patch: ProgressPatch<'_>) -> Applied {
+        let mut applied = Applied::default();
+        if let Some(step) = patch.step
+            && self.step.as_deref() != Some(step)
+        {
+            self.step = Some(step.to_owned());
+            applied.changed = true;
+            applied.step_changed = true;
+        }
+        if let Some(value) = patch.progress
+            && value != self.progress
+        {
+            self.progress = value;
+            applied.changed = true;
+        }
+        if let Some(cost) = patch.cost_usd
+            && cost != self.cost_usd
+        {
+            self.cost_usd = cost;
+            applied.changed = true;
+        }
+        if let Some(metric) = patch.metric
+            && self.metric != Some(metric)
+        {
+            self.metric = Some(metric);
+            applied.changed = true;
+        }
+        if let Some(message) = patch.message
+            && self.message.as_deref() != Some(message)
+        {
+            self.message = Some(message.to_owned());
+            applied.changed = true;
+        }
+        applied
+    }
+
+    /// Whether merging `patch` would change any field.
+    pub fn would_change(&self, patch: ProgressPatch<'_>) -> bool {
+        self.clone().apply(patch).changed
     }
 }
 
-/// The schema of [`ProgressUpdate::step`]: a string, a whole number or null.
+/// The whole state as an update that sets every field (no checkpoint; the estimate is the
+/// server's own and is not part of an update).
+impl From<&Progress> for ProgressUpdate {
+    fn from(progress: &Progress) -> ProgressUpdate {
+        ProgressUpdate {
+            step: progress.step.clone(),
+            progress: Some(progress.progress),
+            cost_usd: Some(progress.cost_usd),
+            metric: progress.metric,
+            message: progress.message.clone(),
+            checkpoint: None,
+        }
+    }
+}
+
 #[cfg(feature = "openapi")]
 fn step_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use skill_fleet_core::Claimant;
 use skill_fleet_jobs::{Created, ListFilter};
 use skill_fleet_types::{
     CancelRequest, ClaimRequest, CompleteRequest, CreateJob, FailRequest, JobLogs, JobStatus,
@@ -189,7 +190,7 @@ pub async fn list(State(state): State<AppState>, request: Request) -> Result<Res
     cached(&state, request, async |parts| {
         let ApiQuery(query) = ApiQuery::<ListQuery>::from_request_parts(parts, &state).await?;
         let filter = query.into_filter()?;
-        let scope = state.service().generations().lists();
+        let scope = state.generations().lists();
         let (counter, list) = state.service().list(filter).await?;
         let last_modified = list
             .jobs
@@ -231,7 +232,7 @@ pub async fn list(State(state): State<AppState>, request: Request) -> Result<Res
 pub async fn get(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     cached(&state, request, async |parts| {
         let JobId(id) = JobId::from_request_parts(parts, &state).await?;
-        let scope = state.service().generations().job(&id);
+        let scope = state.generations().job(&id);
         let job = state.service().get(&id).await?;
         let representation = Representation {
             etag: etag(format_args!("{}.v{}", job.id, job.version)),
@@ -283,7 +284,7 @@ pub async fn history(
             .limit
             .unwrap_or(500)
             .clamp(1, skill_fleet_jobs::MAX_HISTORY_LIMIT);
-        let scope = state.service().generations().job(&id);
+        let scope = state.generations().job(&id);
         let job = state.service().get(&id).await?;
         let page = state.service().history(&id, query.after, limit).await?;
         let representation = Representation {
@@ -324,7 +325,7 @@ pub async fn history(
 pub async fn result(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     cached(&state, request, async |parts| {
         let JobId(id) = JobId::from_request_parts(parts, &state).await?;
-        let scope = state.service().generations().job(&id);
+        let scope = state.generations().job(&id);
         let job = state.service().get(&id).await?;
         if job.status != JobStatus::Completed || (job.result.is_none() && job.result_path.is_none())
         {
@@ -363,7 +364,7 @@ async fn cached(
     let (mut parts, _body) = request.into_parts();
     let cache = state.cache();
     let key = cache_key(&parts.uri);
-    if let Some(prepared) = cache.lookup(key, state.service().generations()) {
+    if let Some(prepared) = cache.lookup(key, state.generations()) {
         return Ok(cache.respond(&parts.headers, &prepared, true));
     }
     let key = key.to_owned();
@@ -416,7 +417,11 @@ pub async fn claim(
     for job_type in &request.types {
         skill_fleet_types::validate_job_type(job_type)?;
     }
-    match state.service().claim(request.types).await? {
+    match state
+        .service()
+        .claim(Claimant::Worker, request.types)
+        .await?
+    {
         Some(job) => Ok(Json(job).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }

@@ -24,8 +24,8 @@ use skill_fleet_types::StreamEvent;
 
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, JobId};
-use crate::service::StreamStart;
 use crate::state::{AppState, StreamSlot};
+use skill_fleet_core::StreamStart;
 
 /// `Retry-After` of a stream refused because too many are open, in seconds.
 pub const STREAM_RETRY_AFTER_SECONDS: u64 = 5;

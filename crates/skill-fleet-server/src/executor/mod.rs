@@ -3,7 +3,7 @@
 //! Only the server's configuration maps a job type to a command; nothing in a request can
 //! choose or alter it. A dispatcher claims queued jobs of those types, oldest first, within
 //! each type's `max_concurrent` and the global limit, and runs each in `child`. Progress
-//! lines go through the same [`JobService`](skill_fleet_api::JobService) path as events from
+//! lines go through the same [`JobService`](skill_fleet_core::JobService) path as events from
 //! external workers, so they are persisted and streamed alike.
 
 mod child;
@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use skill_fleet_api::{ApiError, AppState, Runner};
-use skill_fleet_jobs::StoreError;
-use skill_fleet_types::{Job, JobLogs, JobStatus};
+use skill_fleet_api::AppState;
+use skill_fleet_core::{ChangeKind, ChangeListener, Claimant, Committed, CoreError, Runner};
+use skill_fleet_types::{Backoff, Job, JobLogs, JobStatus};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
@@ -153,7 +153,13 @@ impl Executor {
             if types.is_empty() {
                 return;
             }
-            match self.inner.state.service().claim_for_runner(types).await {
+            match self
+                .inner
+                .state
+                .service()
+                .claim(Claimant::Runner, types)
+                .await
+            {
                 Ok(Some(job)) => self.launch(job),
                 Ok(None) => return,
                 Err(err) => {
@@ -238,10 +244,7 @@ impl Executor {
                         Ok(_) => true,
                         // The job ended from outside (cancel, budget): stop reading; the stop
                         // signal follows.
-                        Err(
-                            ApiError::Store(StoreError::InvalidTransition { .. })
-                            | ApiError::Refused(_),
-                        ) => false,
+                        Err(err) if err.job_has_ended() => false,
                         Err(err) => {
                             tracing::warn!(job.id = %job_id, error = %err, "progress line not applied");
                             true
@@ -266,26 +269,26 @@ impl Executor {
     }
 
     /// Runs `write` until it is not refused for a storage fault (disk full, read-only,
-    /// locked), waiting 0.1 s, then twice as long each time up to 2 s. Gives up, returning the
+    /// locked), waiting up to 0.1 s, then up to twice as long each time (jittered, at most 2 s). Gives up, returning the
     /// last error, when the server stops or (given `stopped`) the job is stopped.
     async fn until_saved<T, Write>(
         &self,
         job_id: &str,
         mut stopped: Option<&mut watch::Receiver<Option<StopReason>>>,
         mut write: impl FnMut() -> Write,
-    ) -> Result<T, ApiError>
+    ) -> Result<T, CoreError>
     where
-        Write: Future<Output = Result<T, ApiError>>,
+        Write: Future<Output = Result<T, CoreError>>,
     {
-        let mut delay = RETRY_FIRST;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
             match write().await {
-                Err(ApiError::Store(err)) if err.storage_fault().is_some() => {
+                Err(err) if err.storage_fault().is_some() => {
+                    let delay = backoff.next_delay();
                     if !self.pause(delay, stopped.as_deref_mut()).await {
-                        return Err(ApiError::Store(err));
+                        return Err(err);
                     }
                     tracing::warn!(job.id = %job_id, error = %err, retry_ms = delay.as_millis() as u64, "not saved; retrying");
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
                 other => return other,
             }
@@ -328,7 +331,8 @@ impl Executor {
             })
             .await;
         match result {
-            Ok(()) | Err(ApiError::Store(StoreError::InvalidTransition { .. })) => {}
+            Ok(()) => {}
+            Err(err) if err.job_has_ended() => {}
             Err(err) => {
                 tracing::error!(job.id = %job.id, error = %err, "could not record the end of a job")
             }
@@ -341,7 +345,7 @@ impl Executor {
         spec: &ExecutorSpec,
         outcome: &Outcome,
         stderr_tail: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CoreError> {
         let service = self.inner.state.service();
         let with_tail = |message: String| {
             if stderr_tail.is_empty() {
@@ -447,6 +451,34 @@ fn exit_reason(status: std::process::ExitStatus) -> String {
     format!("ended with {status}")
 }
 
+/// The executor hears every committed change: a queued job of its types wakes the
+/// dispatcher; a job that ended from outside (a cancel, a budget, a time limit) has its
+/// process stopped.
+impl ChangeListener for Executor {
+    fn committed(&self, change: &Committed) {
+        match change.kind {
+            ChangeKind::Created | ChangeKind::Resumed | ChangeKind::Requeued => {
+                if let Some(job) = &change.job
+                    && self.runs_type(&job.job_type)
+                {
+                    self.inner.wake.notify_one();
+                }
+            }
+            ChangeKind::Ended => {
+                if let (Some(status), Some(running)) =
+                    (change.status, lock(&self.inner.running).get(&change.job_id))
+                {
+                    let _ = running.stop.send(Some(StopReason::Finished(status)));
+                }
+            }
+            ChangeKind::Started
+            | ChangeKind::Progress
+            | ChangeKind::Deleted
+            | ChangeKind::Uncertain => {}
+        }
+    }
+}
+
 impl Runner for Executor {
     fn runs_type(&self, job_type: &str) -> bool {
         self.inner.specs.contains_key(job_type)
@@ -454,18 +486,6 @@ impl Runner for Executor {
 
     fn job_types(&self) -> Vec<String> {
         self.inner.specs.keys().cloned().collect()
-    }
-
-    fn job_queued(&self, _job_id: &str, job_type: &str) {
-        if self.runs_type(job_type) {
-            self.inner.wake.notify_one();
-        }
-    }
-
-    fn job_finished(&self, job_id: &str, status: JobStatus) {
-        if let Some(running) = lock(&self.inner.running).get(job_id) {
-            let _ = running.stop.send(Some(StopReason::Finished(status)));
-        }
     }
 
     fn logs(&self, job_id: &str) -> Option<JobLogs> {

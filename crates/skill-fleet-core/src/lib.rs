@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod error;
+mod feed;
+mod flusher;
+mod limits;
+mod live;
+mod runner;
+mod service;
+mod stream;
+mod writes;
+
+pub use error::{CoreError, Result};
+pub use feed::{Audience, ChangeFeed, ChangeKind, ChangeListener, Committed};
+pub use flusher::run_flusher;
+pub use runner::Runner;
+pub use service::JobService;
+pub use stream::{StreamStart, event_from_job};
+pub use writes::Claimant;

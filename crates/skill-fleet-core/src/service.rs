@@ -1,0 +1,269 @@
+//! `JobService`: the store, the hub, the live set and the change feed, and the one
+//! choreography every write to a job follows.
+//!
+//! Progress is written in two ways:
+//! - **durable before the answer**: the first event of a queued job (it starts it), a step
+//!   change, a checkpoint and every lifecycle transition are written in their own transaction
+//!   before the call returns;
+//! - **coalesced**: other progress events only update the live set's pending state, which
+//!   [`JobService::flush_pending`] writes for all jobs in one batch transaction every tick.
+//!
+//! Diesel is blocking, so every store call runs on tokio's blocking pool.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use skill_fleet_jobs::{JobStore, ListFilter, ProgressWrite, StoreError};
+use skill_fleet_stream::Hub;
+use skill_fleet_types::{Job, JobList, ProgressPage};
+use tracing::Instrument;
+
+use crate::error::{CoreError, Result};
+use crate::feed::{Audience, ChangeFeed, ChangeKind, Committed};
+use crate::live::{LiveJob, LiveSet};
+use crate::runner::Runner;
+use crate::stream::HubStatus;
+
+/// The store and the hub, and the rules that keep them in step.
+pub struct JobService {
+    store: JobStore,
+    hub: Hub,
+    /// Base of the SSE event ids of this server run (`boot_epoch << 32`), so ids never go
+    /// backwards across restarts.
+    pub(crate) event_id_base: u64,
+    pub(crate) live: LiveSet,
+    feed: ChangeFeed,
+    store_calls: AtomicU64,
+    runner: OnceLock<Arc<dyn Runner>>,
+}
+
+/// What a write does with the job's pending (coalesced) progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PendingProgress {
+    /// The write carries the whole merged state, so it replaces what waits; if the write
+    /// fails, what waited is put back for the flusher.
+    Supersede,
+    /// The pending progress is written first (its own transaction), then the write: a job
+    /// that ends keeps its last progress.
+    WriteFirst,
+}
+
+impl JobService {
+    /// Builds the service. `event_id_base` is the first SSE event id of this server run.
+    pub fn new(store: JobStore, hub: Hub, event_id_base: u64) -> JobService {
+        let feed = ChangeFeed::default();
+        feed.subscribe(
+            Audience::Watchers,
+            Arc::new(HubStatus::new(hub.clone(), event_id_base)),
+        );
+        JobService {
+            store,
+            hub,
+            event_id_base,
+            live: LiveSet::default(),
+            feed,
+            store_calls: AtomicU64::new(0),
+            runner: OnceLock::new(),
+        }
+    }
+
+    /// The job store.
+    pub fn store(&self) -> &JobStore {
+        &self.store
+    }
+
+    /// The streaming hub.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The feed of committed changes; subscribe to follow every write.
+    pub fn feed(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
+    /// Registers the in-process job runner, which also starts hearing the change feed (once;
+    /// later calls are ignored and return false).
+    pub fn set_runner(&self, runner: Arc<dyn Runner>) -> bool {
+        if self.runner.set(Arc::clone(&runner)).is_err() {
+            return false;
+        }
+        self.feed.subscribe(Audience::Runners, runner);
+        true
+    }
+
+    /// The in-process job runner, if one is registered.
+    pub fn runner(&self) -> Option<&Arc<dyn Runner>> {
+        self.runner.get()
+    }
+
+    /// How many store calls this service made (each one a blocking-pool task).
+    pub fn store_calls(&self) -> u64 {
+        self.store_calls.load(Ordering::Relaxed)
+    }
+
+    /// Runs a store call on the blocking pool, keeping the caller's tracing span.
+    pub async fn blocking<T, F>(&self, call: F) -> Result<T>
+    where
+        F: FnOnce(&JobStore) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.store_calls.fetch_add(1, Ordering::Relaxed);
+        let store = self.store.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| call(&store)))
+            .instrument(tracing::Span::current())
+            .await
+            .map_err(|err| CoreError::Internal(format!("store task failed: {err}")))?
+            .map_err(CoreError::from)
+    }
+
+    /// One job as stored. Coalesced progress reaches the database within one flush
+    /// interval, so this lags the live stream by at most that; in exchange its `version`
+    /// (and so its ETag) always describes exactly this body.
+    pub async fn get(&self, id: &str) -> Result<Job> {
+        let id = id.to_owned();
+        self.blocking(move |store| store.get(&id)).await
+    }
+
+    /// A page of jobs, and the store-wide change counter read just before it (so the
+    /// counter is never newer than the page).
+    pub async fn list(&self, filter: ListFilter) -> Result<(u64, JobList)> {
+        self.blocking(move |store| {
+            let counter = store.change_counter()?;
+            Ok((counter, store.list(&filter)?))
+        })
+        .await
+    }
+
+    /// A page of a job's progress history.
+    pub async fn history(&self, id: &str, after: Option<i64>, limit: u32) -> Result<ProgressPage> {
+        let id = id.to_owned();
+        self.blocking(move |store| store.progress_history(&id, after, limit))
+            .await
+    }
+
+    /// Tells every listener of the feed.
+    pub(crate) fn emit(&self, change: Committed) {
+        self.feed.emit(&change);
+    }
+
+    /// The one choreography of a write to a job that may be live: with the job's live entry
+    /// locked by the caller (`live`), take its pending progress, run `write` on the blocking
+    /// pool, then
+    /// - on success: fix the live entry's status, emit `kind` on the feed, return the job;
+    /// - on failure: put the pending progress back (unless it was written), emit what did
+    ///   commit, return the error.
+    ///
+    /// Whatever follows a commit (caches, the hub's status, the runner) hears it from the
+    /// feed; no write path calls them itself.
+    pub(crate) async fn commit<F>(
+        &self,
+        id: &str,
+        live: Option<&mut LiveJob>,
+        pending: PendingProgress,
+        kind: ChangeKind,
+        message: Option<String>,
+        write: F,
+    ) -> Result<Job>
+    where
+        F: FnOnce(&JobStore, &str) -> Result<Job, StoreError> + Send + 'static,
+    {
+        let waiting = self.live.take_pending(id);
+        let first = match pending {
+            PendingProgress::WriteFirst => waiting.clone(),
+            PendingProgress::Supersede => None,
+        };
+        let job_id = id.to_owned();
+        // The outer result is the pending write's (nothing committed when it fails); the
+        // inner one is the write's.
+        let result = self
+            .blocking(move |store| {
+                let wrote_pending = match first {
+                    Some(write) => {
+                        store.write_progress_batch(std::slice::from_ref(&write))?;
+                        true
+                    }
+                    None => false,
+                };
+                Ok((wrote_pending, write(store, &job_id)))
+            })
+            .await;
+        match result {
+            Ok((_, Ok(job))) => {
+                if let Some(live) = live {
+                    live.status = job.status;
+                    live.started_at = job.started_at;
+                }
+                self.emit(Committed::of(kind, job.clone(), message));
+                Ok(job)
+            }
+            Ok((true, Err(err))) => {
+                self.emit(Committed::bare(ChangeKind::Progress, id));
+                Err(err.into())
+            }
+            Ok((false, Err(err))) => {
+                self.live.restore_pending(waiting);
+                Err(err.into())
+            }
+            Err(err) => {
+                if pending == PendingProgress::WriteFirst {
+                    // An error at commit may have left part of it written: caches forget.
+                    self.emit(Committed::bare(ChangeKind::Uncertain, id));
+                }
+                self.live.restore_pending(waiting);
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes every job's pending progress in one transaction. Called every tick and on
+    /// shutdown. On a database error the writes are kept (unless newer ones arrived) and
+    /// retried on the next tick.
+    pub async fn flush_pending(&self) -> Result<usize> {
+        let mut writes: Vec<ProgressWrite> = self.live.take_all_pending();
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        for write in &mut writes {
+            write.progress.eta_seconds = self
+                .hub
+                .current(&write.job_id)
+                .and_then(|state| state.eta_seconds);
+        }
+        let count = writes.len();
+        let retry = writes.clone();
+        let result = self
+            .blocking(move |store| store.write_progress_batch(&writes))
+            .await;
+        let kind = match &result {
+            Ok(_) => ChangeKind::Progress,
+            // A partly failed batch must not leave stale cache entries.
+            Err(_) => ChangeKind::Uncertain,
+        };
+        for write in &retry {
+            self.emit(Committed::bare(kind, &write.job_id));
+        }
+        match result {
+            Ok(report) => {
+                if !report.skipped.is_empty() {
+                    tracing::debug!(skipped = ?report.skipped, "progress for finished jobs not written");
+                }
+                Ok(count)
+            }
+            Err(err) => {
+                self.live.restore_pending(retry);
+                Err(err)
+            }
+        }
+    }
+
+    /// Flushes the hub and the pending writes, then ends every stream.
+    pub async fn shutdown(&self) {
+        self.hub.flush();
+        if let Err(err) = self.flush_pending().await {
+            tracing::error!(error = %err, "could not write pending progress on shutdown");
+        }
+        self.hub.close();
+    }
+}

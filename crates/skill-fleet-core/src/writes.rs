@@ -1,0 +1,260 @@
+//! The job lifecycle writes: create, claim, progress, end (complete, fail, cancel), requeue,
+//! resume and prune. Each goes through [`JobService::commit`] (or, for jobs that are not
+//! live, straight to the store and then the feed), so what follows a write is said once.
+
+use serde_json::Value;
+use skill_fleet_jobs::{Action, Created, JobStore, NewJob, ProgressWrite, StoreError};
+use skill_fleet_stream::Update;
+use skill_fleet_types::{CreateJob, EventAck, Job, JobLimits, JobStatus, ProgressUpdate};
+
+use crate::error::{CoreError, Result};
+use crate::feed::{ChangeKind, Committed};
+use crate::limits::{Budget, check_budget};
+use crate::live::LiveEntry;
+use crate::service::{JobService, PendingProgress};
+
+/// Who takes a queued job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimant {
+    /// An external worker (`POST /jobs/claim`): never handed a type the server runs itself.
+    Worker,
+    /// The server's own runner (the executor), for the types it runs.
+    Runner,
+}
+
+impl JobService {
+    /// Creates a job (idempotent on the same id and body).
+    pub async fn create(&self, request: CreateJob, source: &str) -> Result<(Job, Created)> {
+        if let Some(metadata) = &request.metadata {
+            JobLimits::from_metadata(metadata)?;
+        }
+        let new = NewJob::from_request(request, source);
+        let (job, created) = self.blocking(move |store| store.create(&new)).await?;
+        if created == Created::New {
+            self.emit(Committed::of(ChangeKind::Created, job.clone(), None));
+        }
+        Ok((job, created))
+    }
+
+    /// Takes the oldest queued job of these types (any type when empty) and starts it.
+    /// A worker is never handed a type the in-process runner executes.
+    pub async fn claim(&self, claimant: Claimant, types: Vec<String>) -> Result<Option<Job>> {
+        let excluded = match (claimant, self.runner()) {
+            (Claimant::Worker, Some(runner)) => {
+                if types.iter().any(|t| runner.runs_type(t)) {
+                    return Err(CoreError::ClaimsServerType { types });
+                }
+                if types.is_empty() {
+                    runner.job_types()
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        };
+        let claimed = self
+            .blocking(move |store| store.claim_excluding(&types, &excluded))
+            .await?;
+        if let Some(job) = &claimed {
+            self.live.track(job);
+            self.emit(Committed::of(ChangeKind::Started, job.clone(), None));
+        }
+        Ok(claimed)
+    }
+
+    /// Progress from a runner: merged, streamed, and persisted (durably now, or coalesced).
+    pub async fn ingest(&self, id: &str, update: ProgressUpdate) -> Result<EventAck> {
+        update.validate()?;
+        let entry = self.live_entry(id).await?;
+        let mut live = entry.lock().await;
+        if live.status.is_terminal() {
+            self.live.forget(id);
+            return Err(StoreError::InvalidTransition {
+                id: id.to_owned(),
+                from: live.status,
+                action: Action::Progress,
+            }
+            .into());
+        }
+        let step_changed = update.step.is_some() && update.step != live.progress.step;
+        let durable =
+            live.status == JobStatus::Queued || step_changed || update.checkpoint.is_some();
+        // Kept to undo the merge if the durable write fails: an event waiting on this job's
+        // lock must not see a step that was never saved.
+        let before = durable.then(|| (live.progress.clone(), live.warned));
+        live.progress.apply(update.patch());
+        let verdict = check_budget(&mut live);
+        let mut message = update.message.clone();
+        if let Budget::Warn(warning) = &verdict {
+            live.progress.message = Some(warning.clone());
+            message = Some(warning.clone());
+        }
+        if durable {
+            let full = ProgressUpdate {
+                checkpoint: update.checkpoint.clone(),
+                ..ProgressUpdate::from(&live.progress)
+            };
+            let eta = self.hub().current(id).and_then(|state| state.eta_seconds);
+            let written = self
+                .commit(
+                    id,
+                    Some(&mut live),
+                    PendingProgress::Supersede,
+                    ChangeKind::Progress,
+                    None,
+                    move |store, id| store.record_progress(id, &full, eta),
+                )
+                .await;
+            if let Err(err) = written {
+                // Whatever the database says now is the truth; forget the cached state.
+                self.live.forget(id);
+                if let Some((progress, warned)) = before {
+                    live.progress = progress;
+                    live.warned = warned;
+                }
+                return Err(err);
+            }
+        } else {
+            self.live.set_pending(ProgressWrite {
+                job_id: id.to_owned(),
+                progress: live.progress.clone(),
+                checkpoint: None,
+            });
+        }
+        self.hub().publish(
+            id,
+            Update {
+                status: Some(live.status),
+                message,
+                ..Update::from(&update)
+            },
+        )?;
+        let status = live.status;
+        drop(live);
+        if let Budget::Exceeded(reason) = verdict {
+            // The event that crossed the budget is kept (written with the cancellation); the
+            // job stops now, and its runner is told to stop the process.
+            tracing::info!(job.id = %id, %reason, "cancelling job");
+            let job = self.cancel(id, Some(reason)).await?;
+            return Ok(EventAck {
+                job_id: id.to_owned(),
+                status: job.status,
+                durable: true,
+            });
+        }
+        Ok(EventAck {
+            job_id: id.to_owned(),
+            status,
+            durable,
+        })
+    }
+
+    /// The live entry of a job that can take progress, made from the store when this server
+    /// has not seen it yet. A job that has ended is refused, saying why, so its worker stops.
+    async fn live_entry(&self, id: &str) -> Result<LiveEntry> {
+        if let Some(entry) = self.live.get(id) {
+            return Ok(entry);
+        }
+        let job = self.get(id).await?;
+        if job.status.is_terminal() {
+            return Err(CoreError::Ended {
+                id: job.id,
+                status: job.status,
+                error: job.error,
+            });
+        }
+        Ok(self.live.get_or_track(&job))
+    }
+
+    /// Completes a running job.
+    pub async fn complete(
+        &self,
+        id: &str,
+        result: Option<Value>,
+        result_path: Option<String>,
+    ) -> Result<Job> {
+        self.leave_live(id, ChangeKind::Ended, None, move |store, id| {
+            store.complete(id, result, result_path)
+        })
+        .await
+    }
+
+    /// Fails a queued or running job.
+    pub async fn fail(&self, id: &str, error: String) -> Result<Job> {
+        let message = Some(error.clone());
+        self.leave_live(id, ChangeKind::Ended, message, move |store, id| {
+            store.fail(id, &error)
+        })
+        .await
+    }
+
+    /// Cancels a queued or running job.
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<Job> {
+        self.leave_live(id, ChangeKind::Ended, reason.clone(), move |store, id| {
+            store.cancel(id, reason.as_deref())
+        })
+        .await
+    }
+
+    /// Puts a running job back in the queue (graceful shutdown of a resumable job).
+    pub async fn requeue(&self, id: &str) -> Result<Job> {
+        let message = Some("requeued: server stopping".to_owned());
+        self.leave_live(id, ChangeKind::Requeued, message, |store, id| {
+            store.requeue(id)
+        })
+        .await
+    }
+
+    /// Takes a job out of the live set through `transition`: waits for an event being
+    /// applied to it, writes its pending progress, then the transition. Shared by the
+    /// terminal transitions and the shutdown requeue.
+    async fn leave_live<F>(
+        &self,
+        id: &str,
+        kind: ChangeKind,
+        message: Option<String>,
+        transition: F,
+    ) -> Result<Job>
+    where
+        F: FnOnce(&JobStore, &str) -> Result<Job, StoreError> + Send + 'static,
+    {
+        let entry = self.live.get(id);
+        let mut guard = match &entry {
+            Some(entry) => Some(entry.lock().await),
+            None => None,
+        };
+        let job = self
+            .commit(
+                id,
+                guard.as_deref_mut(),
+                PendingProgress::WriteFirst,
+                kind,
+                message,
+                transition,
+            )
+            .await?;
+        self.live.forget(id);
+        Ok(job)
+    }
+
+    /// Puts a failed or cancelled job back in the queue, keeping its checkpoint.
+    pub async fn resume(&self, id: &str) -> Result<Job> {
+        let job_id = id.to_owned();
+        let job = self.blocking(move |store| store.resume(&job_id)).await?;
+        self.emit(Committed::of(ChangeKind::Resumed, job.clone(), None));
+        Ok(job)
+    }
+
+    /// Deletes finished jobs that ended more than `older_than` ago, with their history.
+    /// The caller removes their files.
+    pub async fn prune(
+        &self,
+        older_than: chrono::Duration,
+    ) -> Result<skill_fleet_jobs::PruneReport> {
+        let report = self.blocking(move |store| store.prune(older_than)).await?;
+        for id in &report.ids {
+            self.emit(Committed::bare(ChangeKind::Deleted, id));
+        }
+        Ok(report)
+    }
+}
