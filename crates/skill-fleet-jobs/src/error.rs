@@ -78,7 +78,7 @@ pub enum StoreError {
         /// Its lock file.
         lock_path: PathBuf,
         /// What the holder wrote into the lock file, if it could be read.
-        owner: Option<crate::owner::OwnerRecord>,
+        owner: Option<Box<crate::owner::OwnerRecord>>,
     },
     /// The lock file beside the database could not be opened, locked or written.
     #[error("cannot lock `{}`: {source}", path.display())]

@@ -107,7 +107,7 @@ impl DatabaseOwner {
                     return Err(StoreError::InUse {
                         database: database.to_owned(),
                         lock_path: path.clone(),
-                        owner: read_record(&file),
+                        owner: read_record(&file).map(Box::new),
                     });
                 }
                 Err(TryLockError::Error(source)) => return Err(lock_error(source)),
@@ -199,7 +199,7 @@ fn read_record(mut file: &File) -> Option<OwnerRecord> {
 
 /// Names the holder in a message: `skill-fleet-server (pid 4242, …)`, or `process` when it
 /// left no readable record.
-pub(crate) fn describe(owner: &Option<OwnerRecord>) -> String {
+pub(crate) fn describe(owner: &Option<Box<OwnerRecord>>) -> String {
     match owner {
         Some(record) => record.to_string(),
         None => "process (it left no readable record in the lock file)".to_owned(),
@@ -334,7 +334,7 @@ mod tests {
         // Another handle is refused, even in this process (the lock is per open file).
         let sqlite_url = format!("sqlite://{database}");
         match DatabaseOwner::acquire(&sqlite_url, "second") {
-            Err(StoreError::InUse { owner, .. }) => assert_eq!(owner, Some(record)),
+            Err(StoreError::InUse { owner, .. }) => assert_eq!(owner.as_deref(), Some(&record)),
             other => panic!("expected in use, got {other:?}"),
         }
         drop(owner);
