@@ -5,11 +5,16 @@
 //! cargo run -p skill-fleet-jobs --example worker_loop              # a temporary database
 //! cargo run -p skill-fleet-jobs --example worker_loop -- jobs.db   # or a file you choose
 //! ```
+//!
+//! A program that embeds the store owns its database as a server does: it takes the
+//! database's lock (`jobs.db.lock`) before opening it, so it cannot share a database with a
+//! running `skill-fleet-server` (or another copy of itself), and a server started on the
+//! same file while it runs is refused.
 
 use std::error::Error;
 
 use serde_json::{Map, Value, json};
-use skill_fleet_jobs::{JobStore, NewJob, ProgressWrite};
+use skill_fleet_jobs::{DatabaseOwner, JobStore, NewJob, ProgressWrite};
 use skill_fleet_types::{Job, JobStatus, ProgressUpdate};
 
 /// Steps each job goes through, reported one by one with `record_progress`.
@@ -22,6 +27,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         Some(path) => path,
         None => temp.path().join("jobs.db").display().to_string(),
     };
+    // One owner per database, held until the end of `main`; fails if a server runs on it.
+    let _owner = DatabaseOwner::acquire(&path, "worker_loop example")?;
     let store = JobStore::open(&path)?; // creates the file and applies the migrations
     println!("opened job store at {path}");
 

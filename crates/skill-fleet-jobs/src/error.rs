@@ -66,6 +66,28 @@ pub enum StoreError {
     /// Running or inspecting migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// Another process holds the database's lock (`<database>.lock`): a running server or
+    /// a program embedding the store. Nothing was opened.
+    #[error(
+        "database {database} is in use by another {}",
+        crate::owner::describe(owner)
+    )]
+    InUse {
+        /// The database, as given.
+        database: String,
+        /// Its lock file.
+        lock_path: PathBuf,
+        /// What the holder wrote into the lock file, if it could be read.
+        owner: Option<Box<crate::owner::OwnerRecord>>,
+    },
+    /// The lock file beside the database could not be opened, locked or written.
+    #[error("cannot lock `{}`: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// Reading a file (legacy import) failed.
     #[error("cannot read `{}`: {source}", path.display())]
     Io {

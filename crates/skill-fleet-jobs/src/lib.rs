@@ -6,6 +6,7 @@ mod legacy;
 mod lifecycle;
 mod list;
 mod models;
+mod owner;
 mod progress;
 mod recovery;
 mod schema;
@@ -15,6 +16,7 @@ pub use error::{Result, StorageFault, StoreError};
 pub use legacy::{DEFAULT_LEGACY_TYPE, IMPORTED_RUNNING_ERROR, ImportReport, LEGACY_SOURCE};
 pub use lifecycle::{Action, Created, NewJob, transition};
 pub use list::{DEFAULT_LIST_LIMIT, ListFilter, MAX_LIST_LIMIT};
+pub use owner::{DatabaseOwner, OwnerRecord, Ownership, lock_path, owner_of};
 pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, ProgressWrite};
 pub use recovery::{INTERRUPTED_ERROR, PruneReport, RecoveryReport};
 pub use store::{

@@ -1,13 +1,17 @@
-//! Server configuration: flags, then `SKILL_FLEET_*` environment variables, then an optional
-//! TOML file (`--config`), then defaults — the first that sets a value wins.
+//! Server configuration, declared once: [`Options`] is at the same time the flags (clap), the
+//! keys of the TOML file (serde) and, by one rule, the environment variables
+//! (`SKILL_FLEET_` and the key in capitals). Flags win over the environment, the environment
+//! over the file (`--config`), the file over the defaults; an error names the key and the
+//! source that set it (`invalid value for max_body_bytes from SKILL_FLEET_MAX_BODY_BYTES: …`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use skill_fleet_api::AuthToken;
 
 use crate::error::ServerError;
@@ -28,23 +32,31 @@ pub const MAX_STOP_GRACE_SECONDS: u64 = 60 * 60;
 pub const MAX_TIMEOUT_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
 /// Job types that are re-queued (not failed) when the server stopped while they ran.
 pub const DEFAULT_RESUMABLE_TYPES: [&str; 2] = ["optimization", "evaluation"];
+/// Prefix of the environment variable of each option: `SKILL_FLEET_BIND` for `bind`.
+pub const ENV_PREFIX: &str = "SKILL_FLEET_";
+/// Keys of the file that are neither flags nor environment variables (tables).
+pub const FILE_ONLY_KEYS: [&str; 1] = ["executors"];
 
 /// `skill-fleet-server`: durable job server with live progress.
 #[derive(Debug, Parser)]
-#[command(name = "skill-fleet-server", version, about)]
+#[command(
+    name = "skill-fleet-server",
+    version,
+    about,
+    after_help = "Each option is also an environment variable (--max-body-bytes: \
+                  SKILL_FLEET_MAX_BODY_BYTES) and a key of the --config file (max_body_bytes); \
+                  flags win over the environment, the environment over the file. See docs/CONFIG.md."
+)]
 pub struct Cli {
     /// TOML configuration file (keys as in docs/CONFIG.md).
     #[arg(long, global = true, env = "SKILL_FLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Database path or `sqlite://` URL [default: ./skill-fleet.db].
-    #[arg(long, global = true, env = "SKILL_FLEET_DATABASE", value_name = "PATH")]
-    pub database: Option<String>,
     /// What to do; serves the API when left out.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Options of the server.
+    /// The options, as flags.
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub options: Options,
 }
 
 /// Subcommands besides serving.
@@ -53,12 +65,13 @@ pub enum Command {
     /// Serve the API (the default).
     Serve,
     /// Create or migrate the database, optionally import legacy jobs, print a report, exit.
+    /// Refused while a server runs on the database.
     InitDb {
         /// A legacy export (JSON array) or a directory of legacy session files.
         #[arg(long, value_name = "PATH")]
         import: Option<PathBuf>,
     },
-    /// Inspect the database.
+    /// Inspect the database (read-only: works beside a running server).
     Db {
         /// What to show.
         #[command(subcommand)]
@@ -69,12 +82,12 @@ pub enum Command {
 /// `db` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    /// Schema version, pending migrations and job counts by status.
+    /// Who owns the database, schema version, pending migrations and job counts by status.
     Status,
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -84,108 +97,89 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `serve`.
-#[derive(Debug, Default, Args)]
-pub struct ServeArgs {
+/// Every option of the server, declared once: each field is a flag (`--max-body-bytes`), a
+/// key of the TOML file (`max_body_bytes`) and an environment variable
+/// (`SKILL_FLEET_MAX_BODY_BYTES`), except the tables of the file ([`FILE_ONLY_KEYS`]) and
+/// hidden flags. A field left `None` by every source takes the default its doc names, which
+/// [`Config::resolve`] applies.
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Database path or `sqlite://` URL [default: ./skill-fleet.db].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub database: Option<String>,
     /// Address to listen on [default: 127.0.0.1:8000]; a non-loopback one requires a token.
-    #[arg(long, env = "SKILL_FLEET_BIND", value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
     /// Bearer token required on every route but /healthz.
-    #[arg(
-        long,
-        env = "SKILL_FLEET_AUTH_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN")]
+    #[serde(serialize_with = "serialize_token")]
     pub auth_token: Option<AuthToken>,
     /// How often coalesced progress is streamed and persisted, in ms [default: 100].
-    #[arg(long, env = "SKILL_FLEET_EMIT_INTERVAL_MS", value_name = "MS")]
+    #[arg(long, value_name = "MS")]
     pub emit_interval_ms: Option<u64>,
     /// Time-to-live of cached GET responses, in seconds [default: 300].
-    #[arg(long, env = "SKILL_FLEET_CACHE_TTL_SECONDS", value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS")]
     pub cache_ttl_seconds: Option<u64>,
     /// Comma-separated job types re-queued after a crash [default: optimization,evaluation].
-    #[arg(
-        long,
-        env = "SKILL_FLEET_RESUMABLE_TYPES",
-        value_delimiter = ',',
-        value_name = "TYPES"
-    )]
+    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
     pub resumable_types: Option<Vec<String>>,
     /// Legacy jobs to import at start-up (idempotent).
-    #[arg(long, env = "SKILL_FLEET_LEGACY_IMPORT", value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub legacy_import: Option<PathBuf>,
     /// Log format [default: text].
-    #[arg(long, env = "SKILL_FLEET_LOG_FORMAT", value_enum)]
+    #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
     /// Where job work directories live [default: `skill-fleet-data` beside the database].
-    #[arg(long, env = "SKILL_FLEET_DATA_DIR", value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Most jobs the executor runs at once, over all types [default: 4].
-    #[arg(long, env = "SKILL_FLEET_MAX_CONCURRENT_JOBS", value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub max_concurrent_jobs: Option<usize>,
     /// Most SSE streams open at once; more get 503 with Retry-After [default: 10000].
-    #[arg(long, env = "SKILL_FLEET_MAX_SSE_CONNECTIONS", value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub max_sse_connections: Option<usize>,
     /// Most progress history rows kept per job; older history is thinned [default: 10000].
-    #[arg(long, env = "SKILL_FLEET_MAX_HISTORY_ROWS_PER_JOB", value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub max_history_rows_per_job: Option<u64>,
     /// Delete finished jobs (their history and files too) this many days after they ended,
     /// checked hourly [default: keep them].
-    #[arg(long, env = "SKILL_FLEET_RETENTION_DAYS", value_name = "DAYS")]
+    #[arg(long, value_name = "DAYS")]
     pub retention_days: Option<u64>,
     /// How long a write waits for SQLite's write lock held by another process, in ms
     /// [default: 5000]; past it the write fails with 503 `database is busy`.
-    #[arg(long, env = "SKILL_FLEET_BUSY_TIMEOUT_MS", value_name = "MS")]
+    #[arg(long, value_name = "MS")]
     pub busy_timeout_ms: Option<u64>,
-    /// Serve `/_bench/noop`, the do-nothing baseline of `cargo xtask bench`.
+    /// Largest request body, in bytes; larger ones get 413 [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Seconds between SIGTERM and SIGKILL when a job's process is stopped [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub stop_grace_seconds: Option<u64>,
+    /// Job type → command (`[executors.TYPE]` tables of the file only). When the file has
+    /// this table it replaces the built-in default (`optimization` → the bundled example
+    /// optimizer); an empty table runs nothing.
+    #[arg(skip)]
+    pub executors: Option<BTreeMap<String, ExecutorConfig>>,
+    /// Serve `/_bench/noop`, the do-nothing baseline of `cargo xtask bench` (a flag only).
     #[arg(long, hide = true)]
+    #[serde(skip)]
     pub bench_routes: bool,
 }
 
-/// The TOML file: every key optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// See `--bind`.
-    pub bind: Option<SocketAddr>,
-    /// See `--database`.
-    pub database: Option<String>,
-    /// See `--auth-token`.
-    pub auth_token: Option<AuthToken>,
-    /// See `--emit-interval-ms`.
-    pub emit_interval_ms: Option<u64>,
-    /// See `--cache-ttl-seconds`.
-    pub cache_ttl_seconds: Option<u64>,
-    /// See `--resumable-types`.
-    pub resumable_types: Option<Vec<String>>,
-    /// See `--legacy-import`.
-    pub legacy_import: Option<PathBuf>,
-    /// See `--log-format`.
-    pub log_format: Option<LogFormat>,
-    /// Largest request body, in bytes [default: 1 MiB].
-    pub max_body_bytes: Option<usize>,
-    /// See `--data-dir`.
-    pub data_dir: Option<PathBuf>,
-    /// See `--max-concurrent-jobs`.
-    pub max_concurrent_jobs: Option<usize>,
-    /// See `--max-sse-connections`.
-    pub max_sse_connections: Option<usize>,
-    /// See `--max-history-rows-per-job`.
-    pub max_history_rows_per_job: Option<u64>,
-    /// See `--retention-days`.
-    pub retention_days: Option<u64>,
-    /// See `--busy-timeout-ms`.
-    pub busy_timeout_ms: Option<u64>,
-    /// Seconds between SIGTERM and SIGKILL when a job is stopped [default: 10].
-    pub stop_grace_seconds: Option<u64>,
-    /// Job type → command. When the file has this table it replaces the built-in default
-    /// (`optimization` → the bundled example optimizer); an empty table runs nothing.
-    pub executors: Option<BTreeMap<String, ExecutorConfig>>,
+/// The token as the string it is (only for layering the sources; never printed).
+fn serialize_token<S: serde::Serializer>(
+    token: &Option<AuthToken>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(token) => serializer.serialize_some(token.expose()),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// How the server runs one job type (a `[executors.TYPE]` table of the file).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorConfig {
     /// Program and arguments, e.g. `["python3", "optimize.py"]`.
@@ -213,18 +207,241 @@ fn default_max_concurrent() -> usize {
     2
 }
 
-impl FileConfig {
-    /// Reads and parses a TOML configuration file.
-    pub fn load(path: &Path) -> Result<FileConfig, ServerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text)
-            .map_err(|err| ServerError::Config(format!("{}: {err}", path.display())))
+/// The names one option goes by; `None` where it has no such name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OptionNames {
+    /// The flag, `--max-body-bytes`.
+    pub flag: Option<String>,
+    /// The environment variable, `SKILL_FLEET_MAX_BODY_BYTES`.
+    pub env: Option<String>,
+    /// The key of the TOML file, `max_body_bytes`.
+    pub key: Option<String>,
+}
+
+/// Every option the server has, by flag, environment variable and file key, read from the
+/// one definition (the clap arguments of [`Cli`] and [`Options`]); hidden flags left out.
+pub fn option_names() -> Vec<OptionNames> {
+    let option_keys: Vec<String> = Options::augment_args(clap::Command::new("options"))
+        .get_arguments()
+        .map(|arg| arg.get_id().to_string())
+        .collect();
+    let mut names: Vec<OptionNames> = Cli::command()
+        .get_arguments()
+        .filter(|arg| !arg.is_hide_set())
+        .filter_map(|arg| {
+            let flag = arg.get_long().map(|long| format!("--{long}"))?;
+            let id = arg.get_id().to_string();
+            Some(if option_keys.contains(&id) {
+                OptionNames {
+                    flag: Some(flag),
+                    env: Some(env_var(&id)),
+                    key: Some(id),
+                }
+            } else {
+                OptionNames {
+                    flag: Some(flag),
+                    env: arg.get_env().map(|env| env.to_string_lossy().into_owned()),
+                    key: None,
+                }
+            })
+        })
+        .collect();
+    names.extend(FILE_ONLY_KEYS.iter().map(|key| OptionNames {
+        flag: None,
+        env: None,
+        key: Some((*key).to_owned()),
+    }));
+    names
+}
+
+/// The environment variable of an option: `SKILL_FLEET_` and the key in capitals.
+fn env_var(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
+/// The flag of an option: `--max-body-bytes` for `max_body_bytes`.
+fn flag_of(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+/// Where an option's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// Its flag.
+    Flag,
+    /// Its environment variable.
+    Env,
+    /// The TOML file at this path.
+    File(PathBuf),
+}
+
+/// The options of every source, layered, and where each set value came from.
+#[derive(Debug)]
+struct Layered {
+    options: Options,
+    sources: BTreeMap<String, Source>,
+}
+
+impl Layered {
+    /// Layers the file (if any) under the environment (read by `env`) under the flags.
+    fn gather(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Layered, ServerError> {
+        let mut merged = Map::new();
+        let mut sources = BTreeMap::new();
+        if let Some(path) = &cli.config {
+            for (key, value) in file_layer(path)? {
+                merged.insert(key.clone(), value);
+                sources.insert(key, Source::File(path.clone()));
+            }
+        }
+        for (key, value) in env_layer(env)? {
+            merged.insert(key.clone(), value);
+            sources.insert(key, Source::Env);
+        }
+        let flags = serde_json::to_value(&cli.options)
+            .map_err(|err| ServerError::Config(format!("flags: {err}")))?;
+        if let Value::Object(flags) = flags {
+            for (key, value) in flags.into_iter().filter(|(_, value)| !value.is_null()) {
+                merged.insert(key.clone(), value);
+                sources.insert(key, Source::Flag);
+            }
+        }
+        // Each value was checked alone against its key's type, so this only joins them.
+        let mut options: Options = serde_json::from_value(Value::Object(merged))
+            .map_err(|err| ServerError::Config(err.to_string()))?;
+        options.bench_routes = cli.options.bench_routes;
+        Ok(Layered { options, sources })
+    }
+
+    /// Where `key`'s value came from: `--bind`, `SKILL_FLEET_BIND`, the file's path, or
+    /// `the default`.
+    fn source(&self, key: &str) -> String {
+        match self.sources.get(key) {
+            Some(Source::Flag) => flag_of(key),
+            Some(Source::Env) => env_var(key),
+            Some(Source::File(path)) => path.display().to_string(),
+            None => "the default".to_owned(),
+        }
+    }
+
+    /// `invalid value for {key} from {source}: {reason}`.
+    fn invalid(&self, key: &str, reason: impl std::fmt::Display) -> ServerError {
+        ServerError::Config(format!(
+            "invalid value for {key} from {}: {reason}",
+            self.source(key)
+        ))
     }
 }
 
+/// A parser's error on one line, whatever it printed.
+fn one_line(err: impl std::fmt::Display) -> String {
+    let text = err.to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    lines.join(" ")
+}
+
+/// The file's keys, each checked against its type.
+fn file_layer(path: &Path) -> Result<Map<String, Value>, ServerError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ServerError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|err| ServerError::Config(format!("{}: {err}", path.display())))?;
+    let known = known_keys();
+    let mut layer = Map::new();
+    for (key, value) in table {
+        if !known.contains(&key) {
+            return Err(ServerError::Config(format!(
+                "unknown key `{key}` in {}; the keys are listed in docs/CONFIG.md",
+                path.display()
+            )));
+        }
+        let mut single = toml::Table::new();
+        single.insert(key.clone(), value.clone());
+        // Checked alone, so the error is this key's.
+        if let Err(err) = toml::Value::Table(single).try_into::<Options>() {
+            return Err(ServerError::Config(format!(
+                "invalid value for {key} from {}: {}",
+                path.display(),
+                one_line(err)
+            )));
+        }
+        let value = serde_json::to_value(&value).map_err(|err| {
+            ServerError::Config(format!(
+                "invalid value for {key} from {}: {err}",
+                path.display()
+            ))
+        })?;
+        layer.insert(key, value);
+    }
+    Ok(layer)
+}
+
+/// The environment variables of the options that are set and not empty, each read as the
+/// first of a number, a string and a comma-separated list that its key's type takes.
+fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Map<String, Value>, ServerError> {
+    let mut layer = Map::new();
+    for key in known_keys() {
+        if FILE_ONLY_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        let name = env_var(&key);
+        let Some(text) = env(&name).filter(|text| !text.is_empty()) else {
+            continue;
+        };
+        let number = text
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .ok()
+            .or_else(|| text.trim().parse::<u64>().map(Value::from).ok());
+        let list = Value::Array(text.split(',').map(Value::from).collect());
+        let candidates = number
+            .into_iter()
+            .chain([Value::String(text.clone()), list]);
+        let mut first_error = None;
+        let mut chosen = None;
+        for candidate in candidates {
+            let mut single = Map::new();
+            single.insert(key.clone(), candidate.clone());
+            match serde_json::from_value::<Options>(Value::Object(single)) {
+                Ok(_) => {
+                    chosen = Some(candidate);
+                    break;
+                }
+                Err(err) => {
+                    first_error.get_or_insert_with(|| one_line(err));
+                }
+            }
+        }
+        match chosen {
+            Some(value) => {
+                layer.insert(key, value);
+            }
+            None => {
+                return Err(ServerError::Config(format!(
+                    "invalid value for {key} from {name}: {}",
+                    first_error.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(layer)
+}
+
+/// The keys of the file: the options' flags by their ids, and the tables.
+fn known_keys() -> Vec<String> {
+    Options::augment_args(clap::Command::new("options"))
+        .get_arguments()
+        .filter(|arg| !arg.is_hide_set())
+        .map(|arg| arg.get_id().to_string())
+        .chain(FILE_ONLY_KEYS.iter().map(|key| (*key).to_owned()))
+        .collect()
+}
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -267,168 +484,174 @@ pub struct Config {
 }
 
 impl Config {
-    /// Resolves flags/env over the file over defaults, and checks the result.
+    /// Resolves flags over the environment over the file over defaults, and checks the
+    /// result.
     pub fn resolve(cli: &Cli) -> Result<Config, ServerError> {
-        let file = match &cli.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        let args = &cli.serve;
-        let bind = match args.bind.or(file.bind) {
+        Config::resolve_with_env(cli, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::resolve`] with the environment read by `env` (tests give their own).
+    pub fn resolve_with_env(
+        cli: &Cli,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ServerError> {
+        let layered = Layered::gather(cli, env)?;
+        let options = layered.options.clone();
+        let bind = match options.bind {
             Some(bind) => bind,
             None => DEFAULT_BIND
                 .parse()
                 .map_err(|err| ServerError::Config(format!("default bind address: {err}")))?,
         };
-        let emit_interval_ms = args
-            .emit_interval_ms
-            .or(file.emit_interval_ms)
-            .unwrap_or(100);
+        let emit_interval_ms = options.emit_interval_ms.unwrap_or(100);
         if !(1..=60_000).contains(&emit_interval_ms) {
-            return Err(ServerError::Config(format!(
-                "emit interval must be between 1 and 60000 ms, got {emit_interval_ms}"
-            )));
+            return Err(layered.invalid(
+                "emit_interval_ms",
+                format!("emit interval must be between 1 and 60000 ms, got {emit_interval_ms}"),
+            ));
         }
-        let resumable_types = args
+        let resumable_types = options
             .resumable_types
-            .clone()
-            .or(file.resumable_types)
             .unwrap_or_else(|| DEFAULT_RESUMABLE_TYPES.map(str::to_owned).to_vec())
             .into_iter()
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .collect::<Vec<_>>();
         for job_type in &resumable_types {
-            skill_fleet_types::validate_job_type(job_type)
-                .map_err(|err| ServerError::Config(format!("resumable types: {err}")))?;
+            skill_fleet_types::validate_job_type(job_type).map_err(|err| {
+                layered.invalid("resumable_types", format!("resumable types: {err}"))
+            })?;
         }
-        let auth_token = args
-            .auth_token
-            .clone()
-            .or(file.auth_token)
-            .filter(|token| !token.is_empty());
+        let auth_token = options.auth_token.filter(|token| !token.is_empty());
         if !bind.ip().is_loopback() && auth_token.is_none() {
-            return Err(ServerError::Config(format!(
-                "binding to {bind} (not loopback) requires a bearer token: set --auth-token or SKILL_FLEET_AUTH_TOKEN"
-            )));
+            return Err(layered.invalid(
+                "bind",
+                format!(
+                    "binding to {bind} (not loopback) requires a bearer token: set --auth-token or SKILL_FLEET_AUTH_TOKEN"
+                ),
+            ));
         }
-        let database = cli
+        let database = options
             .database
-            .clone()
-            .or(file.database)
             .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
-        let data_dir = args
+        let data_dir = options
             .data_dir
-            .clone()
-            .or(file.data_dir)
             .unwrap_or_else(|| default_data_dir(&database));
         // Children run in their own work directories: a relative path would point elsewhere.
         let data_dir = std::path::absolute(&data_dir).map_err(|err| {
-            ServerError::Config(format!("data dir {}: {err}", data_dir.display()))
+            layered.invalid(
+                "data_dir",
+                format!("data dir {}: {err}", data_dir.display()),
+            )
         })?;
-        if let Some(executors) = &file.executors {
+        if let Some(executors) = &options.executors {
             for (job_type, executor) in executors {
-                skill_fleet_types::validate_job_type(job_type)
-                    .map_err(|err| ServerError::Config(format!("executors: {err}")))?;
-                if executor.command.is_empty() || executor.command[0].is_empty() {
-                    return Err(ServerError::Config(format!(
-                        "executors.{job_type}: command must name a program"
-                    )));
-                }
-                if executor.max_concurrent == 0 {
-                    return Err(ServerError::Config(format!(
-                        "executors.{job_type}: max_concurrent must be at least 1"
-                    )));
-                }
-                if let Some(timeout) = executor.timeout_seconds
-                    && timeout > MAX_TIMEOUT_SECONDS
-                {
-                    return Err(ServerError::Config(format!(
-                        "executors.{job_type}: timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}, got {timeout}"
-                    )));
-                }
+                check_executor(job_type, executor)
+                    .map_err(|reason| layered.invalid("executors", reason))?;
             }
         }
-        let max_concurrent_jobs = args
-            .max_concurrent_jobs
-            .or(file.max_concurrent_jobs)
-            .unwrap_or(4);
+        let max_concurrent_jobs = options.max_concurrent_jobs.unwrap_or(4);
         if max_concurrent_jobs == 0 {
-            return Err(ServerError::Config(
-                "max concurrent jobs must be at least 1".to_owned(),
+            return Err(layered.invalid(
+                "max_concurrent_jobs",
+                "max concurrent jobs must be at least 1",
             ));
         }
-        let busy_timeout_ms = args
-            .busy_timeout_ms
-            .or(file.busy_timeout_ms)
-            .unwrap_or(5000);
+        let busy_timeout_ms = options.busy_timeout_ms.unwrap_or(5000);
         if !(1..=600_000).contains(&busy_timeout_ms) {
-            return Err(ServerError::Config(format!(
-                "busy timeout must be between 1 and 600000 ms, got {busy_timeout_ms}"
-            )));
+            return Err(layered.invalid(
+                "busy_timeout_ms",
+                format!("busy timeout must be between 1 and 600000 ms, got {busy_timeout_ms}"),
+            ));
         }
-        let max_sse_connections = args
+        let max_sse_connections = options
             .max_sse_connections
-            .or(file.max_sse_connections)
             .unwrap_or(skill_fleet_api::DEFAULT_MAX_SSE_CONNECTIONS);
         if max_sse_connections == 0 {
-            return Err(ServerError::Config(
-                "max sse connections must be at least 1, got 0".to_owned(),
+            return Err(layered.invalid(
+                "max_sse_connections",
+                "max sse connections must be at least 1, got 0",
             ));
         }
-        let max_history_rows_per_job = args
+        let max_history_rows_per_job = options
             .max_history_rows_per_job
-            .or(file.max_history_rows_per_job)
             .unwrap_or(skill_fleet_jobs::DEFAULT_MAX_HISTORY_ROWS_PER_JOB);
         if max_history_rows_per_job == 0 {
-            return Err(ServerError::Config(
-                "max history rows per job must be at least 1, got 0".to_owned(),
+            return Err(layered.invalid(
+                "max_history_rows_per_job",
+                "max history rows per job must be at least 1, got 0",
             ));
         }
-        let retention_days = args.retention_days.or(file.retention_days);
-        if let Some(days) = retention_days
+        if let Some(days) = options.retention_days
             && !(1..=MAX_RETENTION_DAYS).contains(&days)
         {
-            return Err(ServerError::Config(format!(
-                "retention days must be between 1 and {MAX_RETENTION_DAYS}, got {days}"
-            )));
+            return Err(layered.invalid(
+                "retention_days",
+                format!("retention days must be between 1 and {MAX_RETENTION_DAYS}, got {days}"),
+            ));
         }
-        let stop_grace_seconds = file.stop_grace_seconds.unwrap_or(10);
+        let stop_grace_seconds = options.stop_grace_seconds.unwrap_or(10);
         if stop_grace_seconds > MAX_STOP_GRACE_SECONDS {
-            return Err(ServerError::Config(format!(
-                "stop grace must be at most {MAX_STOP_GRACE_SECONDS} seconds, got {stop_grace_seconds}"
-            )));
+            return Err(layered.invalid(
+                "stop_grace_seconds",
+                format!(
+                    "stop grace must be at most {MAX_STOP_GRACE_SECONDS} seconds, got {stop_grace_seconds}"
+                ),
+            ));
         }
-        let cache_ttl_seconds = args
-            .cache_ttl_seconds
-            .or(file.cache_ttl_seconds)
-            .unwrap_or(300);
+        let cache_ttl_seconds = options.cache_ttl_seconds.unwrap_or(300);
         if cache_ttl_seconds > MAX_CACHE_TTL_SECONDS {
-            return Err(ServerError::Config(format!(
-                "cache ttl must be at most {MAX_CACHE_TTL_SECONDS} seconds, got {cache_ttl_seconds}"
-            )));
+            return Err(layered.invalid(
+                "cache_ttl_seconds",
+                format!(
+                    "cache ttl must be at most {MAX_CACHE_TTL_SECONDS} seconds, got {cache_ttl_seconds}"
+                ),
+            ));
         }
         Ok(Config {
             max_sse_connections,
             max_history_rows_per_job,
-            retention: retention_days.map(|days| Duration::from_secs(days * 24 * 60 * 60)),
+            retention: options
+                .retention_days
+                .map(|days| Duration::from_secs(days * 24 * 60 * 60)),
             busy_timeout: Duration::from_millis(busy_timeout_ms),
             bind,
             database,
             data_dir,
             max_concurrent_jobs,
             stop_grace: Duration::from_secs(stop_grace_seconds),
-            executors: file.executors,
-            bench_routes: args.bench_routes,
+            executors: options.executors,
+            bench_routes: options.bench_routes,
             auth_token,
             emit_interval: Duration::from_millis(emit_interval_ms),
             cache_ttl: Duration::from_secs(cache_ttl_seconds),
             resumable_types,
-            legacy_import: args.legacy_import.clone().or(file.legacy_import),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            max_body_bytes: file.max_body_bytes.unwrap_or(1024 * 1024),
+            legacy_import: options.legacy_import,
+            log_format: options.log_format.unwrap_or_default(),
+            max_body_bytes: options.max_body_bytes.unwrap_or(1024 * 1024),
         })
     }
+}
+
+/// The rules of one `[executors.TYPE]` table.
+fn check_executor(job_type: &str, executor: &ExecutorConfig) -> Result<(), String> {
+    skill_fleet_types::validate_job_type(job_type).map_err(|err| format!("executors: {err}"))?;
+    if executor.command.is_empty() || executor.command[0].is_empty() {
+        return Err(format!("executors.{job_type}: command must name a program"));
+    }
+    if executor.max_concurrent == 0 {
+        return Err(format!(
+            "executors.{job_type}: max_concurrent must be at least 1"
+        ));
+    }
+    if let Some(timeout) = executor.timeout_seconds
+        && timeout > MAX_TIMEOUT_SECONDS
+    {
+        return Err(format!(
+            "executors.{job_type}: timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}, got {timeout}"
+        ));
+    }
+    Ok(())
 }
 
 /// `skill-fleet-data` beside the database file (or in the working directory for URLs that
@@ -555,6 +778,180 @@ mod tests {
         std::fs::write(&path, "bnd = \"127.0.0.1:9000\"\n").unwrap();
         let err = resolve(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert!(err.to_string().contains("bnd"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    /// Resolves `args` with exactly these environment variables.
+    fn resolve_env(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ServerError> {
+        let mut argv = vec!["skill-fleet-server"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        Config::resolve_with_env(&cli, &|name| env.get(name).cloned())
+    }
+
+    fn file(dir: &tempfile::TempDir, text: &str) -> String {
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            &dir,
+            "emit_interval_ms = 250\nmax_body_bytes = 1000\nstop_grace_seconds = 3\n",
+        );
+        let env = [
+            ("SKILL_FLEET_EMIT_INTERVAL_MS", "500"),
+            ("SKILL_FLEET_MAX_BODY_BYTES", "2000"),
+            ("SKILL_FLEET_RESUMABLE_TYPES", "a,b"),
+            ("SKILL_FLEET_AUTH_TOKEN", "12345"),
+            // Empty means unset; other SKILL_FLEET_ variables are not options.
+            ("SKILL_FLEET_BIND", ""),
+            ("SKILL_FLEET_LOG", "debug"),
+        ];
+        let config = resolve_env(&["--config", &path, "--emit-interval-ms", "7"], &env).unwrap();
+        assert_eq!(config.emit_interval, Duration::from_millis(7));
+        assert_eq!(config.max_body_bytes, 2000);
+        assert_eq!(config.stop_grace, Duration::from_secs(3));
+        assert_eq!(config.resumable_types, ["a", "b"]);
+        assert_eq!(
+            config.auth_token.as_ref().map(AuthToken::expose),
+            Some("12345")
+        );
+        assert_eq!(config.bind.to_string(), DEFAULT_BIND);
+        // The file-only options of before are flags too now.
+        let config =
+            resolve_env(&["--max-body-bytes", "9", "--stop-grace-seconds", "1"], &[]).unwrap();
+        assert_eq!(config.max_body_bytes, 9);
+        assert_eq!(config.stop_grace, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_error_names_the_key_and_where_it_came_from() {
+        let err = resolve_env(&[], &[("SKILL_FLEET_MAX_BODY_BYTES", "lots")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid value for max_body_bytes from SKILL_FLEET_MAX_BODY_BYTES: "),
+            "{err}"
+        );
+        let err = resolve_env(&[], &[("SKILL_FLEET_BIND", "nowhere")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid value for bind from SKILL_FLEET_BIND: "),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(&dir, "max_body_bytes = \"lots\"\n");
+        let err = resolve_env(&["--config", &path], &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("invalid value for max_body_bytes from {path}: ")),
+            "{err}"
+        );
+
+        // The range checks say where the value came from, with their old text.
+        let path = file(&dir, "emit_interval_ms = 0\n");
+        let err = resolve_env(&["--config", &path], &[]).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "invalid value for emit_interval_ms from {path}: emit interval must be between 1 and 60000 ms, got 0"
+            )),
+            "{err}"
+        );
+        let err = resolve_env(&[], &[("SKILL_FLEET_STOP_GRACE_SECONDS", "3601")]).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "invalid value for stop_grace_seconds from SKILL_FLEET_STOP_GRACE_SECONDS: stop grace must be at most 3600 seconds"
+            ),
+            "{err}"
+        );
+        let err = resolve_env(&["--cache-ttl-seconds", "31536001"], &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid value for cache_ttl_seconds from --cache-ttl-seconds: cache ttl must be at most"),
+            "{err}"
+        );
+        let err = resolve_env(&[], &[("SKILL_FLEET_BIND", "0.0.0.0:8000")]).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "invalid value for bind from SKILL_FLEET_BIND: binding to 0.0.0.0:8000 (not loopback) requires a bearer token"
+            ),
+            "{err}"
+        );
+        let path = file(
+            &dir,
+            "[executors.evaluation]\ncommand = [\"python3\"]\ntimeout_seconds = 315360001\n",
+        );
+        let err = resolve_env(&["--config", &path], &[]).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "invalid value for executors from {path}: executors.evaluation: timeout_seconds must be at most"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_option_has_its_flag_its_variable_and_its_key() {
+        let names = option_names();
+        let find = |key: &str| {
+            names
+                .iter()
+                .find(|n| n.key.as_deref() == Some(key))
+                .cloned()
+        };
+        assert_eq!(
+            find("max_body_bytes"),
+            Some(OptionNames {
+                flag: Some("--max-body-bytes".to_owned()),
+                env: Some("SKILL_FLEET_MAX_BODY_BYTES".to_owned()),
+                key: Some("max_body_bytes".to_owned()),
+            })
+        );
+        assert_eq!(
+            find("executors"),
+            Some(OptionNames {
+                flag: None,
+                env: None,
+                key: Some("executors".to_owned())
+            })
+        );
+        let config = names
+            .iter()
+            .find(|n| n.flag.as_deref() == Some("--config"))
+            .unwrap();
+        assert_eq!(config.env.as_deref(), Some("SKILL_FLEET_CONFIG"));
+        assert_eq!(config.key, None);
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.flag.as_deref() == Some("--bench-routes"))
+        );
+        // Every key of the list is one the file takes (and the flags' rule holds).
+        for name in &names {
+            if let (Some(key), Some(flag)) = (&name.key, &name.flag) {
+                assert_eq!(flag, &flag_of(key));
+            }
+        }
+        for key in known_keys() {
+            let mut single = toml::Table::new();
+            single.insert(key.clone(), toml::Value::Boolean(true));
+            let err = toml::Value::Table(single)
+                .try_into::<Options>()
+                .unwrap_err();
+            assert!(!err.to_string().contains("unknown field"), "{key}: {err}");
+        }
     }
 }
 

@@ -24,6 +24,10 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another process (a running server, `init-db`) holds the database's lock; nothing was
+    /// read or written. The store's error names the database and the holder.
+    #[error("{0}; stop it or choose another --database")]
+    DatabaseInUse(skill_fleet_jobs::StoreError),
     /// The job store failed.
     #[error(transparent)]
     Store(#[from] skill_fleet_jobs::StoreError),

@@ -1,15 +1,18 @@
 //! Start-up, serving and graceful shutdown, plus the `init-db` and `db status` subcommands.
 //!
-//! Start-up order: open the store (runs migrations), recover jobs left `running`, import
-//! legacy jobs if configured, take a new boot epoch (so SSE ids never go backwards), seed the
-//! hub with running jobs, then listen (and, with `retention_days`, prune old finished jobs). On SIGINT/SIGTERM: stop accepting, end every SSE
-//! stream, write pending progress, exit 0.
+//! Start-up order: take the database's lock (`<database>.lock`: one server per SQLite file;
+//! a second one fails here, before it touches a row), open the store (runs migrations),
+//! recover jobs left `running`, import legacy jobs if configured, take a new boot epoch (so
+//! SSE ids never go backwards), seed the hub with running jobs, then listen, write the
+//! address into the lock file (and, with `retention_days`, prune old finished jobs). On
+//! SIGINT/SIGTERM: stop accepting, end every SSE stream, write pending progress, exit 0; the
+//! lock is released when the process exits.
 
 use std::io::Write;
 
 use skill_fleet_api::{ApiConfig, AppState};
 use skill_fleet_core::JobService;
-use skill_fleet_jobs::JobStore;
+use skill_fleet_jobs::{DatabaseOwner, JobStore, Ownership, StoreError};
 use skill_fleet_stream::{Hub, HubConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,6 +23,9 @@ use crate::executor::{Executor, ExecutorSettings, ExecutorSpec};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServerError> {
+    // Before anything reads or writes the database: recovery would requeue the jobs another
+    // server is running.
+    let mut owner = take_database(&config.database, SERVER_PROGRAM)?;
     let specs = executor_specs(&config)?;
     let store = open_store(&config.database, store_options(&config)).await?;
     let recovery = {
@@ -83,6 +89,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
             source,
         })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    owner.set_address(&format!("http://{addr}"))?;
     state.set_ready(true);
     tracing::info!(%addr, database = %config.database, seeded, "skill-fleet-server ready");
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
@@ -135,7 +142,21 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     // Anything that arrived while connections drained.
     state.service().shutdown().await;
     tracing::info!("stopped");
+    // Held to the end: the next server may start once this one has written everything.
+    drop(owner);
     Ok(())
+}
+
+/// The program name a server writes into the database's lock file.
+const SERVER_PROGRAM: &str = "skill-fleet-server";
+
+/// Takes the database's lock for `program`; another holder becomes
+/// [`ServerError::DatabaseInUse`], naming it.
+fn take_database(database: &str, program: &str) -> Result<DatabaseOwner, ServerError> {
+    DatabaseOwner::acquire(database, program).map_err(|err| match err {
+        err @ StoreError::InUse { .. } => ServerError::DatabaseInUse(err),
+        other => ServerError::Store(other),
+    })
 }
 
 /// The bundled example optimizer, run for `optimization` jobs when the configuration names
@@ -259,8 +280,10 @@ where
         .map_err(ServerError::from)
 }
 
-/// `init-db [--import PATH]`: migrate, optionally import, print a report.
+/// `init-db [--import PATH]`: migrate, optionally import, print a report. It writes, so it
+/// takes the database's lock for its run and refuses beside a running server.
 pub fn init_db(database: &str, import: Option<&std::path::Path>) -> Result<String, ServerError> {
+    let _owner = take_database(database, "skill-fleet-server init-db")?;
     let store = JobStore::open(database)?;
     let mut report = format!("database {database} is ready\n");
     if let Some(path) = import {
@@ -279,10 +302,15 @@ pub fn init_db(database: &str, import: Option<&std::path::Path>) -> Result<Strin
     Ok(report)
 }
 
-/// `db status`: applied and pending migrations and job counts by status.
+/// `db status`: who owns the database, applied and pending migrations and job counts by
+/// status. It only reads, so it works beside a running server (and takes no lock).
 pub fn db_status(database: &str) -> Result<String, ServerError> {
-    let status = skill_fleet_jobs::migration_status(database)?;
     let mut report = format!("database: {database}\n");
+    report.push_str(&format!(
+        "owner: {}\n",
+        describe_ownership(&skill_fleet_jobs::owner_of(database)?)
+    ));
+    let status = skill_fleet_jobs::migration_status(database)?;
     report.push_str(&format!(
         "schema version: {}\n",
         status.applied.last().map(String::as_str).unwrap_or("none")
@@ -303,4 +331,30 @@ pub fn db_status(database: &str) -> Result<String, ServerError> {
         }
     }
     Ok(report)
+}
+
+/// `skill-fleet-server pid 4242 at http://127.0.0.1:8000 (since 2026-12-01T08:40:00Z)`, or
+/// `none`.
+fn describe_ownership(ownership: &Ownership) -> String {
+    match ownership {
+        Ownership::Free => "none".to_owned(),
+        Ownership::Held {
+            record: Some(record),
+            ..
+        } => {
+            let mut text = format!("{} pid {}", record.program, record.pid);
+            if let Some(address) = &record.address {
+                text.push_str(&format!(" at {address}"));
+            }
+            text.push_str(&format!(" (since {})", record.since));
+            text
+        }
+        Ownership::Held {
+            record: None,
+            lock_path,
+        } => format!(
+            "a process that left no readable record in {}",
+            lock_path.display()
+        ),
+    }
 }

@@ -222,6 +222,10 @@ fn retention_deletes_old_finished_jobs_with_their_files_and_keeps_the_rest() {
     support::wait_for("the old job to be pruned", 30, || {
         (server.get("/api/v1/jobs/old").0 == 404).then_some(())
     });
+    // The files go just after the row (retention removes them once the prune committed).
+    support::wait_for("the old job's files to be removed", 30, || {
+        (!jobs_dir.join("old").exists()).then_some(())
+    });
     assert!(!jobs_dir.join("old").exists(), "its files were not removed");
     for id in ["recent", "waiting"] {
         assert_eq!(server.get(&format!("/api/v1/jobs/{id}")).0, 200, "{id}");
