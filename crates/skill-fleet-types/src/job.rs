@@ -118,7 +118,10 @@ pub struct Job {
     pub completed_at: Option<DateTime<Utc>>,
     /// When anything about the job last changed.
     pub updated_at: DateTime<Utc>,
-    /// Increases on every persisted change; drives ETags.
+    /// The job's change number: increases on every persisted change (taken from a
+    /// store-wide counter, so it also orders changes across jobs); drives ETags. Not the SSE
+    /// event id ([`StreamEvent::seq`](crate::StreamEvent::seq)) nor a history row's
+    /// [`seq`](crate::ProgressRecord::seq).
     pub version: u64,
 }
 

@@ -214,7 +214,8 @@ where
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProgressRecord {
-    /// Increases per job; page with `after`.
+    /// The history row's position: increases per job; page with `after`. Not the job's
+    /// `version` nor the SSE event id.
     pub seq: i64,
     /// The phase at that moment.
     pub step: Option<String>,
@@ -246,7 +247,9 @@ pub struct ProgressPage {
 pub struct StreamEvent {
     /// The job this state belongs to.
     pub job_id: String,
-    /// Increases per job, also across server restarts; the SSE `id`.
+    /// The SSE event id: increases per job, also across server restarts (each server run
+    /// numbers its events from `boot_epoch << 32`, and a state read from the store gets that
+    /// base plus the job's `version`). Not a history row's `seq`.
     pub seq: u64,
     /// The job's status.
     pub status: JobStatus,
