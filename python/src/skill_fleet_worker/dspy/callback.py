@@ -79,6 +79,9 @@ class SkillFleetCallback(BaseCallback):
         self._step: str | None = None
         self._progress = 0.0
         self._trial: tuple[int, int] | None = None
+        self._mipro_minibatch = True
+        #: Score of the last evaluation after the optimizer finished (the program's own).
+        self.final_score: float | None = None
         # Scores, always 0..1 (DSPy's Evaluate reports percentages: divided by 100).
         self._evaluations: dict[str, Any] = {}
         self.trials = 0
@@ -150,7 +153,7 @@ class SkillFleetCallback(BaseCallback):
         if not self.reporter.stop_requested.is_set():
             return
         deadline = self._stop_deadline
-        if deadline is not None and time.monotonic() < deadline:
+        if deadline is not None and time.monotonic() < deadline and self._gepa_active():
             return  # GEPA is given a moment to stop at its next iteration, by itself
         raise StopRun("the server asked the run to stop")
 
@@ -235,7 +238,7 @@ class SkillFleetCallback(BaseCallback):
             if self._trainset_size:
                 self._progress = min(1.0, self._examples_tried / self._trainset_size)
             self._emit(
-                message=f"bootstrapped {self._examples_tried}/{self._trainset_size} examples"
+                message=f"BootstrapFewShot: example {self._examples_tried}/{self._trainset_size}"
             )
 
     # -- evaluations: trials --------------------------------------------------------------
@@ -258,6 +261,15 @@ class SkillFleetCallback(BaseCallback):
             if not math.isfinite(score):
                 return
             metric = float(score) / 100.0  # Evaluate reports a percentage
+            if not self._compiles and self.optimizer is not None:
+                # The program evaluates what the optimizer returned: not a trial.
+                self.final_score = metric
+                self._emit(
+                    metric=metric,
+                    message=f"evaluation of the optimized program: score {metric:.3f}",
+                    force=True,
+                )
+                return
             self.trials += 1
             label = (
                 f"Trial {self._trial[0]}/{self._trial[1]}"
@@ -295,6 +307,8 @@ class SkillFleetCallback(BaseCallback):
             if not outermost:
                 return
             self.optimizer = name
+            self._trial = None
+            self._mipro_minibatch = bool(inputs.get("minibatch", True))
             self._student = inputs.get("student")
             trainset = inputs.get("trainset")
             self._trainset_size = len(trainset) if hasattr(trainset, "__len__") else 0
@@ -419,6 +433,8 @@ class SkillFleetCallback(BaseCallback):
                 )
             elif match := _TRIAL.search(text):
                 n, m = int(match.group(1)), int(match.group(2))
+                if not self._mipro_minibatch:
+                    m += 1  # without minibatches, trial 1 is the default program's extra one
                 if m > 0:
                     self._trial = (n, m)
                     self._progress = max(self._progress, 0.2 + 0.8 * (min(n, m) - 1) / m)
@@ -450,6 +466,8 @@ class SkillFleetCallback(BaseCallback):
         # so the reported cumulative cost never goes down.
         if self.reporter.stop_requested.is_set() and step is None and metric is None:
             return  # the server no longer reads our stdout
+        if step is not None and step == self._step:
+            step = None  # a step is written once, when it changes
         if step is not None:
             self._step = step
         self._last_emit = time.monotonic()

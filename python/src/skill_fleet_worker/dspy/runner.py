@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import runpy
 import signal
 import sys
@@ -127,7 +128,7 @@ def run(
         step="starting",
         progress=0.0,
         cost_usd=callback.total_cost_usd,
-        message=f"attempt {context.attempt}: {target}{resumed}",
+        message=f"attempt {context.attempt} (pid {os.getpid()}): {target}{resumed}",
     )
 
     returned: Any = None
@@ -156,7 +157,8 @@ def run(
     program = returned if isinstance(returned, dspy.Module) else callback.best_so_far()
     result: dict[str, Any] = {
         "optimizer": callback.optimizer,
-        "score": callback.best_score,
+        "score": callback.final_score if callback.final_score is not None else callback.best_score,
+        "best_trial_score": callback.best_score,
         "score_scale": "0..1 (DSPy Evaluate percentages divided by 100)",
         "cost_usd": callback.total_cost_usd,
         "lm_calls": callback.lm_calls,
