@@ -43,7 +43,9 @@ FALLBACK = {
     "module_description": "Predicts the capital city of the given country.",
     "observations": "Each example is a country and its capital city.",
     "summary": "Questions ask for the capital city of a country.",
-    "new_instruction": "```\nGiven a country, answer with the name of its capital city.\n```",
+    "new_instruction": "Given a country, answer with the name of its capital city.",
+    "shortened_instruction": "Answer with the capital city.",
+    "improved_instruction": "Given a country, answer with the name of its capital city.",
 }
 
 
@@ -93,6 +95,17 @@ def make_lm(config: dict) -> PricedDummyLM:
     )
 
 
+def make_reflection_lm(config: dict) -> PricedDummyLM:
+    """GEPA's reflection LM: its proposer reads JSON, so this one answers in JSON."""
+    answers = {"": {"new_instruction": "Given a country, answer with its capital city only."}}
+    return PricedDummyLM(
+        answers,
+        cost_per_call=float(config.get("cost_per_call", 0.001)),
+        call_seconds=float(config.get("call_seconds", 0.0)),
+        adapter=dspy.JSONAdapter(),
+    )
+
+
 def dataset() -> list[dspy.Example]:
     return [
         dspy.Example(question=f"What is the capital of {country}?", answer=capital)
@@ -128,7 +141,7 @@ def main() -> dspy.Module:
     elif name == "gepa":
         optimizer = dspy.GEPA(metric=exact_match,
                               max_metric_calls=int(config.get("gepa_metric_calls", 60)),
-                              reflection_lm=lm, num_threads=threads,
+                              reflection_lm=make_reflection_lm(config), num_threads=threads,
                               reflection_minibatch_size=2, track_stats=False)
         program = optimizer.compile(student, trainset=trainset, valset=valset)
     else:
