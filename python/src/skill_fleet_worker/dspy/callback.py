@@ -2,9 +2,9 @@
 
 It hooks DSPy's public extension points only:
 
-- ``dspy.utils.callback.BaseCallback`` in ``dspy.settings.callbacks`` (and in each LM's own
-  ``callbacks`` list, so a program that later replaces the global list keeps being
-  measured; an LM call seen twice through both lists is counted once, by ``call_id``);
+- ``dspy.utils.callback.BaseCallback`` in ``dspy.settings.callbacks`` (appended in place, and
+  put back by a watcher thread if the program later replaces the list; an LM call seen
+  twice is counted once, by ``call_id``, and cost is read from each LM's history);
 - a ``logging.Handler`` on MIPROv2's logger for its phases and ``Trial n / M`` lines;
 - GEPA's own callbacks, added to ``dspy.GEPA(gepa_kwargs=...)`` when its compile starts,
   and GEPA's ``log_dir`` (state, resume, ``gepa.stop`` file) inside the job's work dir.
@@ -99,6 +99,11 @@ class SkillFleetCallback(BaseCallback):
         self._last_emit = 0.0
         self._handler = _MiproLogHandler(self)
         self._attached = False
+        self.watch_interval = 0.5
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
+        #: DSPy's disk cache directory as the runner configured it (for checkpoints).
+        self.cache_dir: str | None = None
 
     # -- attachment ---------------------------------------------------------------------
 
@@ -112,7 +117,20 @@ class SkillFleetCallback(BaseCallback):
             logger.setLevel(logging.INFO)
         self.reporter.on_stop(self._on_stop)
         self._attached = True
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, name="skill-fleet-dspy-callbacks", daemon=True
+            )
+            self._watcher.start()
         return self
+
+    def _watch(self) -> None:
+        # A program that replaces the global list (dspy.configure(callbacks=[...])) would
+        # silence this callback; put it back within a watch interval. LM cost is not lost
+        # meanwhile: history entries are counted from where the last count stopped.
+        while not self._stop_watching.wait(self.watch_interval):
+            if self._attached:
+                self._ensure_global()
 
     def detach(self) -> None:
         import dspy
@@ -122,6 +140,11 @@ class SkillFleetCallback(BaseCallback):
             callbacks.remove(self)
         logging.getLogger(MIPRO_LOGGER).removeHandler(self._handler)
         self._attached = False
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
+        self._stop_watching.clear()
 
     def _ensure_global(self) -> None:
         import dspy
@@ -164,10 +187,6 @@ class SkillFleetCallback(BaseCallback):
             if call_id in self._lm_calls:
                 return  # seen through both the global and the LM's own callbacks
             self._lm_calls[call_id] = instance
-        own = getattr(instance, "callbacks", None)
-        if isinstance(own, list) and not any(cb is self for cb in own):
-            own.append(self)
-        self._ensure_global()
         self.check_stop()
 
     def on_lm_end(
@@ -502,10 +521,7 @@ class SkillFleetCallback(BaseCallback):
                 metric_calls_used=self.gepa_metric_calls,
             )
         else:
-            import dspy
-
-            cache = getattr(dspy, "cache", None)
-            state.update(kind="dspy_cache", cache_dir=getattr(cache, "disk_cache_dir", None))
+            state.update(kind="dspy_cache", cache_dir=self.cache_dir)
         state.update(extra)
         return state
 

@@ -120,7 +120,10 @@ def run(
         emit_interval=emit_interval,
         gepa_soft_stop_seconds=stop_seconds,
         base_cost_usd=float(base_cost),
-    ).attach()
+    )
+    if cache:
+        callback.cache_dir = str(context.work_dir / "dspy_cache")
+    callback.attach()
     _escalate_after_soft_stop(reporter, callback, stop_seconds)
 
     resumed = f", resuming ({previous.get('kind', 'checkpoint')})" if context.resuming else ""
