@@ -27,7 +27,6 @@ import runpy
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -124,7 +123,8 @@ def run(
     if cache:
         callback.cache_dir = str(context.work_dir / "dspy_cache")
     callback.attach()
-    _escalate_after_soft_stop(reporter, callback, stop_seconds)
+    finished = threading.Event()
+    _escalate_after_soft_stop(reporter, finished, stop_seconds)
 
     resumed = f", resuming ({previous.get('kind', 'checkpoint')})" if context.resuming else ""
     reporter.progress(
@@ -138,7 +138,10 @@ def run(
     stopped = False
     status = 0
     try:
-        returned = _run_target(target, args or [])
+        try:
+            returned = _run_target(target, args or [])
+        finally:
+            finished.set()  # no hard stop while the best program is being saved
     except StopRun:
         stopped = True
     except SystemExit as exit_:
@@ -232,7 +235,9 @@ def _run_target(target: str, args: list[str]) -> Any:
     return None
 
 
-def _escalate_after_soft_stop(reporter: Reporter, callback: Any, soft_seconds: float) -> None:
+def _escalate_after_soft_stop(
+    reporter: Reporter, finished: threading.Event, soft_seconds: float
+) -> None:
     """After a stop and ``soft_seconds``, raises StopRun in the main thread if still running.
 
     Callbacks stop the run at the next DSPy event; a main thread that waits in a long call
@@ -244,7 +249,8 @@ def _escalate_after_soft_stop(reporter: Reporter, callback: Any, soft_seconds: f
     main = threading.main_thread()
 
     def escalate() -> None:
-        time.sleep(soft_seconds + 1.0)
+        if finished.wait(soft_seconds + 1.0):
+            return
         if main.is_alive():
             reporter.escalate = StopRun
             with contextlib.suppress(OSError, ValueError):
