@@ -25,6 +25,7 @@ def fleet(tmp_path):
     saved = list(dspy.settings.callbacks)
     callback = SkillFleetCallback(reporter, emit_interval=0.0).attach()
     yield callback, pipe
+    pipe.close()
     callback.detach()
     dspy.settings.callbacks[:] = saved
 

@@ -20,7 +20,8 @@ class Pipe:
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe()
         self.data = bytearray()
-        self.thread = threading.Thread(target=self._drain)
+        self.closed = False
+        self.thread = threading.Thread(target=self._drain, daemon=True)
         self.thread.start()
 
     def _drain(self) -> None:
@@ -29,15 +30,21 @@ class Pipe:
                 self.data.extend(chunk)
 
     def lines(self) -> list[str]:
-        os.close(self.write_fd)
-        self.thread.join()
+        self.close()
         return self.data.decode().splitlines()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.write_fd)
+            self.thread.join()
 
 
 @pytest.fixture
 def pipe_reporter():
     pipe = Pipe()
     yield Reporter(JobContext(), fd=pipe.write_fd), pipe.lines
+    pipe.close()
 
 
 def test_lines_are_exact_json(pipe_reporter):

@@ -143,3 +143,38 @@ def test_sigkill_of_the_server_resumes_gepa_where_it_stopped(tmp_path: Path):
         assert result["cost_usd"] >= checkpoint["cost_usd"]
     finally:
         server.stop()
+
+
+def test_a_cancel_stops_miprov2_between_calls_and_keeps_the_best_trial(dspy_server: Server):
+    job_id = dspy_server.create_job("dspy", {
+        "optimizer": "miprov2", "trials": 30, "call_seconds": 0.02,
+    })  # fmt: skip
+    pid = runner_pid(dspy_server, job_id)
+
+    def scored_trials() -> bool:
+        return any(r["metric"] is not None for r in dspy_server.history(job_id))
+
+    wait_for("a scored trial", scored_trials, timeout=90)
+    status, body = dspy_server.request("POST", f"/api/v1/jobs/{job_id}/cancel")
+    assert status == 200, body
+    wait_for("the runner to exit", lambda: not pid_alive(pid), timeout=8)
+    job = dspy_server.job(job_id)
+    assert job["status"] == "cancelled"
+    work = dspy_server.root / "data" / "jobs" / job_id
+    stopped = json.loads((work / "stopped_result.json").read_text())
+    assert stopped["stopped"] is True and stopped["optimizer"] == "MIPROv2"
+    assert stopped["best_trial_score"] == pytest.approx(0.75)
+    load_program(stopped["program_path"])  # the best trial's program, saved on the way out
+    assert "StopRun" not in "\n".join(dspy_server.logs(job_id)["stderr"])  # a clean stop
+
+
+def test_the_example_server_config_is_accepted(tmp_path: Path):
+    from server import REPO
+
+    config = (REPO / "examples" / "dspy_server.toml").read_text()
+    server = Server(tmp_path / "server", config).start()
+    try:
+        status, _ = server.request("GET", "/healthz")
+        assert status == 200
+    finally:
+        server.stop()
