@@ -16,7 +16,9 @@ from server import require_dspy, wait_for
 HERE = Path(__file__).resolve().parent
 
 
-def start(tmp_path: Path, target: str, *extra: str) -> subprocess.Popen[bytes]:
+def start(
+    tmp_path: Path, target: str, *extra: str, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     require_dspy()
     metadata = tmp_path / "metadata.json"
     metadata.write_text("{}")
@@ -26,6 +28,7 @@ def start(tmp_path: Path, target: str, *extra: str) -> subprocess.Popen[bytes]:
         "SKILL_FLEET_METADATA": str(metadata), "SKILL_FLEET_WORK_DIR": str(tmp_path / "work"),
         "PYTHONPATH": str(HERE),
     })  # fmt: skip
+    env.update(env_extra or {})
     return subprocess.Popen(
         [sys.executable, "-m", "skill_fleet_worker.dspy", "run", *extra, target],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -73,3 +76,20 @@ def test_a_main_thread_with_no_dspy_event_is_stopped_hard(tmp_path: Path):
     assert time.monotonic() - sent < 10
     stopped = json.loads((tmp_path / "work" / "stopped_result.json").read_text())
     assert stopped["stopped"] is True and stopped["program_path"] is None
+
+
+def test_a_resumed_attempt_starts_from_the_cost_already_spent(tmp_path: Path):
+    work = tmp_path / "work"
+    work.mkdir()
+    # Attempt 1 reported $0.50 and was killed after its last checkpoint, at $0.20.
+    (work / "skill_fleet_cost.json").write_text('{"cost_usd": 0.5}')
+    checkpoint = tmp_path / "checkpoint.json"
+    checkpoint.write_text('{"kind": "dspy_cache", "cost_usd": 0.2}')
+    process = start(tmp_path, "programs:returns_a_program", env_extra={
+        "SKILL_FLEET_ATTEMPT": "2", "SKILL_FLEET_CHECKPOINT": str(checkpoint),
+    })  # fmt: skip
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert lines[0]["cost_usd"] == 0.5 and "resuming" in lines[0]["message"]
+    assert lines[-1]["result"]["cost_usd"] == 0.5

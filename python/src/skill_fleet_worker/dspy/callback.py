@@ -15,8 +15,10 @@ Everything is guarded by one lock: DSPy fires callbacks from its evaluator threa
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -104,6 +106,9 @@ class SkillFleetCallback(BaseCallback):
         self._stop_watching = threading.Event()
         #: DSPy's disk cache directory as the runner configured it (for checkpoints).
         self.cache_dir: str | None = None
+        #: Where the cumulative cost is kept for the next attempt (set by the runner).
+        self.cost_file: Path | None = None
+        self._persisted_cost: float | None = None
 
     # -- attachment ---------------------------------------------------------------------
 
@@ -492,6 +497,7 @@ class SkillFleetCallback(BaseCallback):
         self._last_emit = time.monotonic()
         if message is not None:
             message = f"{message} · {self._tokens_text()}"
+        self._persist_cost()
         self.reporter.progress(
             step=step,
             progress=round(min(1.0, max(0.0, self._progress)), 6),
@@ -499,6 +505,20 @@ class SkillFleetCallback(BaseCallback):
             metric=metric,
             message=message,
         )
+
+    def _persist_cost(self) -> None:
+        # Written before the line that reports it: whatever cost the server has seen, a
+        # later attempt starts from at least that, so the job's cost never goes down (a
+        # checkpoint alone would miss the calls made after it).
+        if self.cost_file is None:
+            return
+        cost = self.total_cost_usd
+        if cost == self._persisted_cost:
+            return
+        temporary = self.cost_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"cost_usd": cost, "lm_calls": self.lm_calls}))
+        os.replace(temporary, self.cost_file)
+        self._persisted_cost = cost
 
     def flush(self) -> None:
         """Writes the latest cost and progress now."""

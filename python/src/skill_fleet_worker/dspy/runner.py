@@ -35,6 +35,8 @@ from ..reporter import Reporter
 
 #: Exit status after a requested stop (128 + SIGTERM), as a shell reports it.
 STOPPED_EXIT = 143
+#: In the work dir: the cumulative cost so far, for the next attempt.
+COST_FILE = "skill_fleet_cost.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,15 +113,19 @@ def run(
             disk_cache_dir=str(context.work_dir / "dspy_cache"),
         )
     previous = context.checkpoint if isinstance(context.checkpoint, dict) else {}
-    base_cost = previous.get("cost_usd", 0.0)
-    if isinstance(base_cost, bool) or not isinstance(base_cost, (int, float)) or base_cost < 0:
-        base_cost = 0.0
+    cost_file = context.work_dir / COST_FILE
+    base_cost = 0.0
+    if context.attempt > 1:
+        # The cost of earlier attempts: the checkpoint's, or the cost file's if higher
+        # (it also has the calls made after the last checkpoint).
+        base_cost = max(_cost(previous), _cost(_read_json(cost_file)))
     callback = SkillFleetCallback(
         reporter,
         emit_interval=emit_interval,
         gepa_soft_stop_seconds=stop_seconds,
-        base_cost_usd=float(base_cost),
+        base_cost_usd=base_cost,
     )
+    callback.cost_file = cost_file
     if cache:
         callback.cache_dir = str(context.work_dir / "dspy_cache")
     callback.attach()
@@ -213,6 +219,20 @@ def run(
     )
     reporter.result(result, result_path=None if path is None else str(path))
     return 0
+
+
+def _cost(state: Any) -> float:
+    cost = state.get("cost_usd", 0.0) if isinstance(state, dict) else 0.0
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not cost >= 0:
+        return 0.0
+    return float(cost) if cost != float("inf") else 0.0
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _done_message(result: dict[str, Any]) -> str:
