@@ -93,3 +93,21 @@ def test_a_resumed_attempt_starts_from_the_cost_already_spent(tmp_path: Path):
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert lines[0]["cost_usd"] == 0.5 and "resuming" in lines[0]["message"]
     assert lines[-1]["result"]["cost_usd"] == 0.5
+
+
+def test_a_rerun_replays_paid_calls_from_the_cache_in_the_work_dir(tmp_path: Path):
+    first = start(tmp_path, "programs:cached_calls")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err.decode()
+    assert f"cache dir: {tmp_path / 'work' / 'dspy_cache'}" in err.decode()
+    result = json.loads(out.decode().splitlines()[-1])["result"]
+    assert (result["cost_usd"], result["lm_calls"], result["cache_hits"]) == (0.03, 3, 0)
+
+    again = start(tmp_path, "programs:cached_calls", env_extra={"SKILL_FLEET_ATTEMPT": "2"})
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err.decode()
+    result = json.loads(out.decode().splitlines()[-1])["result"]
+    # Three calls replayed from the disk cache: nothing new billed; the job's cost is
+    # what attempt 1 spent.
+    assert (result["lm_calls"], result["cache_hits"]) == (3, 3)
+    assert result["cost_usd"] == pytest.approx(0.03)
