@@ -7,6 +7,7 @@
 2. Protocol lines per second from one thread and from four, to a drained pipe.
 
     python python/bench/reporter_overhead.py [--examples 1000] [--repeats 5] [--threads 1]
+        [--latency-ms 0] [--lines 200000]
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ class Drain:
         os.close(self.read_fd)
 
 
-def evaluation(examples: int, threads: int) -> Callable[[], float]:
+def evaluation(examples: int, threads: int, latency: float = 0.0) -> Callable[[], float]:
     import dspy
     from dspy.utils.dummies import DummyLM
 
-    lm = DummyLM({"": {"answer": "Paris"}})
+    class SlowLM(DummyLM):
+        def update_history(self, entry):
+            time.sleep(latency)  # a model's latency, without a model
+            super().update_history(entry)
+
+    lm = SlowLM({"": {"answer": "Paris"}}) if latency else DummyLM({"": {"answer": "Paris"}})
     devset = [
         dspy.Example(question=f"What is the capital of country {i}?", answer="Paris").with_inputs(
             "question"
@@ -68,7 +74,7 @@ def evaluation(examples: int, threads: int) -> Callable[[], float]:
     return run
 
 
-def overhead(examples: int, repeats: int, threads: int) -> None:
+def overhead(examples: int, repeats: int, threads: int, latency: float) -> None:
     import logging
 
     import dspy
@@ -76,7 +82,7 @@ def overhead(examples: int, repeats: int, threads: int) -> None:
     from skill_fleet_worker.dspy import SkillFleetCallback
 
     logging.getLogger("dspy").setLevel(logging.WARNING)
-    run = evaluation(examples, threads)
+    run = evaluation(examples, threads, latency)
     run()  # warm up imports and caches
     drain = Drain()
     reporter = Reporter(JobContext(), fd=drain.fd)
@@ -94,7 +100,8 @@ def overhead(examples: int, repeats: int, threads: int) -> None:
         callback.detach()
     drain.close()
     base, noop, hooked = (statistics.median(x) for x in (without, empty, with_))
-    print(f"evaluation of {examples} examples, {threads} thread(s), median of {repeats}:")
+    print(f"evaluation of {examples} examples, {threads} thread(s), LM latency "
+          f"{latency * 1000:.0f} ms, median of {repeats}:")  # fmt: skip
     print(f"  without callback:      {base:.3f} s   ({examples / base:,.0f} examples/s)")
     print(f"  with a no-op callback: {noop:.3f} s   ({noop / base:.3f}x: DSPy's dispatch)")
     print(f"  with SkillFleetCallback: {hooked:.3f} s ({examples / hooked:,.0f} examples/s)")
@@ -129,9 +136,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="simulated LM latency per call (default 0: DummyLM as is)",
+    )
     options = parser.parse_args()
     try:
-        overhead(options.examples, options.repeats, options.threads)
+        overhead(options.examples, options.repeats, options.threads,
+                 options.latency_ms / 1000)  # fmt: skip
     except ImportError as err:
         print(f"skipping the DSPy part: {err}", file=sys.stderr)
     for writers in (1, 4):

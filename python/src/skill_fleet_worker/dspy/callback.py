@@ -208,20 +208,27 @@ class SkillFleetCallback(BaseCallback):
         history = getattr(instance, "history", None)
         if not isinstance(history, list):
             return
-        entries = list(history)
         key = id(instance)
         known = self._last_entry.get(key)
-        start = 0
-        if known is not None and known[0] is instance:
-            last = known[1]
-            for index in range(len(entries) - 1, -1, -1):
-                if entries[index] is last:
-                    start = index + 1
-                    break
-        for entry in entries[start:]:
+        last = known[1] if known is not None and known[0] is instance else None
+        # Walk back from the end to the last entry counted: usually one step, whatever the
+        # length of the history (DSPy keeps up to 10,000 entries per LM).
+        fresh: list[Any] = []
+        index = len(history) - 1
+        while index >= 0:
+            try:
+                entry = history[index]
+            except IndexError:  # trimmed meanwhile by another thread
+                break
+            if entry is last:
+                break
+            fresh.append(entry)
+            index -= 1
+        if not fresh:
+            return
+        for entry in reversed(fresh):
             self._count_entry(entry)
-        if entries:
-            self._last_entry[key] = (instance, entries[-1])
+        self._last_entry[key] = (instance, fresh[0])
 
     def _count_entry(self, entry: Any) -> None:
         if not isinstance(entry, dict):
