@@ -17,6 +17,9 @@ fi
 cd "$here"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
+"$venv/bin/mypy"
+"$venv/bin/mypy" --strict src/skill_fleet_worker/__init__.py src/skill_fleet_worker/context.py \
+    src/skill_fleet_worker/reporter.py
 
 status=0
 "$venv/bin/python" -m pytest -q "$@" || status=$?

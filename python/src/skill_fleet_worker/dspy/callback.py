@@ -22,6 +22,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +343,7 @@ class SkillFleetCallback(BaseCallback):
             self._mipro_minibatch = bool(inputs.get("minibatch", True))
             self._student = inputs.get("student")
             trainset = inputs.get("trainset")
-            self._trainset_size = len(trainset) if hasattr(trainset, "__len__") else 0
+            self._trainset_size = len(trainset) if isinstance(trainset, Sized) else 0
             self._examples_tried = 0
             self._progress = 0.0
             step = {"BootstrapFewShot": "bootstrapping", "GEPA": "gepa_evaluating_seed"}.get(
