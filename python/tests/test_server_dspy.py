@@ -93,8 +93,9 @@ def test_a_budget_below_the_cost_cancels_and_stops_the_run(dspy_server: Server):
     job = dspy_server.wait_status(job_id, {"completed", "failed", "cancelled"})
     assert job["status"] == "cancelled", job
     assert "budget exceeded" in (job["error"] or ""), job
-    # The process is gone well before the 10 s grace would have it killed.
-    wait_for("the runner to exit", lambda: not pid_alive(pid), timeout=8)
+    # The process is gone on its own: it wrote its summary on the way out, which a SIGKILL
+    # after the 10 s grace would not have let it do.
+    wait_for("the runner to exit", lambda: not pid_alive(pid), timeout=15)
     work = dspy_server.root / "data" / "jobs" / job_id
     stopped = json.loads((work / "stopped_result.json").read_text())
     assert stopped["stopped"] is True
@@ -110,7 +111,7 @@ def test_sigkill_of_the_server_resumes_gepa_where_it_stopped(tmp_path: Path):
     server = Server(tmp_path / "server", dspy_config()).start()
     try:
         job_id = server.create_job("dspy", {
-            "optimizer": "gepa", "gepa_metric_calls": 60, "call_seconds": 0.02,
+            "optimizer": "gepa", "gepa_metric_calls": 80, "call_seconds": 0.02,
         })  # fmt: skip
 
         def far_enough() -> dict | None:
@@ -136,7 +137,7 @@ def test_sigkill_of_the_server_resumes_gepa_where_it_stopped(tmp_path: Path):
         # saved, with the metric calls already spent, not from zero.
         assert gepa["first_iteration"] >= checkpoint["iteration"], gepa
         assert gepa["metric_calls_at_start"] >= checkpoint["metric_calls_used"] > 0, gepa
-        assert gepa["metric_calls_used"] <= 60 + 8
+        assert gepa["metric_calls_used"] <= 80 + 8
         # The cost of attempt 1 (from its checkpoint) is carried on: it never went down.
         costs = [r["cost_usd"] for r in server.history(job_id)]
         assert costs == sorted(costs)
@@ -147,7 +148,7 @@ def test_sigkill_of_the_server_resumes_gepa_where_it_stopped(tmp_path: Path):
 
 def test_a_cancel_stops_miprov2_between_calls_and_keeps_the_best_trial(dspy_server: Server):
     job_id = dspy_server.create_job("dspy", {
-        "optimizer": "miprov2", "trials": 30, "call_seconds": 0.02,
+        "optimizer": "miprov2", "trials": 60, "call_seconds": 0.02,
     })  # fmt: skip
     pid = runner_pid(dspy_server, job_id)
 
@@ -157,7 +158,7 @@ def test_a_cancel_stops_miprov2_between_calls_and_keeps_the_best_trial(dspy_serv
     wait_for("a scored trial", scored_trials, timeout=90)
     status, body = dspy_server.request("POST", f"/api/v1/jobs/{job_id}/cancel")
     assert status == 200, body
-    wait_for("the runner to exit", lambda: not pid_alive(pid), timeout=8)
+    wait_for("the runner to exit", lambda: not pid_alive(pid), timeout=15)
     job = dspy_server.job(job_id)
     assert job["status"] == "cancelled"
     work = dspy_server.root / "data" / "jobs" / job_id
