@@ -165,6 +165,9 @@ def run(
             return 1
     if status != 0:
         return status
+    # A stop the program outlived (GEPA stopped by its stop file, nothing ran after) is a
+    # stop too: the server no longer reads stdout, so the summary goes to a file.
+    stopped = stopped or reporter.stop_requested.is_set()
 
     program = returned if isinstance(returned, dspy.Module) else callback.best_so_far()
     result: dict[str, Any] = {
