@@ -10,6 +10,7 @@ mod new_migration;
 mod release;
 mod schema;
 mod soak;
+mod test;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ commands:
                            the benchmark suite (release build): table + target/bench/report.json;
                            sections ingest,revalidate,sse,restart,cli,store
   bench-store [--ticks N]  the store section alone (`bench --only store`)
+  test [--rust-only | --python-only] [-- CARGO_TEST_ARGS…]
+                           the whole test suite: cargo test --workspace, then python/ci.sh
   soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--seed N] [--no-build]
                            SIGKILL the release server during ingest, restart, and check that
                            every acknowledged write survived";
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         "bench-sse-client" => bench::sse_client::run(rest),
         "demo" => demo::run(rest),
         "soak" => soak::run(rest),
+        "test" => test::run(rest),
         "release" => release::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
