@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use skill_fleet_jobs::{Action, Created, JobStore, ListFilter, NewJob, ProgressWrite, StoreError};
+use skill_fleet_jobs::{
+    Action, ClaimFilter, Created, JobStore, ListFilter, NewJob, ProgressWrite, StoreError,
+};
 use skill_fleet_stream::{Hub, Subscription, Update};
 use skill_fleet_types::{
     CreateJob, EventAck, Job, JobLimits, JobList, JobStatus, Progress, ProgressPage,
@@ -241,7 +243,7 @@ impl JobService {
         excluded: Vec<String>,
     ) -> Result<Option<Job>, ApiError> {
         let claimed = self
-            .blocking(move |store| store.claim_excluding(&types, &excluded))
+            .blocking(move |store| store.claim(&ClaimFilter { types, excluded }))
             .await?;
         if let Some(job) = &claimed {
             self.generations.bump(&job.id);
@@ -249,16 +251,6 @@ impl JobService {
             self.publish_status(job, None);
         }
         Ok(claimed)
-    }
-
-    /// Starts a queued job (used by the executor).
-    pub async fn start(&self, id: &str) -> Result<Job, ApiError> {
-        let id = id.to_owned();
-        let job = self.blocking(move |store| store.start(&id)).await?;
-        self.generations.bump(&job.id);
-        self.track_live(&job);
-        self.publish_status(&job, None);
-        Ok(job)
     }
 
     fn track_live(&self, job: &Job) {
