@@ -218,8 +218,8 @@ pub(crate) fn apply(
         action,
     })?;
     if from == JobStatus::Queued && to == JobStatus::Running {
-        // Starting (the claim statement of each backend writes the same): `attempt` counts starts, so a job requeued after a crash shows 2 once it
-        // runs again.
+        // Starting (each backend's claim statement writes the same): `attempt` counts
+        // starts, so a job requeued after a crash shows 2 once it runs again.
         row.attempt = row.attempt.saturating_add(1);
         // A run requeued by recovery or shutdown keeps its start: time limits count from
         // it, server downtime included. `resume` clears it, so a resumed job starts anew.
