@@ -80,7 +80,10 @@ fn run_python(root: &std::path::Path) -> crate::Result<bool> {
             return Ok(false);
         }
     }
-    println!("$ python/ci.sh  (SKILL_FLEET_SERVER_BIN={})", server.display());
+    println!(
+        "$ python/ci.sh  (SKILL_FLEET_SERVER_BIN={})",
+        server.display()
+    );
     let status = Command::new("bash")
         .arg(root.join("python").join("ci.sh"))
         .env("SKILL_FLEET_SERVER_BIN", &server)
@@ -95,7 +98,11 @@ fn target_dir(root: &std::path::Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { root.join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
         }
         None => root.join("target"),
     }

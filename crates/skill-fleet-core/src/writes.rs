@@ -3,7 +3,7 @@
 //! live, straight to the store and then the feed), so what follows a write is said once.
 
 use serde_json::Value;
-use skill_fleet_jobs::{Action, Created, JobStore, NewJob, ProgressWrite, StoreError};
+use skill_fleet_jobs::{Action, ClaimFilter, Created, JobStore, NewJob, ProgressWrite, StoreError};
 use skill_fleet_stream::Update;
 use skill_fleet_types::{CreateJob, EventAck, Job, JobLimits, JobStatus, ProgressUpdate};
 
@@ -53,7 +53,7 @@ impl JobService {
             _ => Vec::new(),
         };
         let claimed = self
-            .blocking(move |store| store.claim_excluding(&types, &excluded))
+            .blocking(move |store| store.claim(&ClaimFilter { types, excluded }))
             .await?;
         if let Some(job) = &claimed {
             self.live.track(job);

@@ -14,7 +14,7 @@
 use std::error::Error;
 
 use serde_json::{Map, Value, json};
-use skill_fleet_jobs::{DatabaseOwner, JobStore, NewJob, ProgressWrite};
+use skill_fleet_jobs::{ClaimFilter, DatabaseOwner, JobStore, NewJob, ProgressWrite};
 use skill_fleet_types::{Job, JobStatus, ProgressUpdate};
 
 /// Steps each job goes through, reported one by one with `record_progress`.
@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // The worker: take the oldest queued job of any type until the queue is empty.
     let mut done = 0;
-    while let Some(job) = store.claim(&[])? {
+    while let Some(job) = store.claim(&ClaimFilter::default())? {
         println!(
             "claimed {} ({}), attempt {}",
             job.id, job.job_type, job.attempt

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use skill_fleet_types::{JobStatus, ValidationError};
 
+use crate::backend::{Active, Backend};
 use crate::lifecycle::Action;
 
 /// Everything the store can fail with. Messages are lowercase and name the job id or path.
@@ -99,7 +100,9 @@ pub enum StoreError {
 }
 
 /// A storage condition outside the program that refused a query: the operator (or time) fixes
-/// it, the server does not. Nothing the refused call tried to write was committed.
+/// it, the server does not. Nothing the refused call tried to write was committed. Which
+/// database errors are which fault is the backend's to say ([`crate::backend`]); the
+/// variants name SQLite's result codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageFault {
     /// The disk (or the file system holding the database) is full: `SQLITE_FULL`.
@@ -125,55 +128,22 @@ impl StorageFault {
             StorageFault::Io => "database i/o error",
         }
     }
-
-    /// Reads SQLite's message (diesel keeps only `sqlite3_errmsg`, not the code). The
-    /// phrases are SQLite's fixed texts for each primary result code.
-    fn of_message(message: &str) -> Option<StorageFault> {
-        const PHRASES: [(&str, StorageFault); 7] = [
-            ("database or disk is full", StorageFault::Full),
-            ("readonly database", StorageFault::ReadOnly),
-            ("database is locked", StorageFault::Busy),
-            ("database table is locked", StorageFault::Busy),
-            ("database schema is locked", StorageFault::Busy),
-            ("disk i/o error", StorageFault::Io),
-            ("unable to open database file", StorageFault::Io),
-        ];
-        let message = message.to_ascii_lowercase();
-        PHRASES
-            .iter()
-            .find(|(phrase, _)| message.contains(phrase))
-            .map(|&(_, fault)| fault)
-    }
 }
 
 impl StoreError {
     /// The storage condition behind this error, if it is one (disk full, read-only,
-    /// locked, i/o); `None` for refusals (not found, conflicts, invalid input) and bugs.
+    /// locked, i/o), as the backend classifies it; `None` for refusals (not found,
+    /// conflicts, invalid input) and bugs.
     pub fn storage_fault(&self) -> Option<StorageFault> {
         match self {
-            StoreError::Database(err) => database_fault(err),
-            StoreError::Connection(err) => StorageFault::of_message(&err.to_string()),
+            StoreError::Database(err) => Active::fault_of(err),
+            StoreError::Connection(err) => Active::fault_of_message(&err.to_string()),
             // r2d2's message carries the last connection error ("timed out waiting for
             // connection: unable to open database file").
-            StoreError::Pool(err) => StorageFault::of_message(&err.to_string()),
+            StoreError::Pool(err) => Active::fault_of_message(&err.to_string()),
             StoreError::Busy { .. } => Some(StorageFault::Busy),
             _ => None,
         }
-    }
-}
-
-/// The storage fault of a diesel error; a failed commit whose rollback failed too is read
-/// through to the commit's error.
-pub(crate) fn database_fault(err: &diesel::result::Error) -> Option<StorageFault> {
-    use diesel::result::Error;
-    match err {
-        Error::DatabaseError(_, info) => StorageFault::of_message(info.message()),
-        Error::RollbackErrorOnCommit {
-            commit_error,
-            rollback_error,
-        } => database_fault(commit_error).or_else(|| database_fault(rollback_error)),
-        Error::RollbackTransaction | Error::NotFound => None,
-        other => StorageFault::of_message(&other.to_string()),
     }
 }
 

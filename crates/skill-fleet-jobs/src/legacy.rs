@@ -338,7 +338,7 @@ impl JobStore {
     pub fn import_legacy(&self, path: &Path) -> Result<ImportReport> {
         let records = read_records(path)?;
         self.write(|conn| {
-            let stamp = Stamp::begin(conn)?;
+            let stamp = Stamp::new();
             let mut report = ImportReport::default();
             for record in records {
                 let row = record
@@ -362,7 +362,7 @@ impl JobStore {
                     report.skipped += 1;
                     continue;
                 }
-                row.version = stamp.version;
+                row.version = stamp.version(conn)?;
                 row.insert(conn)?;
                 report.imported += 1;
             }
@@ -375,9 +375,6 @@ impl JobStore {
                 imported_at: stamp.now,
             }
             .insert(conn)?;
-            if report.imported > 0 {
-                stamp.commit(conn)?;
-            }
             tracing::info!(
                 path = %path.display(),
                 imported = report.imported,

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod backend;
 mod error;
 mod legacy;
 mod lifecycle;
@@ -14,7 +15,7 @@ mod store;
 
 pub use error::{Result, StorageFault, StoreError};
 pub use legacy::{DEFAULT_LEGACY_TYPE, IMPORTED_RUNNING_ERROR, ImportReport, LEGACY_SOURCE};
-pub use lifecycle::{Action, Created, NewJob, transition};
+pub use lifecycle::{Action, ClaimFilter, Created, NewJob, transition};
 pub use list::{DEFAULT_LIST_LIMIT, ListFilter, MAX_LIST_LIMIT};
 pub use owner::{DatabaseOwner, OwnerRecord, Ownership, lock_path, owner_of};
 pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, ProgressWrite};

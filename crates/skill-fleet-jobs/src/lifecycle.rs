@@ -1,18 +1,18 @@
-//! The job lifecycle: the one transition table, and create / start / claim / finish / resume.
+//! The job lifecycle: the one transition table, and create / claim / finish / resume.
 
 use std::fmt;
 
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
 use serde_json::{Map, Value};
 use skill_fleet_types::{
     CreateJob, Job, JobStatus, Progress, ProgressUpdate, validate_job_id, validate_job_type,
     validate_metadata,
 };
 
+use crate::backend::{Active, Backend, ClaimWrite, Conn};
 use crate::error::{Result, StoreError};
 use crate::models::job_progress::{
-    FLAG_CHECKPOINT, FLAG_TERMINAL, HistoryInsert, InsertProgress, count_history_row,
+    FLAG_CHECKPOINT, FLAG_TERMINAL, HistoryInsert, count_history_row,
 };
 use crate::models::jobs::{JobRow, create_body};
 use crate::models::store_state::Stamp;
@@ -23,7 +23,8 @@ use crate::store::JobStore;
 /// [`transition`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
-    /// Start running (`start`, `claim`).
+    /// Start running ([`JobStore::claim`]; a queued job's first progress report starts it
+    /// too).
     Start,
     /// Report progress; on a queued job this starts it first.
     Progress,
@@ -88,7 +89,7 @@ impl fmt::Display for Action {
 /// | failed, cancelled | resume | queued |
 ///
 /// Everything else (complete a cancelled job, progress on a completed job, …) is refused.
-pub fn transition(from: JobStatus, action: Action) -> Option<JobStatus> {
+pub const fn transition(from: JobStatus, action: Action) -> Option<JobStatus> {
     use Action as A;
     use JobStatus as S;
     match (from, action) {
@@ -99,6 +100,22 @@ pub fn transition(from: JobStatus, action: Action) -> Option<JobStatus> {
         (S::Running, A::Requeue) | (S::Failed | S::Cancelled, A::Resume) => Some(S::Queued),
         _ => None,
     }
+}
+
+/// The status a claimed job gets: the transition table's start of a queued job.
+const STARTED: JobStatus = match transition(JobStatus::Queued, Action::Start) {
+    Some(status) => status,
+    None => panic!("the transition table must let a queued job start"),
+};
+
+/// Which queued jobs [`JobStore::claim`] may take. The default takes any type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimFilter {
+    /// Only jobs of these types; any type when empty.
+    pub types: Vec<String>,
+    /// Never jobs of these types (the server keeps the types it runs itself away from
+    /// external workers).
+    pub excluded: Vec<String>,
 }
 
 /// A job to create.
@@ -183,12 +200,12 @@ fn to_json_text(value: &Value) -> String {
     value.to_string()
 }
 
-/// Applies `change` to `row` and writes it, inside the caller's transaction; the caller
-/// commits `stamp`. Refused changes return [`StoreError::InvalidTransition`] having written
+/// Applies `change` to `row` and writes it with `stamp`'s version, inside the caller's
+/// transaction. Refused changes return [`StoreError::InvalidTransition`] having written
 /// nothing. When the change left a history row, returns the job's history row count after
 /// it, for [`JobStore::cap_history`].
 pub(crate) fn apply(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     row: &mut JobRow,
     change: Change<'_>,
     stamp: &Stamp,
@@ -201,8 +218,8 @@ pub(crate) fn apply(
         action,
     })?;
     if from == JobStatus::Queued && to == JobStatus::Running {
-        // Starting: `attempt` counts starts, so a job requeued after a crash shows 2 once it
-        // runs again.
+        // Starting (each backend's claim statement writes the same): `attempt` counts
+        // starts, so a job requeued after a crash shows 2 once it runs again.
         row.attempt = row.attempt.saturating_add(1);
         // A run requeued by recovery or shutdown keeps its start: time limits count from
         // it, server downtime included. `resume` clears it, so a resumed job starts anew.
@@ -275,21 +292,18 @@ pub(crate) fn apply(
         flags |= FLAG_TERMINAL;
     }
     row.updated_at = stamp.now;
-    row.version = stamp.version;
+    row.version = stamp.version(conn)?;
     row.save(conn)?;
     if !history {
         return Ok(None);
     }
     // Every progress report and every terminal state leaves one history row.
-    InsertProgress {
-        row: HistoryInsert {
-            job_id: &row.id,
-            progress: &row_progress(row),
-            flags,
-        },
-        created_at: stamp.now,
-    }
-    .execute(conn)?;
+    let history_row = HistoryInsert {
+        job_id: &row.id,
+        progress: &row_progress(row),
+        flags,
+    };
+    Active::insert_history(conn, &[history_row], stamp.now)?;
     Ok(Some(count_history_row(conn, &row.id)?))
 }
 
@@ -323,7 +337,7 @@ impl JobStore {
                     reason: "it has a different type or metadata".into(),
                 });
             }
-            let stamp = Stamp::begin(conn)?;
+            let stamp = Stamp::new();
             let row = JobRow {
                 id: id.clone(),
                 job_type: new.job_type.clone(),
@@ -346,10 +360,9 @@ impl JobStore {
                 started_at: None,
                 completed_at: None,
                 updated_at: stamp.now,
-                version: stamp.version,
+                version: stamp.version(conn)?,
             };
             row.insert(conn)?;
-            stamp.commit(conn)?;
             Ok((row.into_job()?, Created::New))
         })
     }
@@ -363,54 +376,35 @@ impl JobStore {
     pub(crate) fn change(&self, id: &str, change: Change<'_>) -> Result<Job> {
         self.write(|conn| {
             let mut row = JobRow::find(conn, id)?;
-            let stamp = Stamp::begin(conn)?;
+            let stamp = Stamp::new();
             if let Some(history_rows) = apply(conn, &mut row, change, &stamp)? {
                 self.cap_history(conn, &row.id, history_rows)?;
             }
-            stamp.commit(conn)?;
             row.into_job()
         })
     }
 
-    /// Starts a queued job: `running`, `attempt + 1`, error cleared, `started_at` now unless
-    /// the job was requeued mid-run (recovery, shutdown), which keeps its first start.
-    pub fn start(&self, id: &str) -> Result<Job> {
-        self.change(id, Change::Start)
-    }
-
-    /// Takes the oldest queued job whose type is in `types` (any type when empty) and starts
-    /// it, in one transaction, so two workers never get the same job. `None` when the queue
-    /// holds nothing for them.
-    pub fn claim(&self, types: &[String]) -> Result<Option<Job>> {
-        self.claim_excluding(types, &[])
-    }
-
-    /// Like [`JobStore::claim`], but never takes a job whose type is in `excluded` (the
-    /// server keeps the types it runs itself away from external workers).
-    pub fn claim_excluding(&self, types: &[String], excluded: &[String]) -> Result<Option<Job>> {
-        self.write(|conn| {
-            let mut query = jobs::table
-                .filter(jobs::status.eq(JobStatus::Queued.as_str()))
-                .into_boxed();
-            if !types.is_empty() {
-                query = query.filter(jobs::job_type.eq_any(types));
-            }
-            if !excluded.is_empty() {
-                query = query.filter(jobs::job_type.ne_all(excluded));
-            }
-            let row = query
-                .order((jobs::created_at.asc(), jobs::id.asc()))
-                .select(JobRow::as_select())
-                .first(conn)
-                .optional()?;
-            let Some(mut row) = row else {
-                return Ok(None);
-            };
-            let stamp = Stamp::begin(conn)?;
-            apply(conn, &mut row, Change::Start, &stamp)?;
-            stamp.commit(conn)?;
-            row.into_job().map(Some)
-        })
+    /// Takes the oldest queued job (by `created_at`, then id) that `filter` allows and starts
+    /// it: `running`, `attempt + 1`, error cleared, `started_at` now unless the job was
+    /// requeued mid-run (recovery, shutdown), which keeps its first start. One statement in
+    /// one transaction, so two workers never get the same job. `None`, writing nothing, when
+    /// the queue holds nothing for them.
+    pub fn claim(&self, filter: &ClaimFilter) -> Result<Option<Job>> {
+        self.write_if(
+            |conn| {
+                let stamp = Stamp::new();
+                let claim = ClaimWrite {
+                    filter,
+                    status: STARTED.as_str(),
+                    now: stamp.now,
+                    version: stamp.version(conn)?,
+                };
+                Active::claim(conn, &claim)?
+                    .map(JobRow::into_job)
+                    .transpose()
+            },
+            Option::is_some,
+        )
     }
 
     /// Completes a running job with an optional JSON result and result path; progress is set

@@ -210,7 +210,7 @@ pub(crate) fn describe(owner: &Option<Box<OwnerRecord>>) -> String {
 /// in-memory database. Accepts what [`crate::JobStore::open`] accepts: a plain path,
 /// `sqlite://path`, `sqlite:path` and `file:path?query` URIs.
 pub fn lock_path(database: &str) -> Result<Option<PathBuf>> {
-    let path = crate::store::database_path(database)?;
+    let path = crate::backend::sqlite::database_path(database)?;
     let Some(file) = database_file(path) else {
         return Ok(None);
     };

@@ -31,21 +31,16 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use diesel::prelude::*;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamp};
-use diesel::sqlite::{Sqlite, SqliteConnection};
 use serde_json::Value;
 use skill_fleet_types::{
     Job, JobStatus, Progress, ProgressPage, ProgressUpdate, validate_cost, validate_metric,
     validate_progress,
 };
 
+use crate::backend::{Active, Backend, Conn, LatestProgress};
 use crate::error::{Result, StoreError};
 use crate::lifecycle::{Change, apply};
-use crate::models::job_progress::{
-    FLAG_CHECKPOINT, HistoryEntry, HistoryInsert, InsertProgressRows, ProgressRow,
-};
+use crate::models::job_progress::{FLAG_CHECKPOINT, HistoryEntry, HistoryInsert, ProgressRow};
 use crate::models::jobs::JobRow;
 use crate::models::store_state::Stamp;
 use crate::store::JobStore;
@@ -171,60 +166,14 @@ pub struct ProgressWrite {
 /// What [`JobStore::write_progress_batch`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchReport {
-    /// Jobs updated (one history row each).
+    /// Writes applied (one history row each).
     pub written: usize,
+    /// Every job the batch changed, once, in the order of its first write, with the version
+    /// it has now: the batch is one transaction, so that is the same version for all.
+    pub versions: Vec<(String, u64)>,
     /// Jobs not written: missing, no longer queued or running, or with out-of-range numbers.
     pub skipped: Vec<String>,
 }
-
-/// `UPDATE jobs SET <latest progress>, history_rows = history_rows + 1 WHERE id = ? AND
-/// status = 'running'`, as a query node with a static id: diesel never caches its own
-/// `UPDATE` statements, this one is prepared once per connection and reused on every flush.
-/// The count includes the history row the batch is about to insert.
-#[derive(Debug, Clone, Copy)]
-struct UpdateLatest<'a> {
-    job_id: &'a str,
-    progress: &'a Progress,
-    checkpoint: Option<&'a str>,
-    stamp: &'a Stamp,
-}
-
-#[derive(Debug)]
-struct UpdateLatestId;
-
-impl QueryId for UpdateLatest<'_> {
-    type QueryId = UpdateLatestId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl QueryFragment<Sqlite> for UpdateLatest<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql("UPDATE jobs SET progress = ");
-        out.push_bind_param::<Double, _>(&self.progress.progress)?;
-        out.push_sql(", step = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.progress.step)?;
-        out.push_sql(", message = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.progress.message)?;
-        out.push_sql(", cost_usd = ");
-        out.push_bind_param::<Double, _>(&self.progress.cost_usd)?;
-        out.push_sql(", metric = ");
-        out.push_bind_param::<Nullable<Double>, _>(&self.progress.metric)?;
-        out.push_sql(", eta_seconds = ");
-        out.push_bind_param::<Nullable<Double>, _>(&self.progress.eta_seconds)?;
-        out.push_sql(", checkpoint = coalesce(");
-        out.push_bind_param::<Nullable<Text>, _>(&self.checkpoint)?;
-        out.push_sql(", checkpoint), history_rows = history_rows + 1, updated_at = ");
-        out.push_bind_param::<Timestamp, _>(&self.stamp.now)?;
-        out.push_sql(", version = ");
-        out.push_bind_param::<BigInt, _>(&self.stamp.version)?;
-        out.push_sql(" WHERE id = ");
-        out.push_bind_param::<Text, _>(self.job_id)?;
-        out.push_sql(" AND status = 'running'");
-        Ok(())
-    }
-}
-
-impl RunQueryDsl<SqliteConnection> for UpdateLatest<'_> {}
 
 fn valid_numbers(progress: &Progress) -> bool {
     validate_progress(progress.progress).is_ok()
@@ -277,8 +226,9 @@ impl JobStore {
         if writes.is_empty() {
             return Ok(BatchReport::default());
         }
-        self.write(|conn| {
-            let stamp = Stamp::begin(conn)?;
+        let batch = |conn: &mut Conn| {
+            let stamp = Stamp::new();
+            let version = stamp.version(conn)?;
             let mut report = BatchReport::default();
             let mut history = Vec::with_capacity(writes.len());
             for write in writes {
@@ -288,18 +238,19 @@ impl JobStore {
                     continue;
                 }
                 let checkpoint = write.checkpoint.as_ref().map(Value::to_string);
-                let update = UpdateLatest {
+                let latest = LatestProgress {
                     job_id: &write.job_id,
                     progress: &write.progress,
                     checkpoint: checkpoint.as_deref(),
-                    stamp: &stamp,
+                    now: stamp.now,
+                    version,
                 };
-                let mut updated = update.execute(conn)?;
+                let mut updated = Active::update_latest(conn, &latest)?;
                 if updated == 0 {
                     if JobRow::find_status(conn, &write.job_id)? == Some(JobStatus::Queued) {
                         let mut row = JobRow::find(conn, &write.job_id)?;
                         apply(conn, &mut row, Change::Start, &stamp)?;
-                        updated = update.execute(conn)?;
+                        updated = Active::update_latest(conn, &latest)?;
                     }
                     if updated == 0 {
                         report.skipped.push(write.job_id.clone());
@@ -318,28 +269,30 @@ impl JobStore {
             }
             report.written = history.len();
             if report.written > 0 {
-                InsertProgressRows::execute_chunked(conn, &history, stamp.now)?;
+                Active::insert_history(conn, &history, stamp.now)?;
                 // One statement for the whole batch finds the jobs it took past the cap.
                 let ids: Vec<&str> = history.iter().map(|row| row.job_id).collect();
                 let max_rows = self.history_cap().max_rows;
-                for (job_id, rows) in HistoryEntry::over_cap(conn, &ids, max_rows)? {
+                for (job_id, rows) in Active::jobs_over_cap(conn, &ids, max_rows)? {
                     self.cap_history(conn, &job_id, rows)?;
                 }
-                stamp.commit(conn)?;
+                let version = u64::try_from(version).unwrap_or(0);
+                for row in &history {
+                    if !report.versions.iter().any(|(id, _)| id == row.job_id) {
+                        report.versions.push((row.job_id.to_owned(), version));
+                    }
+                }
             }
             Ok(report)
-        })
+        };
+        // A batch that wrote nothing rolls back, and so leaves the change counter alone.
+        self.write_if(batch, |report| report.written > 0)
     }
 
     /// Called inside a write transaction after a history row of `job_id` was inserted, with
     /// the job's row count after it: thins the job's history when the count is over the cap
     /// (see the [module documentation](self)).
-    pub(crate) fn cap_history(
-        &self,
-        conn: &mut SqliteConnection,
-        job_id: &str,
-        rows: i64,
-    ) -> Result<()> {
+    pub(crate) fn cap_history(&self, conn: &mut Conn, job_id: &str, rows: i64) -> Result<()> {
         let cap = self.history_cap();
         if rows <= cap.max_rows || !cap.worth_thinning(job_id, rows) {
             return Ok(());

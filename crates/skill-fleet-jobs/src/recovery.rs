@@ -59,7 +59,7 @@ impl JobStore {
             if rows.is_empty() {
                 return Ok(report);
             }
-            let stamp = Stamp::begin(conn)?;
+            let stamp = Stamp::new();
             for mut row in rows {
                 if resumable_types.contains(&row.job_type) {
                     apply(conn, &mut row, Change::Requeue, &stamp)?;
@@ -73,7 +73,6 @@ impl JobStore {
                     report.failed.push(row.id);
                 }
             }
-            stamp.commit(conn)?;
             tracing::info!(
                 requeued = report.requeued.len(),
                 failed = report.failed.len(),
@@ -110,7 +109,7 @@ impl JobStore {
                 let jobs =
                     diesel::delete(jobs::table.filter(jobs::id.eq_any(&ids))).execute(conn)?;
                 if jobs > 0 {
-                    Stamp::begin(conn)?.commit(conn)?;
+                    Stamp::new().version(conn)?;
                 }
                 Ok(PruneReport {
                     jobs,

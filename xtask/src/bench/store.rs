@@ -14,7 +14,7 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Double, Nullable, Text, Timestamp};
 use diesel::sqlite::Sqlite;
 use serde_json::json;
-use skill_fleet_jobs::{JobStore, NewJob, ProgressWrite, StoreOptions};
+use skill_fleet_jobs::{ClaimFilter, JobStore, NewJob, ProgressWrite, StoreOptions};
 use skill_fleet_types::{Progress, ProgressUpdate};
 
 use super::Ctx;
@@ -49,7 +49,11 @@ fn store_with_options(
             metadata: Default::default(),
             source: "bench".into(),
         })?;
-        store.start(id)?;
+        // The job just created is the only one queued: claiming starts it.
+        let claimed = store.claim(&ClaimFilter::default())?;
+        if claimed.as_ref().map(|job| job.id.as_str()) != Some(id.as_str()) {
+            return Err(format!("claiming `{id}` took {claimed:?}").into());
+        }
     }
     Ok((store, url, ids))
 }

@@ -2,15 +2,17 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::sqlite::Sqlite;
 use serde_json::{Map, Value};
 use skill_fleet_types::{Job, JobStatus, Progress};
 
+use crate::backend::Conn;
 use crate::error::{OrNotFound, Result, StoreError};
 use crate::schema::jobs;
 
-/// One `jobs` row, as stored.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+/// One `jobs` row, as stored (every column but `history_rows`, which only the history cap
+/// reads).
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = jobs, check_for_backend(Sqlite))]
 pub(crate) struct JobRow {
     pub(crate) id: String,
@@ -66,7 +68,7 @@ pub(crate) fn create_body(job_type: &str, metadata: &Map<String, Value>) -> Valu
 
 impl JobRow {
     /// Loads one job, or [`StoreError::NotFound`].
-    pub(crate) fn find(conn: &mut SqliteConnection, id: &str) -> Result<JobRow> {
+    pub(crate) fn find(conn: &mut Conn, id: &str) -> Result<JobRow> {
         jobs::table
             .find(id)
             .select(JobRow::as_select())
@@ -75,7 +77,7 @@ impl JobRow {
     }
 
     /// The status of one job, `None` if there is no such job.
-    pub(crate) fn find_status(conn: &mut SqliteConnection, id: &str) -> Result<Option<JobStatus>> {
+    pub(crate) fn find_status(conn: &mut Conn, id: &str) -> Result<Option<JobStatus>> {
         let status: Option<String> = jobs::table
             .find(id)
             .select(jobs::status)
@@ -85,7 +87,7 @@ impl JobRow {
     }
 
     /// Inserts this row as a new job.
-    pub(crate) fn insert(&self, conn: &mut SqliteConnection) -> QueryResult<()> {
+    pub(crate) fn insert(&self, conn: &mut Conn) -> QueryResult<()> {
         diesel::insert_into(jobs::table)
             .values(self)
             .execute(conn)
@@ -93,7 +95,7 @@ impl JobRow {
     }
 
     /// Writes back the mutable columns of this row.
-    pub(crate) fn save(&self, conn: &mut SqliteConnection) -> QueryResult<()> {
+    pub(crate) fn save(&self, conn: &mut Conn) -> QueryResult<()> {
         let changes = JobChanges {
             status: &self.status,
             progress: self.progress,

@@ -3,6 +3,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use crate::backend::Conn;
 use crate::schema::legacy_imports;
 
 /// A new `legacy_imports` row.
@@ -18,7 +19,7 @@ pub(crate) struct NewLegacyImport<'a> {
 
 impl NewLegacyImport<'_> {
     /// Records the import.
-    pub(crate) fn insert(&self, conn: &mut SqliteConnection) -> QueryResult<()> {
+    pub(crate) fn insert(&self, conn: &mut Conn) -> QueryResult<()> {
         diesel::insert_into(legacy_imports::table)
             .values(self)
             .execute(conn)

@@ -1,44 +1,52 @@
-//! The `store_state` table: the store-wide change counter and boot epoch.
+//! The `store_state` table: the store-wide change counter and boot epoch, and the [`Stamp`]
+//! of a write transaction.
+
+use std::cell::Cell;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
 
+use crate::backend::{Active, Backend, Conn};
 use crate::schema::store_state;
 
 /// The version and time every change in one write transaction is stamped with.
 ///
-/// `begin` reads the store-wide change counter; the version is that plus one. `commit` stores
-/// it, and must be called once the transaction has changed a job. Inside an immediate
-/// transaction no other writer runs, so the read-then-write is safe.
-#[derive(Debug, Clone, Copy)]
+/// The version is taken on first use, by [`Backend::next_version`]: one statement that
+/// increments the store-wide change counter and returns it, inside the transaction. A
+/// transaction that changes no job never asks for it, so it leaves the counter alone (or
+/// rolls back, see [`crate::store::JobStore::write_if`]). There is no read-then-write, so
+/// the stamp does not rely on the database having a single writer.
+#[derive(Debug)]
 pub(crate) struct Stamp {
-    /// The version every job changed in this transaction gets.
-    pub(crate) version: i64,
     /// `updated_at` for every job changed in this transaction.
     pub(crate) now: NaiveDateTime,
+    /// The version, once taken.
+    version: Cell<Option<i64>>,
 }
 
 impl Stamp {
-    /// Reads the counter at the start of a write transaction.
-    pub(crate) fn begin(conn: &mut SqliteConnection) -> QueryResult<Stamp> {
-        Ok(Stamp {
-            version: change_counter(conn)? + 1,
+    /// A stamp for a write transaction that starts now; no version taken yet.
+    pub(crate) fn new() -> Stamp {
+        Stamp {
             now: super::now(),
-        })
+            version: Cell::new(None),
+        }
     }
 
-    /// Bumps the store-wide counter to this stamp's version.
-    pub(crate) fn commit(&self, conn: &mut SqliteConnection) -> QueryResult<()> {
-        diesel::update(store_state::table.find(1_i64))
-            .set(store_state::change_counter.eq(self.version))
-            .execute(conn)?;
-        Ok(())
+    /// The version every job changed in this transaction gets: the change counter after
+    /// this transaction's one increment.
+    pub(crate) fn version(&self, conn: &mut Conn) -> QueryResult<i64> {
+        if let Some(version) = self.version.get() {
+            return Ok(version);
+        }
+        let version = Active::next_version(conn)?;
+        self.version.set(Some(version));
+        Ok(version)
     }
 }
 
 /// The store-wide change counter.
-pub(crate) fn change_counter(conn: &mut SqliteConnection) -> QueryResult<i64> {
+pub(crate) fn change_counter(conn: &mut Conn) -> QueryResult<i64> {
     store_state::table
         .find(1_i64)
         .select(store_state::change_counter)
@@ -46,7 +54,7 @@ pub(crate) fn change_counter(conn: &mut SqliteConnection) -> QueryResult<i64> {
 }
 
 /// Increments the boot epoch and returns the new value.
-pub(crate) fn bump_boot_epoch(conn: &mut SqliteConnection) -> QueryResult<i64> {
+pub(crate) fn bump_boot_epoch(conn: &mut Conn) -> QueryResult<i64> {
     diesel::update(store_state::table.find(1_i64))
         .set(store_state::boot_epoch.eq(store_state::boot_epoch + 1))
         .returning(store_state::boot_epoch)

@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
-use skill_fleet_jobs::{JobStore, NewJob};
+use skill_fleet_jobs::{ClaimFilter, JobStore, NewJob};
 use skill_fleet_types::Job;
 use tempfile::TempDir;
 
@@ -60,6 +60,24 @@ pub fn new_job(id: &str, job_type: &str) -> NewJob {
 /// Creates a job with this id and type.
 pub fn create(store: &JobStore, id: &str, job_type: &str) -> Job {
     store.create(&new_job(id, job_type)).expect("create job").0
+}
+
+/// Starts the queued job `id` the way workers do, by claiming it: it must be the oldest
+/// queued job of its type.
+pub fn start(store: &JobStore, id: &str) -> Job {
+    let filter = ClaimFilter {
+        types: vec![store.get(id).expect("job to start").job_type],
+        ..ClaimFilter::default()
+    };
+    let claimed = store
+        .claim(&filter)
+        .expect("claim")
+        .unwrap_or_else(|| panic!("`{id}` is not queued"));
+    assert_eq!(
+        claimed.id, id,
+        "`{id}` is not the oldest queued job of its type"
+    );
+    claimed
 }
 
 /// The repository's `tests/fixtures`.

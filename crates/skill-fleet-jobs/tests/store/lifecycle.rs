@@ -1,10 +1,10 @@
 //! Transitions (every allowed and every refused one), create, versions and attempts.
 
 use serde_json::json;
-use skill_fleet_jobs::{Action, Created, NewJob, StoreError, transition};
+use skill_fleet_jobs::{Action, ClaimFilter, Created, NewJob, StoreError, transition};
 use skill_fleet_types::{Job, JobStatus, ProgressUpdate};
 
-use crate::common::{TestDb, create, metadata, new_job};
+use crate::common::{TestDb, create, metadata, new_job, start};
 
 use Action as A;
 use JobStatus as S;
@@ -31,14 +31,15 @@ fn expected(from: JobStatus, action: Action) -> Option<JobStatus> {
         .map(|(_, _, to)| *to)
 }
 
-/// Creates a job and drives it to `status` through allowed moves.
+/// Creates a job and drives it to `status` through allowed moves. Its type is its id, so
+/// that claiming its type takes exactly this job.
 fn job_in(db: &TestDb, id: &str, status: JobStatus) -> Job {
-    let job = create(db, id, "optimization");
+    let job = create(db, id, id);
     match status {
         S::Queued => job,
-        S::Running => db.start(id).unwrap(),
+        S::Running => start(db, id),
         S::Completed => {
-            db.start(id).unwrap();
+            start(db, id);
             db.complete(id, Some(json!({"score": 1})), None).unwrap()
         }
         S::Failed => db.fail(id, "boom").unwrap(),
@@ -46,9 +47,17 @@ fn job_in(db: &TestDb, id: &str, status: JobStatus) -> Job {
     }
 }
 
-fn act(db: &TestDb, id: &str, action: Action) -> Result<Job, StoreError> {
-    match action {
-        A::Start => db.start(id),
+/// Asks `action` of job `id`; `Ok(None)` when a claim of the job's type took nothing.
+fn act(db: &TestDb, id: &str, action: Action) -> Result<Option<Job>, StoreError> {
+    let job_type = db.get(id).unwrap().job_type;
+    let done = match action {
+        A::Start => {
+            let filter = ClaimFilter {
+                types: vec![job_type],
+                ..ClaimFilter::default()
+            };
+            return db.claim(&filter);
+        }
         A::Progress => db.record_progress(
             id,
             &ProgressUpdate {
@@ -62,7 +71,8 @@ fn act(db: &TestDb, id: &str, action: Action) -> Result<Job, StoreError> {
         A::Cancel => db.cancel(id, Some("stopped by user")),
         A::Requeue => db.requeue(id),
         A::Resume => db.resume(id),
-    }
+    };
+    done.map(Some)
 }
 
 #[test]
@@ -91,7 +101,10 @@ fn every_transition_is_applied_or_refused_without_writing() {
             let outcome = act(&db, &id, action);
             match expected(from, action) {
                 Some(to) => {
-                    let after = outcome.unwrap_or_else(|e| panic!("{from} {action}: {e}"));
+                    let after = outcome
+                        .unwrap_or_else(|e| panic!("{from} {action}: {e}"))
+                        .unwrap_or_else(|| panic!("{from} {action}: nothing claimed"));
+                    assert_eq!(after.id, id, "{from} {action}");
                     assert_eq!(after.status, to, "{from} {action}");
                     assert!(after.version > before.version, "{from} {action}");
                     assert_eq!(db.get(&id).unwrap(), after);
@@ -108,6 +121,8 @@ fn every_transition_is_applied_or_refused_without_writing() {
                                 (id.as_str(), from, action)
                             );
                         }
+                        // A claim refuses a job that is not queued by not taking it.
+                        Ok(None) if action == A::Start => {}
                         other => panic!("{from} {action}: expected a refusal, got {other:?}"),
                     }
                     assert_eq!(db.get(&id).unwrap(), before, "{from} {action} wrote");
@@ -121,7 +136,7 @@ fn every_transition_is_applied_or_refused_without_writing() {
 fn lifecycle_effects_are_recorded() {
     let db = TestDb::new();
     create(&db, "a", "optimization");
-    let started = db.start("a").unwrap();
+    let started = start(&db, "a");
     assert_eq!(started.attempt, 1);
     assert!(started.started_at.is_some() && started.completed_at.is_none());
 
@@ -141,7 +156,7 @@ fn lifecycle_effects_are_recorded() {
     assert_eq!(resumed.status, S::Queued);
     assert_eq!((resumed.error, resumed.completed_at), (None, None));
 
-    db.start("b").unwrap();
+    start(&db, "b");
     db.record_progress(
         "b",
         &ProgressUpdate {
@@ -153,7 +168,7 @@ fn lifecycle_effects_are_recorded() {
     .unwrap();
     let requeued = db.requeue("b").unwrap();
     assert_eq!(requeued.checkpoint, Some(json!({"trial": 4})));
-    let restarted = db.start("b").unwrap();
+    let restarted = start(&db, "b");
     assert_eq!(restarted.attempt, 2, "attempt counts starts");
     let failed = db.fail("b", "out of budget").unwrap();
     assert_eq!(failed.error.as_deref(), Some("out of budget"));
@@ -176,7 +191,10 @@ fn refusals_and_missing_jobs_have_readable_messages() {
     let err = db.get("nope").unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }));
     assert_eq!(err.to_string(), "job `nope` not found");
-    assert!(matches!(db.start("nope"), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        db.cancel("nope", None),
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -267,7 +285,7 @@ fn every_change_bumps_the_version_and_the_change_counter() {
             .version,
     );
     versions.push(db.requeue("v").unwrap().version);
-    versions.push(db.start("v").unwrap().version);
+    versions.push(start(&db, "v").version);
     versions.push(db.cancel("v", None).unwrap().version);
     versions.push(db.resume("v").unwrap().version);
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
@@ -288,7 +306,11 @@ fn claim_takes_the_oldest_queued_job_of_the_given_types() {
     create(&db, "eval-1", "evaluation");
     create(&db, "opt-1", "optimization");
     create(&db, "opt-2", "optimization");
-    let types = ["optimization".to_owned()];
+    let types = ClaimFilter {
+        types: vec!["optimization".to_owned()],
+        ..ClaimFilter::default()
+    };
+    let any = ClaimFilter::default();
     let first = db.claim(&types).unwrap().unwrap();
     assert_eq!(
         (first.id.as_str(), first.status, first.attempt),
@@ -296,8 +318,46 @@ fn claim_takes_the_oldest_queued_job_of_the_given_types() {
     );
     assert_eq!(db.claim(&types).unwrap().unwrap().id, "opt-2");
     assert_eq!(db.claim(&types).unwrap(), None);
-    assert_eq!(db.claim(&[]).unwrap().unwrap().id, "eval-1");
-    assert_eq!(db.claim(&[]).unwrap(), None);
+    assert_eq!(db.claim(&any).unwrap().unwrap().id, "eval-1");
+    assert_eq!(db.claim(&any).unwrap(), None);
+}
+
+#[test]
+fn claim_skips_excluded_types_and_an_empty_claim_writes_nothing() {
+    let db = TestDb::new();
+    create(&db, "opt-1", "optimization");
+    create(&db, "eval-1", "evaluation");
+    let not_optimizations = ClaimFilter {
+        excluded: vec!["optimization".to_owned()],
+        ..ClaimFilter::default()
+    };
+    let claimed = db.claim(&not_optimizations).unwrap().unwrap();
+    assert_eq!(claimed.id, "eval-1");
+    assert_eq!(claimed.version, db.change_counter().unwrap());
+    let counter = db.change_counter().unwrap();
+    assert_eq!(db.claim(&not_optimizations).unwrap(), None);
+    // Excluding wins over asking.
+    let contradictory = ClaimFilter {
+        types: vec!["optimization".to_owned()],
+        excluded: vec!["optimization".to_owned()],
+    };
+    assert_eq!(db.claim(&contradictory).unwrap(), None);
+    assert_eq!(
+        db.change_counter().unwrap(),
+        counter,
+        "an empty claim bumped the counter"
+    );
+    assert_eq!(db.get("opt-1").unwrap().status, S::Queued);
+    // A requeued run keeps its first start when claimed again.
+    let started = start(&db, "opt-1");
+    let requeued = db.requeue("opt-1").unwrap();
+    let again = start(&db, "opt-1");
+    assert_eq!(again.started_at, started.started_at);
+    assert_eq!(
+        (again.attempt, again.error, again.completed_at),
+        (2, None, None)
+    );
+    assert!(again.version > requeued.version);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use skill_fleet_jobs::{ListFilter, StoreError};
 use skill_fleet_types::JobStatus;
 
-use crate::common::{TestDb, create};
+use crate::common::{TestDb, create, start};
 
 /// Jobs `job-00` … `job-09`: even ones `optimization`, odd ones `evaluation`; 0..3 running.
 fn seeded() -> TestDb {
@@ -17,7 +17,7 @@ fn seeded() -> TestDb {
         create(&db, &format!("job-{n:02}"), job_type);
     }
     for n in 0..3 {
-        db.start(&format!("job-{n:02}")).unwrap();
+        start(&db, &format!("job-{n:02}"));
     }
     db
 }

@@ -4,7 +4,7 @@ use serde_json::json;
 use skill_fleet_jobs::{ProgressWrite, StoreError};
 use skill_fleet_types::{JobStatus, Progress, ProgressUpdate};
 
-use crate::common::{TestDb, create};
+use crate::common::{TestDb, create, start};
 
 #[test]
 fn the_first_event_starts_a_queued_job_and_updates_merge() {
@@ -131,13 +131,14 @@ fn write(job_id: &str, progress: f64) -> ProgressWrite {
 fn the_batch_writes_live_jobs_and_skips_the_rest() {
     let db = TestDb::new();
     create(&db, "running", "optimization");
-    db.start("running").unwrap();
-    create(&db, "queued", "optimization");
+    start(&db, "running");
     create(&db, "done", "optimization");
-    db.start("done").unwrap();
+    start(&db, "done");
     let done = db.complete("done", None, None).unwrap();
     create(&db, "bad-numbers", "optimization");
-    db.start("bad-numbers").unwrap();
+    start(&db, "bad-numbers");
+    // Created last: a claim takes the oldest queued job.
+    create(&db, "queued", "optimization");
     let counter = db.change_counter().unwrap();
 
     let mut with_checkpoint = write("running", 0.3);
@@ -154,6 +155,14 @@ fn the_batch_writes_live_jobs_and_skips_the_rest() {
     assert_eq!(report.written, 2);
     assert_eq!(report.skipped, ["done", "missing", "bad-numbers"]);
     assert_eq!(db.change_counter().unwrap(), counter + 1);
+    // Every job written, once, with the one version of the batch.
+    assert_eq!(
+        report.versions,
+        [
+            ("running".to_owned(), counter + 1),
+            ("queued".to_owned(), counter + 1)
+        ]
+    );
 
     let running = db.get("running").unwrap();
     assert_eq!(running.progress, write("running", 0.3).progress);
@@ -181,6 +190,7 @@ fn the_batch_writes_live_jobs_and_skips_the_rest() {
     let counter = db.change_counter().unwrap();
     let report = db.write_progress_batch(&[write("done", 0.9)]).unwrap();
     assert_eq!((report.written, report.skipped.len()), (0, 1));
+    assert!(report.versions.is_empty());
     assert_eq!(db.change_counter().unwrap(), counter);
     assert_eq!(db.write_progress_batch(&[]).unwrap().written, 0);
 }

@@ -1,10 +1,10 @@
 //! Recovery after a simulated crash, and pruning.
 
 use serde_json::json;
-use skill_fleet_jobs::{INTERRUPTED_ERROR, PruneReport, StoreError};
+use skill_fleet_jobs::{ClaimFilter, INTERRUPTED_ERROR, PruneReport, StoreError};
 use skill_fleet_types::{JobStatus, ProgressUpdate};
 
-use crate::common::{TestDb, create};
+use crate::common::{TestDb, create, start};
 
 #[test]
 fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
@@ -14,7 +14,7 @@ fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
     create(&db, "shell", "shell");
     create(&db, "waiting", "optimization");
     for id in ["opt", "eval", "shell"] {
-        db.start(id).unwrap();
+        start(&db, id);
     }
     let update = ProgressUpdate {
         progress: Some(0.5),
@@ -45,10 +45,14 @@ fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
 
     // Started again (it is the oldest queued job), the job shows its second attempt and
     // still has its checkpoint.
-    let again = db.claim(&["optimization".to_owned()]).unwrap().unwrap();
+    let optimizations = ClaimFilter {
+        types: vec!["optimization".to_owned()],
+        ..ClaimFilter::default()
+    };
+    let again = db.claim(&optimizations).unwrap().unwrap();
     assert_eq!((again.id.as_str(), again.attempt), ("opt", 2));
     assert_eq!(again.checkpoint, Some(json!({"trial": 12})));
-    let next = db.claim(&["optimization".to_owned()]).unwrap().unwrap();
+    let next = db.claim(&optimizations).unwrap().unwrap();
     assert_eq!((next.id.as_str(), next.attempt), ("waiting", 1));
 
     // Nothing left running from before: a second recovery changes nothing it should not.
@@ -62,11 +66,12 @@ fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
 #[test]
 fn prune_removes_old_finished_jobs_with_their_history() {
     let db = TestDb::new();
-    for id in ["done", "failed", "cancelled", "running", "queued"] {
+    // In this order so that claiming takes done, failed and running.
+    for id in ["done", "failed", "running", "cancelled", "queued"] {
         create(&db, id, "optimization");
     }
     for id in ["done", "failed", "running"] {
-        db.start(id).unwrap();
+        start(&db, id);
         db.record_progress(
             id,
             &ProgressUpdate {
