@@ -196,6 +196,16 @@ pub(crate) fn row_progress(row: &JobRow) -> Progress {
     }
 }
 
+/// Writes a progress state back into the row's columns.
+fn set_row_progress(row: &mut JobRow, progress: Progress) {
+    row.progress = progress.progress;
+    row.step = progress.step;
+    row.message = progress.message;
+    row.cost_usd = progress.cost_usd;
+    row.metric = progress.metric;
+    row.eta_seconds = progress.eta_seconds;
+}
+
 fn to_json_text(value: &Value) -> String {
     value.to_string()
 }
@@ -239,21 +249,9 @@ pub(crate) fn apply(
             eta_seconds,
         } => {
             update.validate()?;
-            if let Some(step) = &update.step {
-                row.step = Some(step.clone());
-            }
-            if let Some(progress) = update.progress {
-                row.progress = progress;
-            }
-            if let Some(cost) = update.cost_usd {
-                row.cost_usd = cost;
-            }
-            if let Some(metric) = update.metric {
-                row.metric = Some(metric);
-            }
-            if let Some(message) = &update.message {
-                row.message = Some(message.clone());
-            }
+            let mut progress = row_progress(row);
+            progress.apply(update.patch());
+            set_row_progress(row, progress);
             if let Some(checkpoint) = &update.checkpoint {
                 row.checkpoint = Some(to_json_text(checkpoint));
                 flags |= FLAG_CHECKPOINT;
