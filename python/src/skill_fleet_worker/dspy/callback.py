@@ -34,6 +34,12 @@ from ..reporter import Reporter
 MIPRO_LOGGER = "dspy.teleprompt.mipro_optimizer_v2"
 
 _TRIAL = re.compile(r"Trial (\d+) / (\d+)")
+# MIPROv2's phase banners: (text in the log line, progress, step, message).
+_MIPRO_PHASES = (
+    ("STEP 1: BOOTSTRAP", 0.0, "bootstrapping_demos", "MIPROv2: bootstrapping few-shot demos"),
+    ("STEP 2: PROPOSE", 0.1, "proposing_instructions", "MIPROv2: proposing instructions"),
+    ("STEP 3: FINDING", 0.2, "searching_parameters", "MIPROv2: searching parameters"),
+)
 
 
 class StopRun(BaseException):
@@ -444,26 +450,12 @@ class SkillFleetCallback(BaseCallback):
 
     def mipro_log(self, text: str) -> None:
         with self._lock:
-            if "STEP 1: BOOTSTRAP" in text:
-                self._progress = 0.0
-                self._emit(
-                    step="bootstrapping_demos",
-                    message="MIPROv2: bootstrapping few-shot demos",
-                    force=True,
-                )
-            elif "STEP 2: PROPOSE" in text:
-                self._progress = 0.1
-                self._emit(
-                    step="proposing_instructions",
-                    message="MIPROv2: proposing instructions",
-                    force=True,
-                )
-            elif "STEP 3: FINDING" in text:
-                self._progress = 0.2
-                self._emit(
-                    step="searching_parameters", message="MIPROv2: searching parameters", force=True
-                )
-            elif match := _TRIAL.search(text):
+            for marker, progress, step, message in _MIPRO_PHASES:
+                if marker in text:
+                    self._progress = progress
+                    self._emit(step=step, message=message, force=True)
+                    return
+            if match := _TRIAL.search(text):
                 n, m = int(match.group(1)), int(match.group(2))
                 if not self._mipro_minibatch:
                     m += 1  # without minibatches, trial 1 is the default program's extra one
