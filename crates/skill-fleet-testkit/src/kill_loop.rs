@@ -2,9 +2,9 @@
 //! restarted on the same database, and every write it acknowledged (a 2xx) must be there.
 //!
 //! Shared by `cargo xtask soak kill-loop` (release binary, many rounds) and the short CI
-//! variant in `crates/skill-fleet-server/tests/faults.rs` (debug binary, three rounds), which
-//! includes this file with `#[path]`. It needs only std and serde_json for that reason: a tiny
-//! HTTP/1.1 client over `TcpStream`, threads, and a xorshift generator.
+//! variant in the server crate's `faults` tests (debug binary, three rounds): the server is
+//! the kit's [`TestServer`], requests go through the kit's HTTP client on a fresh connection
+//! each, and choices come from the kit's seeded [`Rng`].
 //!
 //! What is acknowledged and checked after each restart:
 //! - a created job (201/200) exists;
@@ -18,15 +18,18 @@
 //! progress is within 0..=1.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use crate::error::TestkitError;
+use crate::http::{try_get, try_post, unpooled_agent};
+use crate::rng::Rng;
+use crate::server::{TestServer, command};
 
 /// How to run the loop.
 #[derive(Debug, Clone)]
@@ -106,20 +109,27 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Runs the loop; `on_round` sees each round's summary as it ends.
-pub fn run(options: &Options, mut on_round: impl FnMut(&Round)) -> Result<Report, String> {
+pub fn run(
+    options: &Options,
+    mut on_round: impl FnMut(&Round),
+) -> Result<Report, TestkitError> {
     let started = Instant::now();
-    std::fs::create_dir_all(&options.dir)
-        .map_err(|err| format!("cannot create `{}`: {err}", options.dir.display()))?;
+    std::fs::create_dir_all(&options.dir).map_err(|source| TestkitError::Write {
+        path: options.dir.clone(),
+        source,
+    })?;
     let database = options.dir.join("soak.db");
     let config = options.dir.join("soak.toml");
-    std::fs::write(&config, "[executors]\n")
-        .map_err(|err| format!("cannot write `{}`: {err}", config.display()))?;
+    std::fs::write(&config, "[executors]\n").map_err(|source| TestkitError::Write {
+        path: config.clone(),
+        source,
+    })?;
     let ledger: Arc<Mutex<Ledger>> = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut random = Random::new(options.seed);
+    let mut random = Rng::new(options.seed);
     let mut rounds = Vec::new();
     let mut problems = Vec::new();
 
-    let (mut server, _) = Server::start(options, &database, &config, 0)?;
+    let (mut server, _) = start_server(options, &database, &config, 0)?;
     for round in 1..=options.rounds {
         let stop = Arc::new(AtomicBool::new(false));
         let before = lock(&ledger).values().map(Acked::writes).sum::<usize>();
@@ -129,14 +139,15 @@ pub fn run(options: &Options, mut on_round: impl FnMut(&Round)) -> Result<Report
         let workers: Vec<_> = (0..options.workers)
             .map(|worker| {
                 let context = Worker {
-                    addr: server.addr,
+                    base: server.base.clone(),
+                    agent: unpooled_agent(),
                     round,
                     worker,
                     ledger: Arc::clone(&ledger),
                     stop: Arc::clone(&stop),
                     unacknowledged: Arc::clone(&unacknowledged),
                     problems: Arc::clone(&worker_problems),
-                    random: Random::new(random.next() ^ u64::from(round) << 32 ^ worker as u64),
+                    random: Rng::new(random.next_u64() ^ u64::from(round) << 32 ^ worker as u64),
                 };
                 std::thread::spawn(move || context.run())
             })
@@ -151,11 +162,11 @@ pub fn run(options: &Options, mut on_round: impl FnMut(&Round)) -> Result<Report
         for worker in workers {
             let _ = worker.join();
         }
-        let (next, restart) = Server::start(options, &database, &config, round)?;
+        let (next, restart) = start_server(options, &database, &config, round)?;
         server = next;
         let snapshot = lock(&ledger).clone();
         let mut found = std::mem::take(&mut *lock(&worker_problems));
-        found.extend(check(server.addr, &snapshot));
+        found.extend(check(&server.base, &snapshot));
         let summary = Round {
             round,
             acknowledged: snapshot.values().map(Acked::writes).sum::<usize>() - before,
@@ -189,14 +200,15 @@ pub fn run(options: &Options, mut on_round: impl FnMut(&Round)) -> Result<Report
 /// One writer: creates jobs and drives each through progress, step changes, checkpoints and
 /// (mostly) a terminal transition, recording what was acknowledged.
 struct Worker {
-    addr: SocketAddr,
+    base: String,
+    agent: ureq::Agent,
     round: u32,
     worker: usize,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
     unacknowledged: Arc<Mutex<usize>>,
     problems: Arc<Mutex<Vec<String>>>,
-    random: Random,
+    random: Rng,
 }
 
 impl Worker {
@@ -217,7 +229,7 @@ impl Worker {
     /// False once the server stops answering.
     fn drive(&mut self, id: &str) -> bool {
         let body = json!({"id": id, "type": JOB_TYPE, "metadata": {"round": self.round}});
-        match self.call("POST", "/api/v1/jobs", Some(&body)) {
+        match self.post("/api/v1/jobs", &body) {
             Answer::Acked(_) => self.record(id, |acked| acked.created = true),
             Answer::Refused => return true,
             Answer::Gone => return false,
@@ -243,7 +255,7 @@ impl Worker {
             if self.random.below(2) == 0 {
                 event["message"] = json!(format!("event {i} of {id}"));
             }
-            match self.call("POST", &format!("/api/v1/jobs/{id}/events"), Some(&event)) {
+            match self.post(&format!("/api/v1/jobs/{id}/events"), &event) {
                 Answer::Acked(ack) => {
                     if (step_change || with_checkpoint) && ack["durable"] != json!(true) {
                         lock(&self.problems).push(format!(
@@ -270,7 +282,7 @@ impl Worker {
             // Left running: recovery fails it after the kill.
             _ => return true,
         };
-        match self.call("POST", &format!("/api/v1/jobs/{id}/{path}"), Some(&body)) {
+        match self.post(&format!("/api/v1/jobs/{id}/{path}"), &body) {
             Answer::Acked(_) => self.record(id, |acked| acked.terminal = Some(status)),
             Answer::Refused => {}
             Answer::Gone => return false,
@@ -282,8 +294,8 @@ impl Worker {
         change(lock(&self.ledger).entry(id.to_owned()).or_default());
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Answer {
-        match request(self.addr, method, path, body) {
+    fn post(&self, path: &str, body: &Value) -> Answer {
+        match try_post(&self.agent, &format!("{}{path}", self.base), body) {
             Ok((status, value)) if (200..300).contains(&status) => Answer::Acked(value),
             Ok(_) => {
                 *lock(&self.unacknowledged) += 1;
@@ -304,10 +316,11 @@ enum Answer {
 }
 
 /// Every acknowledged write in `ledger` against the restarted server; the problems found.
-fn check(addr: SocketAddr, ledger: &Ledger) -> Vec<String> {
+fn check(base: &str, ledger: &Ledger) -> Vec<String> {
+    let agent = unpooled_agent();
     let mut problems = Vec::new();
     for (id, acked) in ledger {
-        let job = match request(addr, "GET", &format!("/api/v1/jobs/{id}"), None) {
+        let job = match try_get(&agent, &format!("{base}/api/v1/jobs/{id}")) {
             Ok((200, job)) => job,
             Ok((404, _)) if !acked.created => continue,
             Ok((status, body)) => {
@@ -348,7 +361,7 @@ fn check(addr: SocketAddr, ledger: &Ledger) -> Vec<String> {
                 .as_str()
                 .and_then(|step| step.strip_prefix("step-"))
                 .and_then(|n| n.parse::<u32>().ok());
-            if stored.is_none_or(|stored| stored < want) && !history_has_step(addr, id, want) {
+            if stored.is_none_or(|stored| stored < want) && !history_has_step(&agent, base, id, want) {
                 problems.push(format!(
                     "job {id}: acknowledged step-{want:04}, stored {} and not in the history (lost step change)",
                     job["progress"]["step"]
@@ -369,12 +382,12 @@ fn check(addr: SocketAddr, ledger: &Ledger) -> Vec<String> {
 }
 
 /// Whether the job's progress history holds `step-{step}`.
-fn history_has_step(addr: SocketAddr, id: &str, step: u32) -> bool {
+fn history_has_step(agent: &ureq::Agent, base: &str, id: &str, step: u32) -> bool {
     let want = format!("step-{step:04}");
     let mut after = 0;
     loop {
-        let path = format!("/api/v1/jobs/{id}/progress?after={after}&limit=1000");
-        let Ok((200, page)) = request(addr, "GET", &path, None) else {
+        let url = format!("{base}/api/v1/jobs/{id}/progress?after={after}&limit=1000");
+        let Ok((200, page)) = try_get(agent, &url) else {
             return false;
         };
         let records = page["records"].as_array().cloned().unwrap_or_default();
@@ -388,186 +401,36 @@ fn history_has_step(addr: SocketAddr, id: &str, step: u32) -> bool {
     }
 }
 
-/// The server under test; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    /// Starts the server and waits for its `listening on` line; returns how long that took.
-    fn start(
-        options: &Options,
-        database: &Path,
-        config: &Path,
-        round: u32,
-    ) -> Result<(Server, Duration), String> {
-        let log_path = options.dir.join(format!("server-{round}.log"));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|err| format!("cannot create `{}`: {err}", log_path.display()))?;
-        let spawned = Instant::now();
-        let mut child = Command::new(&options.binary)
-            .arg("--bind")
-            .arg("127.0.0.1:0")
-            .arg("--database")
-            .arg(database)
-            .arg("--config")
-            .arg(config)
-            .env("SKILL_FLEET_LOG", "warn")
-            .env_remove("SKILL_FLEET_AUTH_TOKEN")
-            .env_remove("SKILL_FLEET_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|err| format!("cannot start `{}`: {err}", options.binary.display()))?;
-        let stdout = child.stdout.take().ok_or("the server has no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let addr = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            format!("the server did not start (round {round}); its log:\n{log}")
-        })?;
-        server.addr = addr
-            .parse()
-            .map_err(|err| format!("bad address `{addr}`: {err}"))?;
-        Ok((server, spawned.elapsed()))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One HTTP/1.1 request on its own connection: the status and the JSON body (or the text as
-/// a JSON string; `null` when empty).
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> std::io::Result<(u16, Value)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_nodelay(true)?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if method != "GET" {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| invalid("no end of headers (connection cut)"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| invalid("no status code"))?;
-    let header = |name: &str| {
-        head.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_owned())
-        })
-    };
-    let mut body = raw[split + 4..].to_vec();
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        body = dechunk(&body).ok_or_else(|| invalid("bad chunked body"))?;
-    } else if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        // A response cut short by the kill is not an answer.
-        if body.len() < length {
-            return Err(invalid("body cut short"));
-        }
-        body.truncate(length);
-    }
-    let text = String::from_utf8_lossy(&body);
-    let value = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.into_owned()))
-    };
-    Ok((status, value))
-}
-
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
-    }
-}
-
-/// xorshift64*: enough randomness for kill moments and choices, repeatable from a seed.
-#[derive(Debug, Clone)]
-struct Random(u64);
-
-impl Random {
-    fn new(seed: u64) -> Random {
-        Random(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// In `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// In `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+/// Starts the server on `database` with its stderr in `server-{round}.log` of the run's
+/// directory, and waits for its `listening on` line; returns how long that took.
+fn start_server(
+    options: &Options,
+    database: &Path,
+    config: &Path,
+    round: u32,
+) -> Result<(TestServer, Duration), TestkitError> {
+    let log_path = options.dir.join(format!("server-{round}.log"));
+    let log = std::fs::File::create(&log_path).map_err(|source| TestkitError::Write {
+        path: log_path.clone(),
+        source,
+    })?;
+    let spawned = Instant::now();
+    let mut server = command(&options.binary, database);
+    server.arg("--config").arg(config).stderr(Stdio::from(log));
+    match TestServer::spawn(server) {
+        Ok(server) => Ok((server, spawned.elapsed())),
+        Err(TestkitError::NotListening {
+            binary, seconds, ..
+        }) => Err(TestkitError::NotListening {
+            binary,
+            seconds,
+            stderr: std::fs::read_to_string(&log_path).unwrap_or_default(),
+        }),
+        Err(err) => Err(err),
     }
 }
 
 /// A seed from the clock, for runs that do not name one.
 pub fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
+    Rng::clock_seed()
 }
