@@ -14,11 +14,9 @@
 //! say so and pass, except under CI (`CI` set), where they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
-#[allow(dead_code)]
-#[path = "../../../xtask/src/soak/kill_loop.rs"]
-mod kill_loop;
+use skill_fleet_testkit::kill_loop;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

@@ -4,7 +4,7 @@
 //! request to choose a command.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::io::BufRead;
 use std::path::Path;

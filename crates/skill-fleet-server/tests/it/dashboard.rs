@@ -4,8 +4,8 @@
 //! them the tests say so and pass, except under CI (`CI` set), where they fail.
 //! `SKILL_FLEET_UPDATE_SCREENSHOT=1` rewrites `docs/dashboard.png`.
 
-mod support;
-mod webdriver;
+use crate::support;
+use crate::webdriver;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

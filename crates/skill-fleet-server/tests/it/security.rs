@@ -2,7 +2,7 @@
 //! CORS is closed, and no request can make the server touch a path outside its directories.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

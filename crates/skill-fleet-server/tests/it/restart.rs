@@ -2,7 +2,7 @@
 //! no acknowledged step change or terminal state lost; SIGTERM flushes and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::{Server, temp_db};
