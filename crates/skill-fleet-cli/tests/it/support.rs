@@ -1,56 +1,30 @@
-//! Runs the real `skill-fleet-server` binary on 127.0.0.1 (port 0 unless told) against a
-//! temp database, and the real `skill-fleet` binary against it with its own cache dir.
+//! Runs the real server in-process (the `skill-fleet-server` library on a thread with its
+//! own tokio runtime, 127.0.0.1, port 0 unless told) against a temp database, and the real
+//! `skill-fleet` binary against it with its own cache dir. No server binary is needed, so
+//! nothing is built from inside a test.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use serde_json::Value;
+use skill_fleet_testkit::{agent, call};
 
-/// How long any one wait in these tests may take before it fails.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub use skill_fleet_testkit::{DEADLINE, TempDatabase as Dirs};
 
-/// The server binary next to the CLI binary; built once if it is missing.
-pub fn server_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cli = Path::new(env!("CARGO_BIN_EXE_skill-fleet"));
-        let server = cli.with_file_name(format!(
-            "skill-fleet-server{}",
-            std::env::consts::EXE_SUFFIX
-        ));
-        if !server.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut build = Command::new(cargo);
-            build
-                .args(["build", "-p", "skill-fleet-server"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if cli
-                .parent()
-                .and_then(Path::file_name)
-                .is_some_and(|dir| dir == "release")
-            {
-                build.arg("--release");
-            }
-            let status = build
-                .status()
-                .expect("run cargo build -p skill-fleet-server");
-            assert!(status.success(), "cargo build -p skill-fleet-server failed");
-        }
-        assert!(server.exists(), "no server binary at {}", server.display());
-        server
-    })
-}
-
-/// A running server; killed on drop.
+/// A running in-process server; stopped without a goodbye on drop.
 pub struct Server {
-    pub child: Child,
     pub base: String,
     pub port: u16,
+    /// Fires the kill: the serving future is dropped mid-flight, no shutdown code runs.
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -71,51 +45,72 @@ impl Server {
         // in the queue for them (by default the server runs `optimization` jobs itself).
         let config = database.with_extension("toml");
         std::fs::write(&config, "[executors]\n").expect("write server config");
+        let mut args = vec![
+            "skill-fleet-server".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--bind".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--database".to_owned(),
+            database.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let cli = skill_fleet_server::Cli::try_parse_from(&args).expect("server arguments");
         loop {
-            let mut child = Command::new(server_binary())
-                .arg("--config")
-                .arg(&config)
-                .arg("--bind")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--database")
-                .arg(database)
-                .args(extra)
-                .env("SKILL_FLEET_LOG", "warn")
-                .env_remove("SKILL_FLEET_AUTH_TOKEN")
-                .env_remove("SKILL_FLEET_CONFIG")
-                .env_remove("SKILL_FLEET_BIND")
-                .env_remove("SKILL_FLEET_DATABASE")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start skill-fleet-server");
-            let lines = lines_of(child.stdout.take().expect("stdout"));
-            let stderr = collect(child.stderr.take().expect("stderr"));
-            match lines.recv_timeout(DEADLINE) {
-                Ok(line) => {
-                    let base = line
-                        .strip_prefix("listening on ")
-                        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-                        .trim()
-                        .to_owned();
-                    let port = base
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .expect("port");
-                    return Server { child, base, port };
+            let mut config = skill_fleet_server::Config::resolve(&cli).expect("server config");
+            // As if the variable were unset: a token only when the test passes one.
+            if !extra.contains(&"--auth-token") {
+                config.auth_token = None;
+            }
+            let (listening_tx, listening) = mpsc::channel::<SocketAddr>();
+            let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+            let (ended_tx, ended) = mpsc::channel::<String>();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                let outcome = runtime.block_on(async move {
+                    let serving = skill_fleet_server::serve_until(
+                        config,
+                        std::future::pending(),
+                        move |addr| {
+                            let _ = listening_tx.send(addr);
+                        },
+                    );
+                    tokio::select! {
+                        result = serving => result.map_err(|err| err.to_string()).err(),
+                        _ = killed => None,
+                    }
+                });
+                // Like SIGKILL: every task (listener, connections, SSE streams) is dropped
+                // where it stands.
+                runtime.shutdown_background();
+                if let Some(err) = outcome {
+                    let _ = ended_tx.send(err);
+                }
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            match listening.recv_timeout(left) {
+                Ok(addr) => {
+                    return Server {
+                        base: format!("http://{addr}"),
+                        port: addr.port(),
+                        kill: Some(kill),
+                        thread: Some(thread),
+                    };
                 }
                 Err(_) => {
+                    drop(kill);
+                    let _ = thread.join();
+                    let err = ended.try_recv().unwrap_or_default();
                     // A restart on a fixed port can race the old socket; try again briefly.
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let err = stderr
-                        .recv_timeout(Duration::from_secs(5))
-                        .unwrap_or_default();
                     assert!(
                         port != 0 && Instant::now() < deadline,
                         "server did not start: {err}"
                     );
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
         }
@@ -140,34 +135,31 @@ impl Server {
         body
     }
 
-    /// SIGKILL: no shutdown code runs.
+    /// Stops the server the way SIGKILL would: no shutdown code runs, open streams drop
+    /// without a goodbye, pending progress is not written. Returns once its port is free.
     pub fn kill(mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("server thread");
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
-}
-
-pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn call(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
-    let mut response = result.expect("request");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
 }
 
 /// Lines of a pipe, as they come, on a channel.
@@ -201,27 +193,6 @@ pub fn dead_port() -> u16 {
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     port
-}
-
-/// A temp directory with a database path and a cache directory.
-pub struct Dirs {
-    pub dir: tempfile::TempDir,
-}
-
-impl Dirs {
-    pub fn new() -> Dirs {
-        Dirs {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    pub fn db(&self) -> PathBuf {
-        self.dir.path().join("skill-fleet.db")
-    }
-
-    pub fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
 }
 
 /// What a finished CLI run printed.
@@ -321,9 +292,5 @@ pub fn wait_for_line(
 
 /// Polls `check` until it holds or the deadline passes.
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    skill_fleet_testkit::wait_until(what, DEADLINE, || check().then_some(()));
 }

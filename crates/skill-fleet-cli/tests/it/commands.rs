@@ -1,8 +1,8 @@
-//! End to end: every `skill-fleet` command against the real server binary, its output and
+//! End to end: every `skill-fleet` command against a real server (in-process), its output and
 //! exit code; the local cache (304 → `(cached)`, corrupt entries ignored); unreachable
 //! servers and usage errors.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use skill_fleet_client::Cache;

@@ -1,7 +1,7 @@
 //! End to end: `skill-fleet jobs watch` and `optimize --watch` follow progress posted by the
 //! test, end with the job's outcome, survive a server restart, and stop on Ctrl-C.
 
-mod support;
+use crate::support;
 
 use std::process::Child;
 use std::sync::mpsc::Receiver;

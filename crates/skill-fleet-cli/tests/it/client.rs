@@ -1,8 +1,8 @@
-//! End to end: the `skill-fleet-client` library against the real server binary, for the
+//! End to end: the `skill-fleet-client` library against a real server (in-process), for the
 //! routes the CLI does not use (claim, events, history, complete, fail, health) and for its
 //! typed errors.
 
-mod support;
+use crate::support;
 
 use serde_json::{Map, json};
 use skill_fleet_client::types::{CompleteRequest, CreateJob, ErrorCode, JobStatus, ProgressUpdate};
