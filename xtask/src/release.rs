@@ -238,7 +238,9 @@ fn check_crates(root: &Path, version: &str) -> Result {
             continue;
         };
         let name = name.trim();
-        if !name.starts_with("skill-fleet-") || !spec.contains("path =") || name == TEST_SUPPORT_CRATE
+        if !name.starts_with("skill-fleet-")
+            || !spec.contains("path =")
+            || name == TEST_SUPPORT_CRATE
         {
             continue;
         }

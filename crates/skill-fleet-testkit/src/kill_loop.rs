@@ -109,10 +109,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Runs the loop; `on_round` sees each round's summary as it ends.
-pub fn run(
-    options: &Options,
-    mut on_round: impl FnMut(&Round),
-) -> Result<Report, TestkitError> {
+pub fn run(options: &Options, mut on_round: impl FnMut(&Round)) -> Result<Report, TestkitError> {
     let started = Instant::now();
     std::fs::create_dir_all(&options.dir).map_err(|source| TestkitError::Write {
         path: options.dir.clone(),
@@ -361,7 +358,9 @@ fn check(base: &str, ledger: &Ledger) -> Vec<String> {
                 .as_str()
                 .and_then(|step| step.strip_prefix("step-"))
                 .and_then(|n| n.parse::<u32>().ok());
-            if stored.is_none_or(|stored| stored < want) && !history_has_step(&agent, base, id, want) {
+            if stored.is_none_or(|stored| stored < want)
+                && !history_has_step(&agent, base, id, want)
+            {
                 problems.push(format!(
                     "job {id}: acknowledged step-{want:04}, stored {} and not in the history (lost step change)",
                     job["progress"]["step"]

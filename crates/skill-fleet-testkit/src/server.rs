@@ -118,7 +118,10 @@ impl TestServer {
                 return Err(TestkitError::NotListening {
                     binary,
                     seconds: DEADLINE.as_secs(),
-                    stderr: stderr.as_ref().map(|text| read(text, started)).unwrap_or_default(),
+                    stderr: stderr
+                        .as_ref()
+                        .map(|text| read(text, started))
+                        .unwrap_or_default(),
                 });
             }
         };

@@ -25,7 +25,8 @@ impl TempDatabase {
     /// A fresh directory.
     pub fn new() -> TempDatabase {
         TempDatabase {
-            dir: tempfile::tempdir().unwrap_or_else(|err| panic!("cannot create a temp dir: {err}")),
+            dir: tempfile::tempdir()
+                .unwrap_or_else(|err| panic!("cannot create a temp dir: {err}")),
         }
     }
 

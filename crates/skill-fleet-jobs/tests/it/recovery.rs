@@ -4,7 +4,7 @@ use serde_json::json;
 use skill_fleet_jobs::{INTERRUPTED_ERROR, PruneReport, StoreError};
 use skill_fleet_types::{JobStatus, ProgressUpdate};
 
-use crate::common::{TestDb, create};
+use crate::support::{TestDb, create};
 
 #[test]
 fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {

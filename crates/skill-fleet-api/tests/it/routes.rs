@@ -1,7 +1,7 @@
 //! Router tests: every route and its errors, driven with `oneshot` on a temp database each.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use axum::http::StatusCode;
 use serde_json::json;

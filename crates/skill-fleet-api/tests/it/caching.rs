@@ -2,7 +2,7 @@
 //! on every kind of change, and a bounded response cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

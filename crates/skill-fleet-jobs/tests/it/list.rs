@@ -3,7 +3,7 @@
 use skill_fleet_jobs::{ListFilter, StoreError};
 use skill_fleet_types::JobStatus;
 
-use crate::common::{TestDb, create};
+use crate::support::{TestDb, create};
 
 /// Jobs `job-00` … `job-09`: even ones `optimization`, odd ones `evaluation`; 0..3 running.
 fn seeded() -> TestDb {

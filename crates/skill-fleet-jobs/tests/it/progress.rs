@@ -4,7 +4,7 @@ use serde_json::json;
 use skill_fleet_jobs::{ProgressWrite, StoreError};
 use skill_fleet_types::{JobStatus, Progress, ProgressUpdate};
 
-use crate::common::{TestDb, create};
+use crate::support::{TestDb, create};
 
 #[test]
 fn the_first_event_starts_a_queued_job_and_updates_merge() {

@@ -6,7 +6,7 @@
 //! `SKILL_FLEET_FUZZ_REQUESTS` run another seed or more requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use skill_fleet_api::ApiConfig;
+use skill_fleet_testkit::Rng;
 use support::TestApp;
 use tower::ServiceExt;
 
@@ -30,27 +31,17 @@ const TYPES: [&str; 3] = ["optimization", "evaluation", "x-1"];
 /// `fz-{2 * POOL - 1}`, and paths name all of them.
 const POOL: usize = 8;
 
-/// xorshift64*: small, deterministic, good enough to pick cases.
-struct Rng(u64);
+/// The fuzzer's values on top of the test kit's seeded [`Rng`] (xorshift64*, so a seed
+/// replays the same cases).
+trait FuzzValues {
+    fn next(&mut self) -> u64;
+    fn f64(&mut self) -> f64;
+    fn string(&mut self, max: usize) -> String;
+}
 
-impl Rng {
+impl FuzzValues for Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
+        self.next_u64()
     }
 
     fn f64(&mut self) -> f64 {
@@ -701,7 +692,7 @@ async fn random_requests_never_get_a_5xx_and_4xx_bodies_are_ours() {
     }
 
     let started = Instant::now();
-    let mut rng = Rng(seed_value ^ 0x9e37_79b9_7f4a_7c15 | 1);
+    let mut rng = Rng::new(seed_value ^ 0x9e37_79b9_7f4a_7c15 | 1);
     let mut seen_etags: Vec<String> = Vec::new();
     let mut failures = Vec::new();
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();

@@ -4,7 +4,7 @@ use serde_json::json;
 use skill_fleet_jobs::{Action, Created, NewJob, StoreError, transition};
 use skill_fleet_types::{Job, JobStatus, ProgressUpdate};
 
-use crate::common::{TestDb, create, metadata, new_job};
+use crate::support::{TestDb, create, metadata, new_job};
 
 use Action as A;
 use JobStatus as S;

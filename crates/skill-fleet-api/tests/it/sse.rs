@@ -2,7 +2,7 @@
 //! end, 404, client disconnect, and the limit of open streams.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

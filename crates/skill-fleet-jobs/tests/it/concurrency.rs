@@ -5,7 +5,7 @@ use std::sync::Barrier;
 use skill_fleet_jobs::ProgressWrite;
 use skill_fleet_types::{JobStatus, Progress, ProgressUpdate};
 
-use crate::common::{TestDb, create};
+use crate::support::{TestDb, create};
 
 const THREADS: usize = 8;
 const ROUNDS: usize = 25;

@@ -1,14 +1,15 @@
-//! Integration tests of the job store, each on its own temporary database.
+//! The job store's integration tests, one binary, each test on its own temporary database.
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers panic on failure, like the tests that call them"
 )]
 
-mod common;
 mod concurrency;
+mod history_cap;
 mod legacy;
 mod lifecycle;
 mod list;
 mod progress;
+mod proptest_legacy;
 mod recovery;
-mod tidy;
+mod support;

@@ -5,7 +5,7 @@ use serde_json::json;
 use skill_fleet_jobs::{IMPORTED_RUNNING_ERROR, LEGACY_SOURCE, StoreError};
 use skill_fleet_types::JobStatus;
 
-use crate::common::{TestDb, fixtures};
+use crate::support::{TestDb, fixtures};
 
 fn import_rows(url: &str) -> Vec<(String, i32, i32, i32)> {
     use diesel::sql_types::{Integer, Text};
