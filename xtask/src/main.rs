@@ -28,7 +28,7 @@ commands:
   schema [--check]         regenerate crates/skill-fleet-jobs/src/schema.rs, or check it
   bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
                            the benchmark suite (release build): table + target/bench/report.json;
-                           sections ingest,revalidate,sse,restart,cli,store
+                           sections ingest,revalidate,sse,restart,cli,store,faults
   bench-store [--ticks N]  the store section alone (`bench --only store`)
   soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--seed N] [--no-build]
                            SIGKILL the release server during ingest, restart, and check that
