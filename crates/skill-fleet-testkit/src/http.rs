@@ -33,6 +33,16 @@ pub fn unpooled_agent() -> ureq::Agent {
         .into()
 }
 
+/// An agent with no overall time limit (5 s to connect), for responses that stay open:
+/// Server-Sent Events streams read line by line with `into_body().into_reader()`.
+pub fn streaming_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
 /// The status and body of a request that must get an answer: the body as JSON, or as a JSON
 /// string when it is not JSON. Panics when the request got no answer.
 pub fn call(sent: Sent) -> (u16, Value) {

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
 use serde_json::{Value, json};
+use skill_fleet_testkit::http::streaming_agent;
 use support::{Server, agent, server_command, server_command_with_config, temp_db, wait_for};
 
 // ---------------------------------------------------------------------------------------------
@@ -241,12 +242,13 @@ struct Sse {
 
 impl Sse {
     fn open(server: &Server, path: &str) -> Sse {
-        let mut stream = TcpStream::connect(addr(server)).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-        )
-        .unwrap();
+        let stream = streaming_agent()
+            .get(&server.url(path))
+            .header("Accept", "text/event-stream")
+            .call()
+            .unwrap()
+            .into_body()
+            .into_reader();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         std::thread::spawn(move || {
