@@ -27,6 +27,10 @@ const LIBRARY_CRATES: [&str; 5] = [
     "skill-fleet-client",
 ];
 
+/// The test kit: `publish = false`, never packaged; its workspace entry has no version, so
+/// `cargo package` drops it from the published crates' dev-dependencies.
+const TEST_SUPPORT_CRATE: &str = "skill-fleet-testkit";
+
 /// `(package, binary)` pairs built and packed.
 const BINARIES: [(&str, &str); 2] = [
     ("skill-fleet-server", "skill-fleet-server"),
@@ -234,7 +238,10 @@ fn check_crates(root: &Path, version: &str) -> Result {
             continue;
         };
         let name = name.trim();
-        if !name.starts_with("skill-fleet-") || !spec.contains("path =") {
+        if !name.starts_with("skill-fleet-")
+            || !spec.contains("path =")
+            || name == TEST_SUPPORT_CRATE
+        {
             continue;
         }
         let wanted = format!("version = \"{version}\"");

@@ -1,14 +1,14 @@
 //! `cargo xtask soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--seed N]
 //! [--no-build]`: SIGKILL the release server at random moments during ingest and check that
-//! every acknowledged write survived (see `soak/kill_loop.rs`).
+//! every acknowledged write survived (see `skill_fleet_testkit::kill_loop`).
 //!
 //! Exit code: 0 when nothing acknowledged was lost, 1 when something was (or the run broke),
 //! 2 for bad usage.
 
-mod kill_loop;
-
 use std::process::{Command, ExitCode};
 use std::time::Duration;
+
+use skill_fleet_testkit::kill_loop;
 
 use crate::{Result, project_root};
 

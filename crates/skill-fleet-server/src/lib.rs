@@ -12,4 +12,4 @@ mod startup;
 pub use config::{Cli, Command, Config, DbCommand};
 pub use error::ServerError;
 pub use logging::init_logging;
-pub use startup::{db_status, init_db, serve};
+pub use startup::{db_status, init_db, serve, serve_until};

@@ -23,6 +23,23 @@ use crate::executor::{Executor, ExecutorSettings, ExecutorSpec};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServerError> {
+    serve_until(config, wait_for_signal(), |addr| {
+        // One machine-readable line on stdout, for scripts and tests that bind port 0.
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "listening on http://{addr}");
+        let _ = stdout.flush();
+    })
+    .await
+}
+
+/// Runs the server until `stop` completes, then shuts down as on SIGTERM; `on_listening`
+/// gets the bound address once connections are accepted. For a server inside a process that
+/// is not its own (the CLI's tests run one on a thread).
+pub async fn serve_until(
+    config: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), ServerError> {
     // Before anything reads or writes the database: recovery would requeue the jobs another
     // server is running.
     let mut owner = take_database(&config.database, SERVER_PROGRAM)?;
@@ -92,14 +109,11 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     owner.set_address(&format!("http://{addr}"))?;
     state.set_ready(true);
     tracing::info!(%addr, database = %config.database, seeded, "skill-fleet-server ready");
-    // One machine-readable line on stdout, for scripts and tests that bind port 0.
-    let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "listening on http://{addr}");
-    let _ = stdout.flush();
+    on_listening(addr);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop.await;
         let _ = stop_tx.send(true);
     });
     let flusher = {

@@ -11,6 +11,7 @@
 //! run (a build failed, the server did not start, a section broke); 2 for bad usage.
 
 mod cli;
+mod faults;
 mod http;
 mod ingest;
 mod report;
@@ -36,14 +37,22 @@ const USAGE: &str =
     "usage: cargo xtask bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
 
   --quick          short runs (CI; under two minutes with the binaries built)
-  --only LIST      comma-separated sections: ingest,revalidate,sse,restart,cli,store
+  --only LIST      comma-separated sections: ingest,revalidate,sse,restart,cli,store,faults
   --out PATH       the JSON report [default: target/bench/report.json, or
                    report-SECTIONS.json when --only leaves sections out]
   --ticks N        ticks of the store section [default: 500, quick: 100]
   --no-build       use the release binaries already in target/release";
 
 /// Every section, in the order they run.
-const SECTIONS: [&str; 6] = ["ingest", "revalidate", "sse", "restart", "cli", "store"];
+const SECTIONS: [&str; 7] = [
+    "ingest",
+    "revalidate",
+    "sse",
+    "restart",
+    "cli",
+    "store",
+    "faults",
+];
 
 /// Tokio worker threads of the load generator (the machine has 2 cores; the server gets
 /// the rest).
@@ -384,6 +393,7 @@ async fn run_sections(options: &Options) -> Result<(Value, bool)> {
             "restart" => restart::run(&ctx).await,
             "cli" => cli::run(&ctx).await,
             "store" => store::run(&ctx).await,
+            "faults" => faults::run(&ctx).await,
             _ => unreachable!("sections are checked when parsing"),
         };
         let seconds = started.elapsed().as_secs_f64();

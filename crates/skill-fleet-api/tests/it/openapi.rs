@@ -1,0 +1,431 @@
+//! The OpenAPI document: it describes exactly the routes the router serves (checked against
+//! `openapi::ROUTES`, a request per route, and the source of `router()`), every failure uses
+//! the shared error body, and the documented headers and hand-written bodies match what the
+//! handlers send.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::support;
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::Value;
+use skill_fleet_api::openapi::{CACHED_GETS, ROUTES};
+use support::TestApp;
+
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// Routes `router()` declares that are not part of the API (served only when configured).
+const UNDOCUMENTED: &[&str] = &["/_bench/noop"];
+
+async fn document(app: &TestApp) -> Value {
+    let reply = app.get("/api/v1/openapi.json").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert!(
+        reply.body["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        reply.body["openapi"]
+    );
+    reply.body
+}
+
+/// Every `(METHOD, path, operation)` of the document.
+fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if let Some(operation) = item.get(method) {
+                out.push((method.to_uppercase(), path.clone(), operation));
+            }
+        }
+    }
+    out
+}
+
+fn route_set(routes: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    routes
+        .iter()
+        .map(|(method, path)| ((*method).to_owned(), (*path).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_document_describes_exactly_the_listed_routes() {
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    let documented: BTreeSet<(String, String)> = operations(&doc)
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect();
+    let listed = route_set(ROUTES);
+    assert_eq!(ROUTES.len(), listed.len(), "ROUTES has duplicates");
+    assert_eq!(
+        documented, listed,
+        "the OpenAPI document and openapi::ROUTES disagree: add a #[utoipa::path] to the \
+         handler and list it in ApiDoc's paths, or fix ROUTES"
+    );
+    let ids: Vec<&str> = operations(&doc)
+        .iter()
+        .map(|(_, _, op)| op["operationId"].as_str().unwrap())
+        .collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "operation ids repeat: {ids:?}");
+}
+
+#[tokio::test]
+async fn the_router_serves_every_listed_route() {
+    let app = TestApp::new().await;
+    for (method, path) in ROUTES {
+        let uri = path.replace("{id}", "probe-job");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = Request::builder().method(method.clone()).uri(&uri);
+        let body = if method == Method::POST {
+            request = request.header("content-type", "application/json");
+            Body::from("{}")
+        } else {
+            Body::empty()
+        };
+        let reply = app.request(request.body(body).unwrap()).await;
+        assert_ne!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri} is listed but the router has no such method there"
+        );
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.starts_with("no route for"),
+            "{method} {uri} is listed but the router does not serve it: {message}"
+        );
+    }
+}
+
+/// `(METHOD, path)` of every `.route(…)` in `router()`'s source. axum cannot list a router's routes, so this
+/// reads the source, like a tidy check; it fails loudly if `router()` changes shape.
+fn routes_in_router_source() -> BTreeSet<(String, String)> {
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs"))
+        .expect("read src/lib.rs");
+    let start = source
+        .find("pub fn router(")
+        .expect("`pub fn router(` in lib.rs");
+    let body = &source[start..];
+    let body = &body[..body.find("\n}\n").expect("end of router()")];
+    assert!(
+        !body.contains(".nest("),
+        "router() declares full paths; a nested router is not read by this check"
+    );
+    let mut routes = BTreeSet::new();
+    for (offset, _) in body.match_indices(".route(\"") {
+        let rest = &body[offset + ".route(\"".len()..];
+        let path = &rest[..rest.find('"').unwrap()];
+        // The arguments of `.route(`, up to its closing parenthesis.
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find_map(|(i, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                (depth == 0).then_some(i)
+            })
+            .expect("balanced .route(…)");
+        let args = &rest[..end];
+        let full = path.to_owned();
+        if UNDOCUMENTED.contains(&full.as_str()) {
+            continue;
+        }
+        let mut found = false;
+        for method in METHODS {
+            let call = format!("{method}(");
+            let declared = args.match_indices(&call).any(|(i, _)| {
+                i == 0 || !args[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+            });
+            if declared {
+                routes.insert((method.to_uppercase(), full.clone()));
+                found = true;
+            }
+        }
+        assert!(found, "no method found in `.route(\"{path}\", {args})`");
+    }
+    routes
+}
+
+#[test]
+fn router_source_declares_no_route_missing_from_the_list() {
+    let declared = routes_in_router_source();
+    assert!(declared.len() > 10, "parsed too few routes: {declared:?}");
+    assert_eq!(
+        declared,
+        route_set(ROUTES),
+        "router() and openapi::ROUTES disagree: list (and document) the new route, or add \
+         it to UNDOCUMENTED here if it is not part of the API"
+    );
+}
+
+fn is_error_body(response: &Value) -> bool {
+    response["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorBody"
+}
+
+#[tokio::test]
+async fn every_failure_is_documented_with_the_error_body() {
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    for (method, path, operation) in operations(&doc) {
+        let route = format!("{method} {path}");
+        let responses = operation["responses"].as_object().unwrap();
+        let has_error = |status: &str| responses.get(status).is_some_and(is_error_body);
+        for (status, response) in responses {
+            let code: u16 = status.parse().unwrap();
+            if code < 400 || (path == "/readyz" && code == 503) {
+                continue;
+            }
+            assert!(
+                is_error_body(response),
+                "{route} {status} does not use ErrorBody: {response}"
+            );
+        }
+        let public = operation["security"] == serde_json::json!([{}]);
+        assert_eq!(
+            public,
+            path == "/healthz",
+            "{route}: only /healthz needs no token"
+        );
+        if !public {
+            assert!(has_error("401"), "{route} lacks 401");
+        }
+        if path.contains("{id}") {
+            assert!(has_error("400"), "{route} lacks 400 for a bad id");
+            assert!(has_error("404"), "{route} lacks 404 for an unknown job");
+        }
+        if operation.get("requestBody").is_some() {
+            for status in ["400", "413", "422"] {
+                assert!(has_error(status), "{route} takes a body but lacks {status}");
+            }
+        }
+        if path.starts_with("/api/v1/jobs") || path.starts_with("/api/v1/optimization") {
+            assert!(has_error("500"), "{route} reads the store but lacks 500");
+            assert!(
+                has_error("503"),
+                "{route} reads the store but lacks 503 (storage fault)"
+            );
+        }
+    }
+    // The error body is one shared component.
+    let error = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(
+        error["properties"]["error"]["$ref"],
+        "#/components/schemas/ErrorDetail"
+    );
+    let detail = &doc["components"]["schemas"]["ErrorDetail"];
+    assert!(
+        detail["properties"]["code"].is_object() && detail["properties"]["message"].is_object()
+    );
+}
+
+fn collect_refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("$ref", Value::String(target)) => out.push(target),
+                    _ => collect_refs(value, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| collect_refs(item, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_reference_resolves_and_security_is_declared() {
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(!refs.is_empty());
+    for target in refs {
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected $ref {target}"));
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "$ref {target} does not resolve"
+        );
+    }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["token"]["in"], "query");
+    assert_eq!(doc["security"], serde_json::json!([{"bearer": []}]));
+}
+
+#[tokio::test]
+async fn streams_are_documented_as_event_streams() {
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    for path in [
+        "/api/v1/jobs/{id}/stream",
+        "/api/v1/optimization/{id}/stream",
+    ] {
+        let operation = &doc["paths"][path]["get"];
+        assert_eq!(
+            operation["responses"]["200"]["content"]["text/event-stream"]["schema"]["$ref"],
+            "#/components/schemas/StreamEvent",
+            "{path}"
+        );
+        let params: BTreeSet<(&str, &str)> = operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["in"].as_str().unwrap()))
+            .collect();
+        for expected in [
+            ("id", "path"),
+            ("Last-Event-ID", "header"),
+            ("lastEventId", "query"),
+            ("token", "query"),
+        ] {
+            assert!(params.contains(&expected), "{path} lacks {expected:?}");
+        }
+        assert_eq!(
+            operation["security"],
+            serde_json::json!([{"bearer": []}, {"token": []}])
+        );
+    }
+}
+
+fn header_names(response: &Value) -> BTreeSet<String> {
+    response["headers"]
+        .as_object()
+        .map(|headers| headers.keys().map(|name| name.to_lowercase()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn cached_gets_send_the_documented_headers_and_304() {
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    app.create("c", "optimization").await;
+    app.post(
+        "/api/v1/jobs/c/events",
+        serde_json::json!({"progress": 0.5}),
+    )
+    .await;
+    app.post(
+        "/api/v1/jobs/c/complete",
+        serde_json::json!({"result": {"score": 1}}),
+    )
+    .await;
+    let cache_headers = ["etag", "last-modified", "cache-control", "x-cache"];
+    for (method, path) in ROUTES {
+        let responses = &doc["paths"][path][method.to_lowercase()]["responses"];
+        let cached = *method == "GET" && CACHED_GETS.contains(path);
+        assert_eq!(
+            responses.get("304").is_some(),
+            cached,
+            "{method} {path}: 304 documented iff cached"
+        );
+        if *method != "GET" || path.ends_with("/stream") {
+            continue;
+        }
+        let uri = path.replace("{id}", "c");
+        let reply = app.get(&uri).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {:?}", reply.body);
+        let documented = header_names(&responses["200"]);
+        for name in cache_headers {
+            assert_eq!(
+                reply.headers.contains_key(name),
+                cached,
+                "{uri}: `{name}` sent iff the route is cached"
+            );
+            assert_eq!(
+                documented.contains(name),
+                cached,
+                "{path}: `{name}` documented iff cached"
+            );
+        }
+        if cached {
+            let etag = reply.headers["etag"].to_str().unwrap().to_owned();
+            let again = app
+                .request(
+                    Request::get(&uri)
+                        .header("if-none-match", &etag)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{uri}");
+            for name in cache_headers {
+                assert!(
+                    again.headers.contains_key(name),
+                    "{uri}: 304 lacks `{name}`"
+                );
+                assert!(header_names(&responses["304"]).contains(name));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn creates_document_location() {
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    for path in ["/api/v1/jobs", "/api/v1/optimization"] {
+        for status in ["200", "201"] {
+            let response = &doc["paths"][path]["post"]["responses"][status];
+            assert!(
+                header_names(response).contains("location"),
+                "{path} {status}"
+            );
+        }
+    }
+}
+
+/// Resolves a schema that may be a `$ref`.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(target) => {
+            let name = target.trim_start_matches("#/components/schemas/");
+            &doc["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+/// Checks that `body` has exactly the documented properties, recursively into objects.
+fn assert_matches_schema(doc: &Value, schema: &Value, body: &Value, at: &str) {
+    let schema = resolve(doc, schema);
+    let Some(properties) = schema["properties"].as_object() else {
+        return;
+    };
+    let body = body
+        .as_object()
+        .unwrap_or_else(|| panic!("{at}: not an object"));
+    let documented: BTreeSet<&String> = properties.keys().collect();
+    let sent: BTreeSet<&String> = body.keys().collect();
+    assert_eq!(sent, documented, "{at}: the body and its schema disagree");
+    for (key, value) in body {
+        assert_matches_schema(doc, &properties[key], value, &format!("{at}.{key}"));
+    }
+}
+
+#[tokio::test]
+async fn operations_bodies_match_their_hand_written_schemas() {
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let reply = app.get(path).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let schema =
+            &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        assert_matches_schema(&doc, schema, &reply.body, path);
+    }
+    app.state.set_ready(false);
+    let starting = app.get("/readyz").await;
+    assert_eq!(starting.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(starting.body, serde_json::json!({"status": "starting"}));
+    assert!(doc["paths"]["/readyz"]["get"]["responses"]["503"].is_object());
+}

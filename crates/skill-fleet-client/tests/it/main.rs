@@ -1,0 +1,3 @@
+//! The client's integration tests, one binary.
+
+mod proptest_cache;

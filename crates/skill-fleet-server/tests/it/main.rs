@@ -1,0 +1,13 @@
+//! The server's integration tests, one binary: the real `skill-fleet-server` binary (built by
+//! cargo for this package) on port 0, each test on its own temp database.
+
+mod config_docs;
+mod dashboard;
+mod executor;
+mod faults;
+mod ownership;
+mod proptest_parsers;
+mod restart;
+mod security;
+mod support;
+mod webdriver;

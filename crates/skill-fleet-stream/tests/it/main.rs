@@ -1,0 +1,3 @@
+//! The hub's integration tests, one binary.
+
+mod hub;

@@ -1,0 +1,3 @@
+//! The wire types' integration tests, one binary.
+
+mod proptest_validation;
