@@ -4,6 +4,7 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -91,12 +92,10 @@ fn query_token(uri: &axum::http::Uri) -> Option<String> {
         .and_then(|query| query.0.token)
 }
 
-/// Compares two byte strings in time that depends only on their lengths, not their contents.
+/// Compares two byte strings in time that depends only on their lengths, not their contents
+/// (`subtle`'s constant-time equality).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

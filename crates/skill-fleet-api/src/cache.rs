@@ -2,6 +2,9 @@
 //! `Last-Modified`, conditional requests answered with `304`, `Cache-Control` by status, and a
 //! bounded in-memory response cache.
 //!
+//! [`is_not_modified`] is the server's one conditional-request matcher: the response cache and
+//! the dashboard's assets both answer `304` through it.
+//!
 //! Invalidation is O(1) and never serves a stale body: every cached response remembers the
 //! *generation* of what it was built from (a job's stripe, or the store-wide list counter),
 //! read **before** the database was. Every write bumps those generations **after** it commits
@@ -11,12 +14,12 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 
 /// How many generation stripes jobs are spread over. A write to one job also invalidates the
 /// cached responses of the other jobs in its stripe (a harmless miss); memory stays fixed
@@ -227,7 +230,11 @@ impl ResponseCache {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let representation = &prepared.representation;
-        let mut response = if is_not_modified(request, representation) {
+        let mut response = if is_not_modified(
+            request,
+            &representation.etag,
+            Some(representation.last_modified),
+        ) {
             self.counters.not_modified.fetch_add(1, Ordering::Relaxed);
             StatusCode::NOT_MODIFIED.into_response()
         } else {
@@ -261,21 +268,31 @@ impl ResponseCache {
     }
 }
 
-/// RFC 9110 §13.2.2: `If-None-Match` decides when present; `If-Modified-Since` only without it.
-fn is_not_modified(request: &HeaderMap, representation: &Representation) -> bool {
+/// Whether a GET with these request headers is answered `304 Not Modified` by a
+/// representation with entity tag `etag` (quoted, as sent in `ETag`) and, when it has one,
+/// `last_modified`.
+///
+/// RFC 9110 §13.2.2: `If-None-Match` decides when present (every line of it, weak comparison,
+/// `*` matches); `If-Modified-Since` counts only without it, to the second, and only as an
+/// IMF-fixdate (see [`parse_http_date`]).
+pub fn is_not_modified(
+    request: &HeaderMap,
+    etag: &str,
+    last_modified: Option<DateTime<Utc>>,
+) -> bool {
     let mut if_none_match = request.get_all(header::IF_NONE_MATCH).iter().peekable();
     if if_none_match.peek().is_some() {
-        return if_none_match.any(|value| {
-            value
-                .to_str()
-                .is_ok_and(|list| none_match_hits(list, &representation.etag))
-        });
+        return if_none_match
+            .any(|value| value.to_str().is_ok_and(|list| none_match_hits(list, etag)));
     }
+    let Some(last_modified) = last_modified else {
+        return false;
+    };
     request
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|value| value.to_str().ok())
         .and_then(parse_http_date)
-        .is_some_and(|since| representation.last_modified.timestamp() <= since.timestamp())
+        .is_some_and(|since| last_modified.timestamp() <= since.timestamp())
 }
 
 /// Weak comparison (RFC 9110 §8.8.3.2) of each tag in an `If-None-Match` list; `*` matches.
@@ -290,18 +307,32 @@ fn opaque_tag(tag: &str) -> &str {
     tag.strip_prefix("W/").unwrap_or(tag)
 }
 
-const HTTP_DATE: &str = "%a, %d %b %Y %H:%M:%S GMT";
+/// The last second an HTTP date can name: 9999-12-31 23:59:59 UTC.
+const LAST_HTTP_DATE_SECONDS: u64 = 253_402_300_799;
 
-/// IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`, to the second.
+/// An HTTP date names a second of the years 1970 to 9999; an instant outside them is written
+/// as the nearest one.
 pub fn http_date(at: DateTime<Utc>) -> String {
-    at.format(HTTP_DATE).to_string()
+    let seconds = u64::try_from(at.timestamp())
+        .unwrap_or(0)
+        .min(LAST_HTTP_DATE_SECONDS);
+    httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
-/// Parses an IMF-fixdate; other (obsolete) formats are treated as absent.
+/// Parses an IMF-fixdate, ignoring surrounding whitespace. The two obsolete formats RFC 9110
+/// §5.6.7 also defines (RFC 850 and asctime dates) are treated as absent, like anything else
+/// that is not an IMF-fixdate.
 pub fn parse_http_date(text: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(text.trim(), HTTP_DATE)
+    let text = text.trim();
+    // Of the three formats httpdate reads, only IMF-fixdate has a comma after a three-letter
+    // day name (`Sun,`); RFC 850 spells the day out (`Sunday,`), asctime has no comma.
+    if text.as_bytes().get(3) != Some(&b',') {
+        return None;
+    }
+    httpdate::parse_http_date(text)
         .ok()
-        .map(|naive| naive.and_utc())
+        .map(DateTime::<Utc>::from)
 }
 
 /// A strong entity tag, quoted, from parts that identify one representation.
@@ -328,6 +359,14 @@ mod tests {
             map.append(*name, HeaderValue::from_str(value).unwrap());
         }
         map
+    }
+
+    fn is_not_modified(request: &HeaderMap, representation: &Representation) -> bool {
+        super::is_not_modified(
+            request,
+            &representation.etag,
+            Some(representation.last_modified),
+        )
     }
 
     #[test]
@@ -388,6 +427,33 @@ mod tests {
     fn http_dates_round_trip() {
         let text = "Sun, 06 Nov 1994 08:49:37 GMT";
         assert_eq!(http_date(parse_http_date(text).unwrap()), text);
+    }
+
+    #[test]
+    fn only_imf_fixdates_parse() {
+        assert!(parse_http_date(" Sun, 06 Nov 1994 08:49:37 GMT\t").is_some());
+        // The obsolete formats of RFC 9110 §5.6.7 are treated as absent.
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), None);
+        // A day name that does not fit the date.
+        assert_eq!(parse_http_date("Mon, 06 Nov 1994 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date(""), None);
+    }
+
+    #[test]
+    fn instants_outside_http_dates_are_written_as_the_nearest() {
+        let before = DateTime::from_timestamp(-86_400, 0).unwrap();
+        assert_eq!(http_date(before), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let after = DateTime::from_timestamp(300_000_000_000, 0).unwrap();
+        assert_eq!(http_date(after), "Fri, 31 Dec 9999 23:59:59 GMT");
+    }
+
+    #[test]
+    fn without_last_modified_only_if_none_match_counts() {
+        let since = headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(!super::is_not_modified(&since, "\"a\"", None));
+        let tag = headers(&[("if-none-match", "W/\"a\"")]);
+        assert!(super::is_not_modified(&tag, "\"a\"", None));
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The OpenAPI 3.1 document of the HTTP API, served at `GET /api/v1/openapi.json`.
 //!
 //! It is generated from the code: every handler carries a `#[utoipa::path]` attribute, every
-//! wire type derives `utoipa::ToSchema` (the `openapi` feature of `skill-fleet-types`). What
-//! several routes share is added here, in one place each: the bearer security scheme, the
-//! caching contract of the cached GETs ([`CACHED_GETS`]) and the second path of the stream
-//! handler. [`ROUTES`] lists what the router serves; `tests/openapi.rs` checks that the
-//! document, the router and `router()`'s source agree on it.
+//! wire type derives `utoipa::ToSchema` (the `openapi` feature of `skill-fleet-types`), and
+//! the paths come from the same list the router serves ([`crate::routes::api`]), so the two
+//! cannot disagree. What several routes share is added here, in one place each: the bearer
+//! security scheme, the caching contract of the cached GETs ([`CACHED_GETS`]), the
+//! storage-fault `503` and the second path of the stream handler ([`optimization_stream`]).
 
 use std::sync::LazyLock;
 
@@ -18,40 +18,17 @@ use skill_fleet_types::{
     EventAck, FailRequest, Job, JobList, JobLogs, JobStatus, Progress, ProgressPage,
     ProgressRecord, ProgressUpdate, ResultBody, StreamEvent,
 };
-use utoipa::openapi::path::{HttpMethod, Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::path::{
+    HttpMethod, Operation, Parameter, ParameterBuilder, ParameterIn, Paths,
+};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Header, Object, ObjectBuilder, Required, ResponseBuilder, Type};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::UtoipaMethodRouter;
 
 use crate::error::ApiError;
 use crate::routes::jobs::CreateOptimization;
-
-/// Every route the router serves, as `(method, path)` with paths in OpenAPI's template form.
-/// The config-gated benchmark route `/_bench/noop` is not part of the API and not listed.
-///
-/// The OpenAPI document describes exactly these; `tests/openapi.rs` checks that, that the
-/// router answers each of them, and that `router()` declares no other.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/api/v1/jobs"),
-    ("GET", "/api/v1/jobs"),
-    ("POST", "/api/v1/jobs/claim"),
-    ("GET", "/api/v1/jobs/{id}"),
-    ("GET", "/api/v1/jobs/{id}/progress"),
-    ("GET", "/api/v1/jobs/{id}/result"),
-    ("POST", "/api/v1/jobs/{id}/events"),
-    ("POST", "/api/v1/jobs/{id}/complete"),
-    ("POST", "/api/v1/jobs/{id}/fail"),
-    ("POST", "/api/v1/jobs/{id}/cancel"),
-    ("POST", "/api/v1/jobs/{id}/resume"),
-    ("GET", "/api/v1/jobs/{id}/stream"),
-    ("GET", "/api/v1/jobs/{id}/logs"),
-    ("POST", "/api/v1/optimization"),
-    ("GET", "/api/v1/optimization/{id}/stream"),
-    ("GET", "/api/v1/openapi.json"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-];
+use crate::state::AppState;
 
 /// The GET routes answered through the response cache: strong `ETag`, `Last-Modified`,
 /// `Cache-Control`, `X-Cache`, and `304` on a matching `If-None-Match` / `If-Modified-Since`.
@@ -62,11 +39,11 @@ pub const CACHED_GETS: &[&str] = &[
     "/api/v1/jobs/{id}/result",
 ];
 
-/// The path of the job stream; the optimization stream is the same handler.
-const JOB_STREAM: &str = "/api/v1/jobs/{id}/stream";
+/// The path of the optimization stream, served by the job stream's handler.
 const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
 
-/// The whole document. `ApiDoc::openapi()` builds it.
+/// What the document says besides its paths: info, shared schemas, security, tags. The paths
+/// are added by [`crate::routes::api`]; [`document`] is the whole document.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -76,26 +53,6 @@ const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
             `docs/API.md`. Every error is `{\"error\": {\"code\", \"message\"}}` \
             (`ErrorBody`); clients match on `code`.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
-    ),
-    paths(
-        crate::routes::jobs::create,
-        crate::routes::jobs::list,
-        crate::routes::jobs::claim,
-        crate::routes::jobs::get,
-        crate::routes::jobs::history,
-        crate::routes::jobs::result,
-        crate::routes::jobs::events,
-        crate::routes::jobs::complete,
-        crate::routes::jobs::fail,
-        crate::routes::jobs::cancel,
-        crate::routes::jobs::resume,
-        crate::routes::stream::stream,
-        crate::routes::jobs::logs,
-        crate::routes::jobs::create_optimization,
-        openapi_json,
-        crate::routes::health::healthz,
-        crate::routes::health::readyz,
-        crate::routes::health::metrics,
     ),
     components(schemas(
         ErrorBody,
@@ -122,7 +79,7 @@ const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
         Readiness,
         Metrics,
     )),
-    modifiers(&Security, &Caching, &StorageFaults, &OptimizationStream),
+    modifiers(&Security),
     security(("bearer" = [])),
     tags(
         (name = "jobs", description = "Create, list and read jobs; lifecycle transitions"),
@@ -132,11 +89,21 @@ const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
+
+/// The whole document: [`ApiDoc`] with the paths of every route the router serves, and what
+/// the cached GETs and the store's routes share.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut document = crate::routes::api().into_openapi();
+    // After the paths are in: these modify the operations of the routes.
+    Caching.modify(&mut document);
+    StorageFaults.modify(&mut document);
+    document
+}
 
 /// The document as served, built once.
 static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
-    ApiDoc::openapi()
+    document()
         .to_json()
         .map(Bytes::from)
         .map_err(|err| format!("cannot encode the openapi document: {err}"))
@@ -480,20 +447,14 @@ impl Modify for StorageFaults {
     }
 }
 
-/// Documents `GET /api/v1/optimization/{id}/stream`, served by the same handler as the job
-/// stream, as a copy of that path.
-struct OptimizationStream;
-
-impl Modify for OptimizationStream {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let Some(mut operation) = openapi
-            .paths
-            .paths
-            .get(JOB_STREAM)
-            .and_then(|item| item.get.clone())
-        else {
-            return;
-        };
+/// `routes!(stream::stream)` moved to `GET /api/v1/optimization/{id}/stream`: the job
+/// stream's handler served there too, documented as its own operation.
+pub fn optimization_stream(
+    job_stream: UtoipaMethodRouter<AppState>,
+) -> UtoipaMethodRouter<AppState> {
+    let (schemas, paths, method_router) = job_stream;
+    let mut moved = Paths::new();
+    for mut operation in paths.paths.into_values().filter_map(|item| item.get) {
         operation.operation_id = Some("stream_optimization".to_owned());
         operation.tags = Some(vec!["optimization".to_owned(), "stream".to_owned()]);
         operation.summary = Some("Follow an optimization job's progress (SSE)".to_owned());
@@ -502,8 +463,7 @@ impl Modify for OptimizationStream {
              prefix; any job id is accepted."
                 .to_owned(),
         );
-        openapi
-            .paths
-            .add_path_operation(OPTIMIZATION_STREAM, vec![HttpMethod::Get], operation);
+        moved.add_path_operation(OPTIMIZATION_STREAM, vec![HttpMethod::Get], operation);
     }
+    (schemas, moved, method_router)
 }

@@ -17,6 +17,7 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use skill_fleet_api::cache::is_not_modified;
 use skill_fleet_types::{ErrorBody, ErrorCode};
 
 /// The page's content security policy: everything from this origin, nothing inline.
@@ -100,10 +101,10 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
 fn respond(index: usize, request: &HeaderMap) -> Response {
     let asset = &ASSETS[index];
     let etag = &ETAGS[index];
-    let fresh = request
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| matches_etag(value, etag.as_bytes()));
+    // The API's conditional-request matcher; the assets have no `Last-Modified`.
+    let fresh = etag
+        .to_str()
+        .is_ok_and(|etag| is_not_modified(request, etag, None));
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -134,15 +135,6 @@ fn respond(index: usize, request: &HeaderMap) -> Response {
         );
     }
     response
-}
-
-/// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2): `*`, or any listed tag whose
-/// opaque part equals ours, `W/` or not.
-fn matches_etag(if_none_match: &str, etag: &[u8]) -> bool {
-    if_none_match
-        .split(',')
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == etag)
 }
 
 #[cfg(test)]
@@ -269,7 +261,12 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
         assert_ne!(ETAGS[1], ETAGS[2]);
-        assert!(matches_etag("*", b"\"1\""));
-        assert!(!matches_etag("\"2\"", b"\"1\""));
+        let if_none_match = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static(value));
+            headers
+        };
+        assert!(is_not_modified(&if_none_match("*"), "\"1\"", None));
+        assert!(!is_not_modified(&if_none_match("\"2\""), "\"1\"", None));
     }
 }

@@ -1,7 +1,7 @@
-//! The OpenAPI document: it describes exactly the routes the router serves (checked against
-//! `openapi::ROUTES`, a request per route, and the source of `router()`), every failure uses
-//! the shared error body, and the documented headers and hand-written bodies match what the
-//! handlers send.
+//! The OpenAPI document: it describes exactly the routes the router serves (both are built from
+//! `routes::api()`; checked with a request per documented path and method, and against the
+//! sources that could add a route beside that list), every failure uses the shared error body,
+//! and the documented headers and hand-written bodies match what the handlers send.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::support;
@@ -11,12 +11,13 @@ use std::collections::BTreeSet;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::Value;
-use skill_fleet_api::openapi::{CACHED_GETS, ROUTES};
+use skill_fleet_api::openapi::CACHED_GETS;
 use support::TestApp;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
-/// Routes `router()` declares that are not part of the API (served only when configured).
+/// Routes `router()` declares beside `routes::api()`, not part of the API (served only when
+/// configured).
 const UNDOCUMENTED: &[&str] = &["/_bench/noop"];
 
 async fn document(app: &TestApp) -> Value {
@@ -44,124 +45,113 @@ fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
     out
 }
 
-fn route_set(routes: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-    routes
-        .iter()
-        .map(|(method, path)| ((*method).to_owned(), (*path).to_owned()))
-        .collect()
+/// A request for `method path`, with `{id}` filled in and, for a POST, a JSON body.
+fn probe(method: &Method, path: &str) -> Request<Body> {
+    let uri = path.replace("{id}", "probe-job");
+    let mut request = Request::builder().method(method.clone()).uri(&uri);
+    let body = if *method == Method::POST {
+        request = request.header("content-type", "application/json");
+        Body::from("{}")
+    } else {
+        Body::empty()
+    };
+    request.body(body).unwrap()
 }
 
 #[tokio::test]
-async fn the_document_describes_exactly_the_listed_routes() {
+async fn the_document_describes_exactly_the_routes_the_router_answers() {
     let app = TestApp::new().await;
     let doc = document(&app).await;
     let documented: BTreeSet<(String, String)> = operations(&doc)
         .into_iter()
         .map(|(method, path, _)| (method, path))
         .collect();
-    let listed = route_set(ROUTES);
-    assert_eq!(ROUTES.len(), listed.len(), "ROUTES has duplicates");
-    assert_eq!(
-        documented, listed,
-        "the OpenAPI document and openapi::ROUTES disagree: add a #[utoipa::path] to the \
-         handler and list it in ApiDoc's paths, or fix ROUTES"
-    );
+    assert!(documented.len() > 10, "too few operations: {documented:?}");
     let ids: Vec<&str> = operations(&doc)
         .iter()
         .map(|(_, _, op)| op["operationId"].as_str().unwrap())
         .collect();
     let unique: BTreeSet<&str> = ids.iter().copied().collect();
     assert_eq!(ids.len(), unique.len(), "operation ids repeat: {ids:?}");
-}
-
-#[tokio::test]
-async fn the_router_serves_every_listed_route() {
-    let app = TestApp::new().await;
-    for (method, path) in ROUTES {
-        let uri = path.replace("{id}", "probe-job");
-        let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = Request::builder().method(method.clone()).uri(&uri);
-        let body = if method == Method::POST {
-            request = request.header("content-type", "application/json");
-            Body::from("{}")
-        } else {
-            Body::empty()
-        };
-        let reply = app.request(request.body(body).unwrap()).await;
-        assert_ne!(
-            reply.status,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {uri} is listed but the router has no such method there"
-        );
-        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            !message.starts_with("no route for"),
-            "{method} {uri} is listed but the router does not serve it: {message}"
-        );
-    }
-}
-
-/// `(METHOD, path)` of every `.route(…)` in `router()`'s source. axum cannot list a router's routes, so this
-/// reads the source, like a tidy check; it fails loudly if `router()` changes shape.
-fn routes_in_router_source() -> BTreeSet<(String, String)> {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs"))
-        .expect("read src/lib.rs");
-    let start = source
-        .find("pub fn router(")
-        .expect("`pub fn router(` in lib.rs");
-    let body = &source[start..];
-    let body = &body[..body.find("\n}\n").expect("end of router()")];
-    assert!(
-        !body.contains(".nest("),
-        "router() declares full paths; a nested router is not read by this check"
-    );
-    let mut routes = BTreeSet::new();
-    for (offset, _) in body.match_indices(".route(\"") {
-        let rest = &body[offset + ".route(\"".len()..];
-        let path = &rest[..rest.find('"').unwrap()];
-        // The arguments of `.route(`, up to its closing parenthesis.
-        let mut depth = 1;
-        let end = rest
-            .char_indices()
-            .find_map(|(i, c)| {
-                match c {
-                    '(' => depth += 1,
-                    ')' => depth -= 1,
-                    _ => {}
-                }
-                (depth == 0).then_some(i)
-            })
-            .expect("balanced .route(…)");
-        let args = &rest[..end];
-        let full = path.to_owned();
-        if UNDOCUMENTED.contains(&full.as_str()) {
-            continue;
-        }
-        let mut found = false;
+    // On every documented path, the documented methods are served and no other is.
+    for path in doc["paths"].as_object().unwrap().keys() {
         for method in METHODS {
-            let call = format!("{method}(");
-            let declared = args.match_indices(&call).any(|(i, _)| {
-                i == 0 || !args[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
-            });
-            if declared {
-                routes.insert((method.to_uppercase(), full.clone()));
-                found = true;
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let reply = app.request(probe(&method, path)).await;
+            let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                !message.starts_with("no route for"),
+                "{method} {path} is documented but the router does not serve it: {message}"
+            );
+            if documented.contains(&(method.to_string(), path.clone())) {
+                assert_ne!(
+                    reply.status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is documented but the router has no such method there"
+                );
+            } else {
+                assert_eq!(
+                    reply.status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is served but not documented"
+                );
             }
         }
-        assert!(found, "no method found in `.route(\"{path}\", {args})`");
     }
-    routes
 }
 
+/// The string literal of every `.route("…"` in `source`.
+fn route_calls(source: &str) -> BTreeSet<String> {
+    source
+        .match_indices(".route(")
+        .map(|(offset, _)| {
+            let rest = source[offset + ".route(".len()..].trim_start();
+            let path = rest
+                .strip_prefix('"')
+                .unwrap_or_else(|| panic!("`.route(` without a literal path: {rest:.60}"));
+            path[..path.find('"').unwrap()].to_owned()
+        })
+        .collect()
+}
+
+/// The router and the document are both built from `routes::api()`; the only way to serve a
+/// route undocumented is to add it beside that list. axum cannot list a router's routes, so
+/// this reads the two functions that build the router, like a tidy check.
 #[test]
-fn router_source_declares_no_route_missing_from_the_list() {
-    let declared = routes_in_router_source();
-    assert!(declared.len() > 10, "parsed too few routes: {declared:?}");
+fn no_route_is_added_beside_the_documented_list() {
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|err| panic!("read {file}: {err}"))
+    };
+    let lib = read("src/lib.rs");
+    let start = lib
+        .find("pub fn router(")
+        .expect("`pub fn router(` in lib.rs");
+    let router = &lib[start..];
+    let router = &router[..router.find("\n}\n").expect("end of router()")];
+    let routes = read("src/routes/mod.rs");
+    for (name, source) in [("router()", router), ("routes/mod.rs", routes.as_str())] {
+        for call in [".nest(", ".merge(", ".route_service(", ".nest_service("] {
+            assert!(
+                !source.contains(call),
+                "{name} calls `{call}`: routes beside `routes!` are served undocumented"
+            );
+        }
+    }
+    assert!(
+        router.contains("routes::api()"),
+        "router() no longer serves routes::api()"
+    );
+    let beside: BTreeSet<String> = route_calls(router)
+        .into_iter()
+        .chain(route_calls(&routes))
+        .collect();
+    let undocumented: BTreeSet<String> = UNDOCUMENTED.iter().map(|p| (*p).to_owned()).collect();
     assert_eq!(
-        declared,
-        route_set(ROUTES),
-        "router() and openapi::ROUTES disagree: list (and document) the new route, or add \
-         it to UNDOCUMENTED here if it is not part of the API"
+        beside, undocumented,
+        "a route added with `.route(` is served but not documented: register its handler \
+         with `routes!` in routes::api(), or add it to UNDOCUMENTED here if it is not part \
+         of the API"
     );
 }
 
@@ -320,15 +310,22 @@ async fn cached_gets_send_the_documented_headers_and_304() {
     )
     .await;
     let cache_headers = ["etag", "last-modified", "cache-control", "x-cache"];
-    for (method, path) in ROUTES {
-        let responses = &doc["paths"][path][method.to_lowercase()]["responses"];
-        let cached = *method == "GET" && CACHED_GETS.contains(path);
+    let operations = operations(&doc);
+    for path in CACHED_GETS {
+        assert!(
+            operations.iter().any(|(m, p, _)| m == "GET" && p == path),
+            "CACHED_GETS names {path}, which the document has no GET for"
+        );
+    }
+    for (method, path, operation) in &operations {
+        let responses = &operation["responses"];
+        let cached = method == "GET" && CACHED_GETS.contains(&path.as_str());
         assert_eq!(
             responses.get("304").is_some(),
             cached,
             "{method} {path}: 304 documented iff cached"
         );
-        if *method != "GET" || path.ends_with("/stream") {
+        if method != "GET" || path.ends_with("/stream") {
             continue;
         }
         let uri = path.replace("{id}", "c");
