@@ -148,11 +148,9 @@ pub struct SseReader {
 pub fn open_sse(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> SseReader {
     use std::io::BufRead;
     let url = format!("http://{addr}{path}");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut request = agent.get(&url).header("accept", "text/event-stream");
+    let mut request = skill_fleet_testkit::http::streaming_agent()
+        .get(&url)
+        .header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
     }
