@@ -91,8 +91,8 @@ const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
 )]
 pub(crate) struct ApiDoc;
 
-/// The whole document: [`ApiDoc`] with the paths of every route the router serves, and what
-/// the cached GETs and the store's routes share.
+/// The whole document: the info, tags and schemas of `ApiDoc` with the paths of every route
+/// the router serves, and what the cached GETs and the store's routes share.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut document = crate::routes::api().into_openapi();
     // After the paths are in: these modify the operations of the routes.

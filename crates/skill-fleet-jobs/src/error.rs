@@ -101,7 +101,7 @@ pub enum StoreError {
 
 /// A storage condition outside the program that refused a query: the operator (or time) fixes
 /// it, the server does not. Nothing the refused call tried to write was committed. Which
-/// database errors are which fault is the backend's to say ([`crate::backend`]); the
+/// database errors are which fault is the backend's to say (`backend/`); the
 /// variants name SQLite's result codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageFault {
