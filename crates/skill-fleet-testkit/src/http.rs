@@ -76,3 +76,35 @@ pub fn try_get(agent: &ureq::Agent, url: &str) -> Result<(u16, Value), ureq::Err
 pub fn try_post(agent: &ureq::Agent, url: &str, body: &Value) -> Result<(u16, Value), ureq::Error> {
     try_call(agent.post(url).send_json(body))
 }
+
+/// A server's base URL and the calls the suites make against it; the test servers (a child
+/// process, or one in-process) deref to it, so both offer the same `get`, `post`, `post_ok`.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Endpoint {
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET path`: the status and the JSON body (a JSON string when it is not JSON).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        call(agent().get(&self.url(path)).call())
+    }
+
+    /// `POST path` with a JSON body: the status and the JSON body.
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        call(agent().post(&self.url(path)).send_json(body))
+    }
+
+    /// `POST path`, asserting the status; the body.
+    pub fn post_ok(&self, path: &str, body: Value, status: u16) -> Value {
+        let (got, body) = self.post(path, body);
+        assert_eq!(got, status, "POST {path}: {body}");
+        body
+    }
+}

@@ -13,10 +13,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::error::TestkitError;
-use crate::http::{agent, call};
+use crate::http::Endpoint;
 use crate::wait::DEADLINE;
 
 /// `binary` on 127.0.0.1:0 against `database`, logging warnings, with no token or
@@ -56,8 +54,8 @@ pub fn write_config(database: &Path, config: &str) -> Result<PathBuf, TestkitErr
 pub struct TestServer {
     /// The server process.
     pub child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
+    /// `http://127.0.0.1:PORT`, and the calls against it (the server derefs to it).
+    pub endpoint: Endpoint,
     /// The address it listens on.
     pub addr: SocketAddr,
     /// Its port.
@@ -135,33 +133,11 @@ impl TestServer {
         };
         Ok(TestServer {
             child,
-            base: line,
+            endpoint: Endpoint { base: line },
             addr,
             port: addr.port(),
             stderr,
         })
-    }
-
-    /// `base` + `path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// `GET path`: the status and the JSON body (a JSON string when it is not JSON).
-    pub fn get(&self, path: &str) -> (u16, Value) {
-        call(agent().get(&self.url(path)).call())
-    }
-
-    /// `POST path` with a JSON body: the status and the JSON body.
-    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        call(agent().post(&self.url(path)).send_json(body))
-    }
-
-    /// `POST path`, asserting the status; the body.
-    pub fn post_ok(&self, path: &str, body: Value, status: u16) -> Value {
-        let (got, body) = self.post(path, body);
-        assert_eq!(got, status, "POST {path}: {body}");
-        body
     }
 
     /// What the server wrote to stderr so far (empty unless it was started capturing).
@@ -215,6 +191,14 @@ impl TestServer {
     #[cfg(not(unix))]
     fn signal_terminate(&self) {
         panic!("SIGTERM needs a unix system");
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
     }
 }
 

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::Value;
-use skill_fleet_testkit::{agent, call};
+use skill_fleet_testkit::http::Endpoint;
 
 pub use skill_fleet_testkit::{DEADLINE, TempDatabase as Dirs};
 
 /// A running in-process server; stopped without a goodbye on drop.
 pub struct Server {
-    pub base: String,
+    /// `http://127.0.0.1:PORT`, and the calls against it (the server derefs to it).
+    pub endpoint: Endpoint,
     pub port: u16,
     /// Fires the kill: the serving future is dropped mid-flight, no shutdown code runs.
     kill: Option<tokio::sync::oneshot::Sender<()>>,
@@ -95,7 +96,9 @@ impl Server {
             match listening.recv_timeout(left) {
                 Ok(addr) => {
                     return Server {
-                        base: format!("http://{addr}"),
+                        endpoint: Endpoint {
+                            base: format!("http://{addr}"),
+                        },
                         port: addr.port(),
                         kill: Some(kill),
                         thread: Some(thread),
@@ -116,25 +119,6 @@ impl Server {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub fn get(&self, path: &str) -> (u16, Value) {
-        call(agent().get(&self.url(path)).call())
-    }
-
-    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        call(agent().post(&self.url(path)).send_json(body))
-    }
-
-    /// POSTs and asserts the status.
-    pub fn post_ok(&self, path: &str, body: Value, status: u16) -> Value {
-        let (got, body) = self.post(path, body);
-        assert_eq!(got, status, "POST {path}: {body}");
-        body
-    }
-
     /// Stops the server the way SIGKILL would: no shutdown code runs, open streams drop
     /// without a goodbye, pending progress is not written. Returns once its port is free.
     pub fn kill(mut self) {
@@ -148,6 +132,14 @@ impl Server {
         if let Some(thread) = self.thread.take() {
             thread.join().expect("server thread");
         }
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
     }
 }
 
