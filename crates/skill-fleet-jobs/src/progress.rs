@@ -277,11 +277,12 @@ impl JobStore {
                     self.cap_history(conn, &job_id, rows)?;
                 }
                 let version = u64::try_from(version).unwrap_or(0);
-                for row in &history {
-                    if !report.versions.iter().any(|(id, _)| id == row.job_id) {
-                        report.versions.push((row.job_id.to_owned(), version));
-                    }
-                }
+                let mut seen = std::collections::HashSet::with_capacity(history.len());
+                report.versions = history
+                    .iter()
+                    .filter(|row| seen.insert(row.job_id))
+                    .map(|row| (row.job_id.to_owned(), version))
+                    .collect();
             }
             Ok(report)
         };
