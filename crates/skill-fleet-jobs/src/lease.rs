@@ -8,8 +8,9 @@
 //! `attempt` counting starts. A claim's lease is *fenced*: only writes carrying its `attempt`
 //! and `lease_token` land. A job started by a token-less event gets an *open* lease (owner
 //! [`ANONYMOUS_OWNER`]): token-less writes keep working on it, as they did before leases,
-//! but it expires and is rescued like any other, and once rescued and claimed, the
-//! token-less writer is refused like any stale one.
+//! but it expires and is rescued like any other (and, having no holder that could send a
+//! heartbeat, does not outlive the server run that accepted it), and once rescued and
+//! claimed, the token-less writer is refused like any stale one.
 //!
 //! Every write of the owner renews the lease in its own transaction (progress, heartbeat);
 //! an end (complete, fail, cancel) clears the expiry and keeps token and attempt, so a
@@ -210,8 +211,11 @@ pub struct Heartbeat {
 pub enum RescueScope {
     /// Jobs whose lease expired (or that hold none, as rows from before leases).
     Expired,
-    /// Jobs owned by an earlier run of this server (`server:<run>` but not `current`), and
-    /// jobs that hold no lease: at start-up, they are lost by definition.
+    /// Jobs owned by an earlier run of this server (`server:<run>` but not `current`), jobs
+    /// under an open lease (no holder could heartbeat for them: the server held them on the
+    /// token-less writer's behalf, as it always did), and jobs that hold no lease: at
+    /// start-up, they are lost by definition. Claimed jobs of remote workers are not: their
+    /// workers may still be alive, and get a full lease to reach the restarted server.
     EarlierRuns {
         /// This run's owner name.
         current: String,
@@ -443,9 +447,12 @@ fn rescuable(conn: &mut Conn, scope: &RescueScope, now: NaiveDateTime) -> Result
             .load(conn)?,
         RescueScope::EarlierRuns { current } => running
             .filter(
-                jobs::lease_expires_at.is_null().or(jobs::lease_owner
-                    .like(format!("{SERVER_OWNER_PREFIX}%"))
-                    .and(jobs::lease_owner.ne(current))),
+                jobs::lease_expires_at
+                    .is_null()
+                    .or(jobs::lease_open.eq(1))
+                    .or(jobs::lease_owner
+                        .like(format!("{SERVER_OWNER_PREFIX}%"))
+                        .and(jobs::lease_owner.ne(current))),
             )
             .load(conn)?,
     };
