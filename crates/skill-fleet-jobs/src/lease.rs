@@ -398,6 +398,10 @@ impl JobStore {
             )
         };
         row.rescues = to_i32(rescues);
+        // The lost owner hears `lease_lost` from now on, even when the job fails here (a
+        // job that ended otherwise keeps its token, so its owner hears that it ended).
+        row.lease_token = None;
+        row.lease_open = 0;
         // The event row first, so that a failed job's terminal row stays its last.
         let progress = crate::lifecycle::row_progress(row);
         let event = HistoryInsert {

@@ -293,7 +293,7 @@ fn max_rescues_fails_the_job_and_a_non_resumable_type_fails_at_once() {
         }
     }
     create(&store, "once", "shell");
-    claim(&store, "w");
+    let (_, once_fence) = claim(&store, "w");
     let report = rescue_soon(&store, &policy);
     assert_eq!(report.failed.len(), 1);
     assert_eq!(
@@ -301,6 +301,12 @@ fn max_rescues_fails_the_job_and_a_non_resumable_type_fails_at_once() {
         Some(LEASE_EXPIRED_ERROR)
     );
     assert!(report.failed[0].message.contains("not resumable"));
+    // Its lost owner hears that it lost the job, not that the job ended.
+    let owner = Writer::Owner(once_fence);
+    assert_eq!(
+        lost(store.complete("once", None, None, &owner).unwrap_err()),
+        (1, JobStatus::Failed)
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod config_docs;
 mod dashboard;
 mod executor;
 mod faults;
+mod leases;
 mod ownership;
 mod proptest_parsers;
 mod restart;
