@@ -147,7 +147,7 @@ impl HeldLease {
 /// - [`Writer::Owner`]: its attempt and token must be the lease's, whatever the status
 ///   (a job that ended keeps its lease's token, so its owner hears "ended", not "lost");
 /// - [`Writer::Unfenced`]: refused on a running job whose lease is not open;
-/// - [`Writer::Operator`]: always.
+/// - [`Writer::Operator`]: any write.
 ///
 /// A refusal is [`StoreError::LeaseLost`] with the job's current attempt and status.
 pub fn admits(

@@ -29,16 +29,15 @@ const GOAL: f64 = 0.5;
 const CAPPED_ROWS: u64 = 100;
 
 /// A fresh store in `dir` with `JOBS` running jobs.
-fn store_with_jobs(dir: &Path, name: &str) -> Result<(JobStore, String, Vec<(String, Writer)>)> {
+/// A store with its jobs claimed: the store, its url, and each job's id and fenced writer.
+type ClaimedStore = (JobStore, String, Vec<(String, Writer)>);
+
+fn store_with_jobs(dir: &Path, name: &str) -> Result<ClaimedStore> {
     store_with_options(dir, name, StoreOptions::default())
 }
 
 /// Like [`store_with_jobs`], with explicit store options.
-fn store_with_options(
-    dir: &Path,
-    name: &str,
-    options: StoreOptions,
-) -> Result<(JobStore, String, Vec<(String, Writer)>)> {
+fn store_with_options(dir: &Path, name: &str, options: StoreOptions) -> Result<ClaimedStore> {
     let url = dir.join(format!("{name}.db")).display().to_string();
     let store = JobStore::open_with(&url, options)?;
     let mut jobs = Vec::with_capacity(JOBS);

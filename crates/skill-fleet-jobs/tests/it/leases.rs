@@ -223,7 +223,7 @@ fn an_expired_lease_is_rescued_with_its_checkpoint_and_the_late_worker_is_fenced
         .unwrap();
     assert_eq!(
         batch.skipped,
-        [id.clone()],
+        std::slice::from_ref(&id),
         "a stale batch write never starts the job"
     );
     assert_eq!(store.get(&id).unwrap(), before);
