@@ -327,7 +327,7 @@ impl JobStore {
     /// Takes back the running jobs `scope` names, in one write transaction that reads them
     /// itself (so a job that ended or was renewed a moment earlier is not among them): each
     /// gets a `lease_expired` history row, then goes back to the queue or fails as `policy`
-    /// says. See the [module documentation](self).
+    /// says; see `admits` for who may write meanwhile.
     pub fn rescue(&self, scope: &RescueScope, policy: &RescuePolicy) -> Result<RescueReport> {
         self.write_if(
             |conn| {

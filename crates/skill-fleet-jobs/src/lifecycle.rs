@@ -446,7 +446,7 @@ impl JobStore {
     /// one transaction, so two workers never get the same job. `None`, writing nothing, when
     /// the queue holds nothing for them.
     ///
-    /// The claim gives the job a fenced lease owned by `owner` (see [`crate::lease`]); jobs
+    /// The claim gives the job a fenced lease owned by `owner` (see [`crate::admits`]); jobs
     /// in their rescue back-off are not taken.
     pub fn claim(&self, filter: &ClaimFilter, owner: &str) -> Result<Option<Claimed>> {
         let token = crate::lease::new_token();

@@ -26,7 +26,7 @@ pub struct StoreOptions {
     /// it, the job's older history is thinned in the same transaction; see
     /// [`JobStore::write_progress_batch`].
     pub max_history_rows_per_job: u64,
-    /// How long leases last ([`crate::lease`]).
+    /// How long leases last (see [`crate::admits`] for what they fence).
     pub lease: LeasePolicy,
 }
 
