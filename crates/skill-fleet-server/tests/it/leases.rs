@@ -339,3 +339,84 @@ fn after_a_sigkill_each_child_job_is_rescued_once_and_completes_with_one_attempt
         assert_eq!(attempts.last(), Some(&2));
     }
 }
+
+#[test]
+fn an_outage_does_not_expire_the_leases_of_workers_that_could_not_reach_the_database() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let (_dir, db) = temp_db();
+    let config = "lease_ttl_seconds = 2.0\nheartbeat_interval_seconds = 0.25\n\
+                  rescue_interval_seconds = 0.1\nbusy_timeout_ms = 100\n[executors]\n";
+    let server = Server::start_with(support::server_command_with_config(&db, config));
+    server.post_ok(
+        "/api/v1/jobs",
+        json!({"id": "o", "type": "evaluation"}),
+        201,
+    );
+    let claimed = claim(&server, "evaluation", "steady");
+
+    // The worker heartbeats on its own, whatever the answers.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let beater = {
+        let (stop, answers) = (Arc::clone(&stop), Arc::clone(&answers));
+        let url = server.url("/api/v1/jobs/o/heartbeat");
+        let body = fence(&claimed);
+        std::thread::spawn(move || {
+            let agent = support::agent();
+            while !stop.load(Ordering::Relaxed) {
+                let status = agent
+                    .post(&url)
+                    .send_json(&body)
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                answers.lock().unwrap().push(status);
+                // Pacing the beats (not waiting for a condition); after a refusal it backs
+                // off, as a worker does, so it comes back a while after the outage ends.
+                let pause = if status == 200 { 250 } else { 1200 };
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+        })
+    };
+
+    // Another process locks the database for longer than a lease: nobody can renew.
+    let mut other = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    other
+        .batch_execute("PRAGMA busy_timeout = 5000; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let locked = Instant::now();
+    wait_for("heartbeats to be refused", 30, || {
+        answers.lock().unwrap().contains(&503).then_some(())
+    });
+    wait_for("the lease to run out during the outage", 30, || {
+        (locked.elapsed() > Duration::from_millis(2500)).then_some(())
+    });
+    other.batch_execute("ROLLBACK;").unwrap();
+    drop(other);
+    let released = Instant::now();
+
+    // Back: the worker renews before the guard (one full lease) lets the sweep look.
+    wait_for("a heartbeat to be saved again", 30, || {
+        let (status, job) = server.get("/api/v1/jobs/o");
+        // RFC 3339 in one format: text order is time order.
+        let renewed = job["lease"]["renewed_at"].as_str() > claimed["lease"]["renewed_at"].as_str();
+        (status == 200 && renewed).then_some(())
+    });
+    wait_for("two leases to pass after the outage", 30, || {
+        (released.elapsed() > Duration::from_secs(4)).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    beater.join().unwrap();
+    let job = job(&server, "o");
+    assert_eq!(job["status"], "running", "{job}");
+    assert_eq!(job["attempt"], 1, "{job}");
+    assert!(
+        history(&server, "o")
+            .iter()
+            .all(|row| row["event"] != "lease_expired"),
+        "a live worker's job was rescued after an outage"
+    );
+}
