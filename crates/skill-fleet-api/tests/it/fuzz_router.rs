@@ -162,6 +162,7 @@ enum Kind {
     Complete,
     Fail,
     Cancel,
+    Heartbeat,
 }
 
 /// Route templates with the method and body they take; the fuzzer mostly sends those, and
@@ -177,6 +178,7 @@ const ROUTES: &[(&str, Method, Kind)] = &[
     ("/api/v1/jobs/{id}/events", Method::POST, Kind::Progress),
     ("/api/v1/jobs/{id}/complete", Method::POST, Kind::Complete),
     ("/api/v1/jobs/{id}/fail", Method::POST, Kind::Fail),
+    ("/api/v1/jobs/{id}/heartbeat", Method::POST, Kind::Heartbeat),
     ("/api/v1/jobs/{id}/cancel", Method::POST, Kind::Cancel),
     ("/api/v1/jobs/{id}/resume", Method::POST, Kind::None),
     ("/api/v1/jobs/{id}/stream", Method::GET, Kind::None),
@@ -437,6 +439,7 @@ fn json_body(rng: &mut Rng, kind: Kind) -> Value {
             Kind::Complete,
             Kind::Fail,
             Kind::Cancel,
+            Kind::Heartbeat,
         ])
     } else {
         kind
@@ -470,6 +473,10 @@ fn json_body(rng: &mut Rng, kind: Kind) -> Value {
         Kind::Complete => json!({"result": {"score": 0.9}, "result_path": "out.json"}),
         Kind::Fail => json!({"error": rng.string(30)}),
         Kind::Cancel => json!({"reason": rng.string(30)}),
+        // A fence no claim handed out (the fuzzer never learns a token): refused, 409.
+        Kind::Heartbeat => {
+            json!({"attempt": rng.below(3), "lease_token": format!("{:032x}", rng.below(1 << 20))})
+        }
         Kind::Claim | Kind::None => {
             json!({"types": [rng.pick(&["optimization", "evaluation", "x-1", "Bad"])]})
         }
@@ -827,6 +834,7 @@ async fn random_requests_never_get_a_5xx_and_4xx_bodies_are_ours() {
         ("/api/v1/jobs/{id}/events", Method::POST, 422),
         ("/api/v1/jobs/{id}/complete", Method::POST, 200),
         ("/api/v1/jobs/{id}/fail", Method::POST, 200),
+        ("/api/v1/jobs/{id}/heartbeat", Method::POST, 409),
         ("/api/v1/jobs/{id}/cancel", Method::POST, 200),
         ("/api/v1/jobs/{id}/resume", Method::POST, 200),
         ("/api/v1/jobs/{id}/stream", Method::GET, 200),
