@@ -124,6 +124,13 @@ impl JobStore {
         Ok(u64::try_from(epoch).unwrap_or(0))
     }
 
+    /// Whether other server processes may write this database too (then one of them may
+    /// rescue a job whose lease this one could not renew). False on SQLite: one process owns
+    /// the file ([`crate::DatabaseOwner`]).
+    pub fn is_shared(&self) -> bool {
+        Active::SHARED
+    }
+
     /// How long leases last.
     pub fn lease_policy(&self) -> LeasePolicy {
         self.lease

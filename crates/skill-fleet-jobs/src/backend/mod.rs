@@ -150,6 +150,10 @@ pub(crate) struct LatestProgress<'a> {
 
 /// Everything the store needs from a database that differs from one database to another.
 pub(crate) trait Backend: Sized + Send + Sync + 'static {
+    /// Whether several server processes may share the database (so a job another server
+    /// rescued can still have a child here). SQLite: no, one process owns the file.
+    const SHARED: bool;
+
     /// Opens (creating it if the backend can) the database at `url`, applies the pending
     /// migrations and sets up the pool.
     fn open(url: &str, options: &StoreOptions) -> Result<Self>;

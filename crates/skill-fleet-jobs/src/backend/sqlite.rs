@@ -237,6 +237,8 @@ impl Sqlite {
 }
 
 impl Backend for Sqlite {
+    const SHARED: bool = false;
+
     fn open(url: &str, options: &StoreOptions) -> Result<Sqlite> {
         let setup = ConnectionSetup::from(options);
         // WAL is a property of the database file: set it once, before the pool exists.

@@ -221,13 +221,17 @@ impl Executor {
     }
 
     /// The server is one more worker: it renews the lease of each child it runs every
-    /// heartbeat interval. A heartbeat refused with `lease_lost` stops the child; so does
-    /// having had no heartbeat acknowledged for `ttl - interval` (the database cannot be
-    /// reached), before the lease can expire and the job be taken by someone else.
+    /// heartbeat interval. A heartbeat refused with `lease_lost` stops the child. On a
+    /// database other servers share, so does having had no heartbeat acknowledged for
+    /// `ttl - interval`, before the lease can expire and another server take the job. On a
+    /// database this process owns alone (SQLite) nobody else can take it, and the outage
+    /// guard keeps this server's own sweep away until its heartbeats are saved again: the
+    /// child keeps its work through an outage.
     async fn heartbeat(&self, job_id: String, fence: Fence) {
         let service = self.inner.state.service();
         let interval = service.heartbeat_interval();
         let fence_after = service.lease_ttl().saturating_sub(interval);
+        let shared = service.store().is_shared();
         let mut last_ack = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval_at(last_ack + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,7 +247,7 @@ impl Executor {
                     return;
                 }
                 Err(err) => {
-                    if last_ack.elapsed() >= fence_after {
+                    if shared && last_ack.elapsed() >= fence_after {
                         tracing::error!(job.id = %job_id, error = %err, waited_ms = last_ack.elapsed().as_millis() as u64,
                             "no heartbeat acknowledged for nearly a lease; stopping the run before its lease expires");
                         self.stop(&job_id, StopReason::LeaseLost);
