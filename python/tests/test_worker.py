@@ -489,6 +489,18 @@ def test_every_call_is_retried_on_503_then_succeeds(tmp_path: Path):
         assert "retrying in" in output(worker)
 
 
+def test_a_lease_is_as_fresh_as_the_claim_try_that_got_it_not_the_first_try(tmp_path: Path):
+    with StubServer(ttl=1.0, interval=0.2) as stub:  # fenced after 0.8 s without an ack
+        stub.add_job()
+        tries = 40  # at 10..50 ms apart: longer than 0.8 s in all
+        stub.answer_first("claim", [error(503, "unavailable")] * tries)
+        worker = make_worker(stub, tmp_path, "report")
+        outcome = worker.run_once()
+        claims = stub.of("claim")
+        assert claims[-1].at - claims[0].at > 0.8
+        assert outcome is not None and outcome.ending is Ending.COMPLETED, outcome
+
+
 def test_a_refused_result_fails_the_job_instead_of_retrying(tmp_path: Path):
     with StubServer() as stub:
         stub.add_job()

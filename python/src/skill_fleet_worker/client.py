@@ -130,6 +130,8 @@ class HeartbeatAnswer:
     reason: str | None
     lease_expires_at: str | None
     body: dict[str, Any]
+    #: ``time.monotonic()`` when the answered try was sent: the lease is at least this fresh.
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -214,8 +216,10 @@ class HttpClient:
         body: dict[str, Any] = {"types": list(types)}
         if worker is not None:
             body["worker"] = worker
-        claimed_at = self._clock()
-        status, answer = self._call("/api/v1/jobs/claim", body, deadline=deadline, abort=abort)
+        # The lease is at least as fresh as the try that got the answer (not the first try).
+        status, answer, claimed_at = self._call(
+            "/api/v1/jobs/claim", body, deadline=deadline, abort=abort
+        )
         if status == 204:
             return None
         job = _object(answer, "claim")
@@ -240,7 +244,7 @@ class HttpClient:
         self, lease: Lease, *, deadline: float | None = None, abort: threading.Event | None = None
     ) -> HeartbeatAnswer:
         """Renews the lease; the answer says whether to stop."""
-        _, answer = self._call(
+        _, answer, sent_at = self._call(
             self._job_path(lease, "heartbeat"), lease.fence(), deadline=deadline, abort=abort
         )
         body = _object(answer, "heartbeat")
@@ -250,6 +254,7 @@ class HttpClient:
             reason=_text(body.get("reason")),
             lease_expires_at=_text(body.get("lease_expires_at")),
             body=body,
+            sent_at=sent_at,
         )
 
     def event(
@@ -262,7 +267,7 @@ class HttpClient:
     ) -> EventAnswer:
         """Reports progress fields (and/or a checkpoint); renews the lease."""
         body = {**fields, **lease.fence()}
-        _, answer = self._call(
+        _, answer, _ = self._call(
             self._job_path(lease, "events"), body, deadline=deadline, abort=abort
         )
         ack = answer if isinstance(answer, dict) else {}
@@ -287,7 +292,7 @@ class HttpClient:
         if result_path is not None:
             body["result_path"] = result_path
         body.update(lease.fence())
-        _, answer = self._call(
+        _, answer, _ = self._call(
             self._job_path(lease, "complete"), body, deadline=deadline, abort=abort
         )
         return _object(answer, "complete")
@@ -302,7 +307,9 @@ class HttpClient:
     ) -> dict[str, Any]:
         """Fails the job with ``error``; returns the job."""
         body = {"error": error, **lease.fence()}
-        _, answer = self._call(self._job_path(lease, "fail"), body, deadline=deadline, abort=abort)
+        _, answer, _ = self._call(
+            self._job_path(lease, "fail"), body, deadline=deadline, abort=abort
+        )
         return _object(answer, "fail")
 
     # -- HTTP, errors, retries --------------------------------------------------------------
@@ -317,9 +324,10 @@ class HttpClient:
         *,
         deadline: float | None,
         abort: threading.Event | None,
-    ) -> tuple[int, Any]:
+    ) -> tuple[int, Any, float]:
         """POSTs ``body`` (JSON) until an answer that is not worth retrying, the deadline or
-        an abort. Returns (status, decoded body) for a 2xx; raises otherwise."""
+        an abort. Returns (status, decoded body, when the answered try was sent) for a 2xx;
+        raises otherwise."""
         if deadline is None and self.retry_seconds is not None:
             deadline = self._clock() + self.retry_seconds
         data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
@@ -338,8 +346,10 @@ class HttpClient:
                     )
             error: BaseException
             retry_after: float | None = None
+            sent = self._clock()
             try:
-                return self._post(path, data, timeout)
+                status, answer = self._post(path, data, timeout)
+                return status, answer, sent
             except _Retryable as err:
                 error, retry_after = err.cause, err.retry_after
             delay = backoff.next_delay()

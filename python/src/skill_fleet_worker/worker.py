@@ -740,7 +740,7 @@ class _Run:
                 self.fence(fence_after, interval, ttl, err)
                 return
             else:
-                last_ack = sent
+                last_ack = max(last_ack, answer.sent_at)
                 if answer.stop:
                     status = answer.status or "ended"
                     self.ended_elsewhere(
