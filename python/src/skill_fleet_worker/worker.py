@@ -675,7 +675,10 @@ class _Run:
     def read_stdout(self, stream: IO[bytes]) -> None:
         with contextlib.closing(stream):
             while (raw := read_line(stream)) is not None:
-                self.handle_line(raw)
+                try:
+                    self.handle_line(raw)
+                except Exception as err:  # a bug here must not stop the reading (and the program)
+                    self.note(f"job {self.lease.job_id}: cannot handle a line: {err!r}")
 
     def handle_line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace")
@@ -739,6 +742,8 @@ class _Run:
                     return
                 self.fence(fence_after, interval, ttl, err)
                 return
+            except Exception as err:  # not acknowledged; the fence below still holds
+                self.note(f"job {self.lease.job_id}: heartbeat failed: {err!r}")
             else:
                 last_ack = max(last_ack, answer.sent_at)
                 if answer.stop:
@@ -775,6 +780,8 @@ class _Run:
             except Unreachable as err:
                 if not err.aborted:
                     self.note(f"job {self.lease.job_id}: event not delivered, dropped: {err}")
+            except Exception as err:  # a bug must not leave the queue (and so the end) stuck
+                self.note(f"job {self.lease.job_id}: event not sent: {err!r}")
             else:
                 if answer.ended:
                     self.ended_elsewhere(f"the job is {answer.status} (answer to an event)")
