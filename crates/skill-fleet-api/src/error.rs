@@ -68,6 +68,7 @@ impl ApiError {
                         (StatusCode::CONFLICT, ErrorCode::InvalidTransition)
                     }
                     StoreError::Conflict { .. } => (StatusCode::CONFLICT, ErrorCode::Conflict),
+                    StoreError::LeaseLost { .. } => (StatusCode::CONFLICT, ErrorCode::LeaseLost),
                     StoreError::InvalidInput(_) => {
                         (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
                     }
@@ -191,7 +192,15 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, status = status.as_u16(), "request failed");
         }
         let retry_after = self.retry_after_seconds();
-        let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
+        let mut body = ErrorBody::new(code, self.to_string());
+        if let ApiError::Core(CoreError::Store(StoreError::LeaseLost {
+            attempt, status, ..
+        })) = &self
+        {
+            body.error.attempt = Some(*attempt);
+            body.error.status = Some(*status);
+        }
+        let mut response = (status, Json(body)).into_response();
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

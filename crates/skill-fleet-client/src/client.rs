@@ -6,9 +6,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use skill_fleet_types::{
-    CancelRequest, ClaimRequest, CompleteRequest, CreateJob, ErrorBody, EventAck, FailRequest, Job,
-    JobList, JobLogs, JobStatus, ProgressPage, ProgressUpdate, ResultBody, validate_job_id,
-    validate_job_type, validate_metadata,
+    CancelRequest, ClaimRequest, ClaimedJob, CompleteRequest, CreateJob, ErrorBody, EventAck,
+    FailRequest, Fence, HeartbeatAck, HeartbeatRequest, Job, JobList, JobLogs, JobStatus,
+    ProgressPage, ProgressUpdate, ResultBody, validate_job_id, validate_job_type,
+    validate_metadata, validate_worker_name,
 };
 
 use crate::cache::{Cache, CacheEntry};
@@ -260,14 +261,24 @@ impl Client {
     }
 
     /// `POST /api/v1/jobs/claim`: takes the oldest queued job of `types` (any type without
-    /// an executor when empty); `None` when nothing is queued.
-    pub fn claim(&self, types: &[String]) -> Result<Option<Job>, ClientError> {
+    /// an executor when empty) as `worker` (the lease owner the server shows; `worker` when
+    /// `None`); `None` when nothing is queued. Every write about the job carries the answer's
+    /// fence ([`ClaimedJob::fence`]).
+    pub fn claim(
+        &self,
+        types: &[String],
+        worker: Option<&str>,
+    ) -> Result<Option<ClaimedJob>, ClientError> {
         for job_type in types {
             validate_job_type(job_type)?;
+        }
+        if let Some(worker) = worker {
+            validate_worker_name(worker)?;
         }
         let url = self.api("/jobs/claim");
         let request = ClaimRequest {
             types: types.to_vec(),
+            worker: worker.map(str::to_owned),
         };
         let reply = self.post_raw(&url, Some(&request), false)?;
         match reply.status {
@@ -277,27 +288,66 @@ impl Client {
         }
     }
 
-    /// `POST /api/v1/jobs/{id}/events`: reports progress (the first event of a queued job
-    /// starts it).
-    pub fn post_event(&self, id: &str, update: &ProgressUpdate) -> Result<EventAck, ClientError> {
+    /// `POST /api/v1/jobs/{id}/events`: reports progress, fenced by the claim's `fence` when
+    /// the job was claimed (a token-less first event of a queued job starts it).
+    pub fn post_event(
+        &self,
+        id: &str,
+        update: &ProgressUpdate,
+        fence: Option<&Fence>,
+    ) -> Result<EventAck, ClientError> {
         update.validate()?;
         let url = self.job_url(id, "/events")?;
-        self.post_json(&url, Some(update), false, &[200, 202])
+        match fence {
+            Some(fence) => {
+                let fenced = ProgressUpdate {
+                    attempt: Some(fence.attempt),
+                    lease_token: Some(fence.lease_token.clone()),
+                    ..update.clone()
+                };
+                self.post_json(&url, Some(&fenced), false, &[200, 202])
+            }
+            None => self.post_json(&url, Some(update), false, &[200, 202]),
+        }
     }
 
-    /// `POST /api/v1/jobs/{id}/complete`.
-    pub fn complete(&self, id: &str, request: &CompleteRequest) -> Result<Job, ClientError> {
+    /// `POST /api/v1/jobs/{id}/complete`, fenced by the claim's `fence` when the job was
+    /// claimed. Retrying with the same fence after a lost answer is safe: the server answers
+    /// with the job as completed.
+    pub fn complete(
+        &self,
+        id: &str,
+        request: &CompleteRequest,
+        fence: Option<&Fence>,
+    ) -> Result<Job, ClientError> {
         let url = self.job_url(id, "/complete")?;
-        self.post_json(&url, Some(request), false, &[200])
+        let request = CompleteRequest {
+            attempt: fence.map(|f| f.attempt).or(request.attempt),
+            lease_token: fence
+                .map(|f| f.lease_token.clone())
+                .or_else(|| request.lease_token.clone()),
+            ..request.clone()
+        };
+        self.post_json(&url, Some(&request), false, &[200])
     }
 
-    /// `POST /api/v1/jobs/{id}/fail`.
-    pub fn fail(&self, id: &str, error: &str) -> Result<Job, ClientError> {
+    /// `POST /api/v1/jobs/{id}/fail`, fenced by the claim's `fence` when the job was
+    /// claimed.
+    pub fn fail(&self, id: &str, error: &str, fence: Option<&Fence>) -> Result<Job, ClientError> {
         let url = self.job_url(id, "/fail")?;
         let request = FailRequest {
             error: error.to_owned(),
+            attempt: fence.map(|f| f.attempt),
+            lease_token: fence.map(|f| f.lease_token.clone()),
         };
         self.post_json(&url, Some(&request), false, &[200])
+    }
+
+    /// `POST /api/v1/jobs/{id}/heartbeat`: renews the lease `fence` names. A refusal because
+    /// the attempt no longer owns the job is [`ClientError::Api`] with code `lease_lost`.
+    pub fn heartbeat(&self, id: &str, fence: &Fence) -> Result<HeartbeatAck, ClientError> {
+        let url = self.job_url(id, "/heartbeat")?;
+        self.post_json(&url, Some(&HeartbeatRequest::from(fence)), false, &[200])
     }
 
     /// `POST /api/v1/jobs/{id}/cancel`, with an optional reason (stored as the job's error).

@@ -57,6 +57,22 @@ impl CoreError {
         }
     }
 
+    /// Whether the write came from an attempt that does not own the job (any more): its
+    /// runner must stop the run and write nothing more.
+    pub fn lease_lost(&self) -> bool {
+        matches!(self, CoreError::Store(StoreError::LeaseLost { .. }))
+    }
+
+    /// Whether the database could not be reached or used at all (a storage fault, a pool or
+    /// connection failure): what the rescue sweep's outage guard watches.
+    pub fn outage(&self) -> bool {
+        self.storage_fault().is_some()
+            || matches!(
+                self,
+                CoreError::Store(StoreError::Pool(_) | StoreError::Connection(_))
+            )
+    }
+
     /// Whether the job has ended, so a runner should stop feeding it progress.
     pub fn job_has_ended(&self) -> bool {
         matches!(

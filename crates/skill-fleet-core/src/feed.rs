@@ -29,6 +29,9 @@ pub enum ChangeKind {
     Resumed,
     /// The job was deleted (retention).
     Deleted,
+    /// The job's lease was renewed by a heartbeat (its `lease` and `version` changed, nothing
+    /// else).
+    Renewed,
     /// A write failed in a way that may have committed part of it: treat the job as changed
     /// (caches drop what they hold) but expect nothing else of it.
     Uncertain,

@@ -102,6 +102,8 @@ mod tests {
             },
             warned: false,
             started_at: None,
+            attempt: 1,
+            lease: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
-use skill_fleet_jobs::ProgressWrite;
+use skill_fleet_jobs::{HeldLease, ProgressWrite, StoreError, Writer, admits};
 use skill_fleet_types::{Job, JobLimits, JobStatus, Progress};
 
 /// The in-memory state of one live job.
@@ -21,17 +21,28 @@ pub(crate) struct LiveJob {
     /// The budget warning went out (once per server run).
     pub(crate) warned: bool,
     pub(crate) started_at: Option<DateTime<Utc>>,
+    /// The attempt running, and its lease as the store holds it: a coalesced event is
+    /// fenced against these before it is accepted (the batch statement checks again).
+    pub(crate) attempt: u32,
+    pub(crate) lease: Option<HeldLease>,
 }
 
 impl LiveJob {
-    pub(crate) fn of(job: &Job) -> LiveJob {
+    pub(crate) fn of(job: &Job, lease: Option<HeldLease>) -> LiveJob {
         LiveJob {
             status: job.status,
             progress: job.progress.clone(),
             limits: crate::limits::limits_of(job),
             warned: false,
             started_at: job.started_at,
+            attempt: job.attempt,
+            lease,
         }
+    }
+
+    /// Whether `writer` may write to this job now ([`skill_fleet_jobs::admits`]).
+    pub(crate) fn admits(&self, id: &str, writer: &Writer) -> Result<(), StoreError> {
+        admits(id, self.status, self.attempt, self.lease.as_ref(), writer)
     }
 }
 
@@ -57,19 +68,19 @@ impl LiveSet {
         lock(&self.jobs).get(id).cloned()
     }
 
-    /// Makes `job` live with its stored state, replacing any entry it had.
-    pub(crate) fn track(&self, job: &Job) {
+    /// Makes `job` live with its stored state and lease, replacing any entry it had.
+    pub(crate) fn track(&self, job: &Job, lease: Option<HeldLease>) {
         lock(&self.jobs).insert(
             job.id.clone(),
-            Arc::new(tokio::sync::Mutex::new(LiveJob::of(job))),
+            Arc::new(tokio::sync::Mutex::new(LiveJob::of(job, lease))),
         );
     }
 
-    /// The entry of `job`, made from its stored state if it has none.
-    pub(crate) fn get_or_track(&self, job: &Job) -> LiveEntry {
+    /// The entry of `job`, made from its stored state and lease if it has none.
+    pub(crate) fn get_or_track(&self, job: &Job, lease: Option<HeldLease>) -> LiveEntry {
         lock(&self.jobs)
             .entry(job.id.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(LiveJob::of(job))))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(LiveJob::of(job, lease))))
             .clone()
     }
 

@@ -11,9 +11,10 @@
 //! Diesel is blocking, so every store call runs on tokio's blocking pool.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
-use skill_fleet_jobs::{JobStore, ListFilter, ProgressWrite, StoreError};
+use skill_fleet_jobs::{JobStore, ListFilter, ProgressWrite, SERVER_OWNER_PREFIX, StoreError};
 use skill_fleet_stream::Hub;
 use skill_fleet_types::{Job, JobList, ProgressPage};
 use tracing::Instrument;
@@ -35,7 +36,17 @@ pub struct JobService {
     feed: ChangeFeed,
     store_calls: AtomicU64,
     runner: OnceLock<Arc<dyn Runner>>,
+    /// The lease owner of the jobs this server run's runner claims: `server:<boot epoch>`.
+    server_owner: String,
+    /// When a store call last failed because the database could not be used (or when the
+    /// service started): the rescue sweep's outage guard counts from it.
+    unhealthy_at: Mutex<Instant>,
+    /// How often workers are told to send heartbeats.
+    heartbeat_interval: Duration,
 }
+
+/// Default of [`JobService::heartbeat_interval`]: six heartbeats per default lease.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 
 /// What a write does with the job's pending (coalesced) progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +60,8 @@ pub(crate) enum PendingProgress {
 }
 
 impl JobService {
-    /// Builds the service. `event_id_base` is the first SSE event id of this server run.
+    /// Builds the service. `event_id_base` is the first SSE event id of this server run
+    /// (`boot_epoch << 32`); the boot epoch also names the run as a lease owner.
     pub fn new(store: JobStore, hub: Hub, event_id_base: u64) -> JobService {
         let feed = ChangeFeed::default();
         feed.subscribe(
@@ -64,7 +76,47 @@ impl JobService {
             feed,
             store_calls: AtomicU64::new(0),
             runner: OnceLock::new(),
+            server_owner: format!("{SERVER_OWNER_PREFIX}{}", event_id_base >> 32),
+            unhealthy_at: Mutex::new(Instant::now()),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
         }
+    }
+
+    /// Sets how often workers are told to send heartbeats (a claim's answer says it).
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> JobService {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// How often workers send heartbeats.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// How long a lease lasts after each renewal.
+    pub fn lease_ttl(&self) -> Duration {
+        self.store.lease_policy().ttl
+    }
+
+    /// The lease owner of the jobs this server run's runner executes (`server:<run>`).
+    pub fn server_owner(&self) -> &str {
+        &self.server_owner
+    }
+
+    /// How long the database has been usable without a break: since the last store call
+    /// that failed for a storage fault or a lost connection, or since the service started.
+    pub fn healthy_for(&self) -> Duration {
+        self.unhealthy_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+
+    fn note_outage(&self) {
+        *self
+            .unhealthy_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
     /// The job store.
@@ -111,11 +163,17 @@ impl JobService {
         self.store_calls.fetch_add(1, Ordering::Relaxed);
         let store = self.store.clone();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| call(&store)))
+        let result = tokio::task::spawn_blocking(move || span.in_scope(|| call(&store)))
             .instrument(tracing::Span::current())
             .await
             .map_err(|err| CoreError::Internal(format!("store task failed: {err}")))?
-            .map_err(CoreError::from)
+            .map_err(CoreError::from);
+        if let Err(err) = &result
+            && err.outage()
+        {
+            self.note_outage();
+        }
+        result
     }
 
     /// One job as stored. Coalesced progress reaches the database within one flush

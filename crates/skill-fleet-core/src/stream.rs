@@ -138,6 +138,7 @@ impl ChangeListener for HubStatus {
             ChangeKind::Created
             | ChangeKind::Progress
             | ChangeKind::Deleted
+            | ChangeKind::Renewed
             | ChangeKind::Uncertain => {}
         }
     }

@@ -3,9 +3,15 @@
 //! live, straight to the store and then the feed), so what follows a write is said once.
 
 use serde_json::Value;
-use skill_fleet_jobs::{Action, ClaimFilter, Created, JobStore, NewJob, ProgressWrite, StoreError};
+use skill_fleet_jobs::{
+    Action, ClaimFilter, Claimed, Created, Heartbeat, HeldLease, JobStore, NewJob, ProgressWrite,
+    RescuePolicy, RescueReport, RescueScope, StoreError, Writer,
+};
 use skill_fleet_stream::Update;
-use skill_fleet_types::{CreateJob, EventAck, Job, JobLimits, JobStatus, ProgressUpdate};
+use skill_fleet_types::{
+    CreateJob, DEFAULT_WORKER_NAME, EventAck, Fence, Job, JobLimits, JobStatus, ProgressUpdate,
+    validate_worker_name,
+};
 
 use crate::error::{CoreError, Result};
 use crate::feed::{ChangeKind, Committed};
@@ -36,9 +42,23 @@ impl JobService {
         Ok((job, created))
     }
 
-    /// Takes the oldest queued job of these types (any type when empty) and starts it.
-    /// A worker is never handed a type the in-process runner executes.
-    pub async fn claim(&self, claimant: Claimant, types: Vec<String>) -> Result<Option<Job>> {
+    /// Takes the oldest queued job of these types (any type when empty) and starts it under
+    /// a lease owned by `worker` (a worker's claim; `worker` by default) or by this server
+    /// run (the runner's). A worker is never handed a type the in-process runner executes.
+    pub async fn claim(
+        &self,
+        claimant: Claimant,
+        types: Vec<String>,
+        worker: Option<String>,
+    ) -> Result<Option<Claimed>> {
+        let owner = match claimant {
+            Claimant::Runner => self.server_owner().to_owned(),
+            Claimant::Worker => {
+                let name = worker.unwrap_or_else(|| DEFAULT_WORKER_NAME.to_owned());
+                validate_worker_name(&name)?;
+                name
+            }
+        };
         let excluded = match (claimant, self.runner()) {
             (Claimant::Worker, Some(runner)) => {
                 if types.iter().any(|t| runner.runs_type(t)) {
@@ -53,20 +73,32 @@ impl JobService {
             _ => Vec::new(),
         };
         let claimed = self
-            .blocking(move |store| store.claim(&ClaimFilter { types, excluded }))
+            .blocking(move |store| store.claim(&ClaimFilter { types, excluded }, &owner))
             .await?;
-        if let Some(job) = &claimed {
-            self.live.track(job);
-            self.emit(Committed::of(ChangeKind::Started, job.clone(), None));
+        if let Some(claimed) = &claimed {
+            self.live.track(&claimed.job, Some(claimed.lease.clone()));
+            self.emit(Committed::of(
+                ChangeKind::Started,
+                claimed.job.clone(),
+                None,
+            ));
         }
         Ok(claimed)
     }
 
-    /// Progress from a runner: merged, streamed, and persisted (durably now, or coalesced).
-    pub async fn ingest(&self, id: &str, update: ProgressUpdate) -> Result<EventAck> {
+    /// Progress from a runner: fenced, merged, streamed, and persisted (durably now, or
+    /// coalesced). `writer` says who sends it; an event its lease does not admit is
+    /// [`StoreError::LeaseLost`] and changes nothing.
+    pub async fn ingest(
+        &self,
+        id: &str,
+        update: ProgressUpdate,
+        writer: Writer,
+    ) -> Result<EventAck> {
         update.validate()?;
         let entry = self.live_entry(id).await?;
         let mut live = entry.lock().await;
+        live.admits(id, &writer)?;
         if live.status.is_terminal() {
             self.live.forget(id);
             return Err(StoreError::InvalidTransition {
@@ -76,6 +108,7 @@ impl JobService {
             }
             .into());
         }
+        let starts = live.status == JobStatus::Queued;
         let step_changed = update.step.is_some() && update.step != live.progress.step;
         let durable =
             live.status == JobStatus::Queued || step_changed || update.checkpoint.is_some();
@@ -95,6 +128,7 @@ impl JobService {
                 ..ProgressUpdate::from(&live.progress)
             };
             let eta = self.hub().current(id).and_then(|state| state.eta_seconds);
+            let durable_writer = writer.clone();
             let written = self
                 .commit(
                     id,
@@ -102,23 +136,38 @@ impl JobService {
                     PendingProgress::Supersede,
                     ChangeKind::Progress,
                     None,
-                    move |store, id| store.record_progress(id, &full, eta),
+                    move |store, id| store.record_progress(id, &full, eta, &durable_writer),
                 )
                 .await;
-            if let Err(err) = written {
-                // Whatever the database says now is the truth; forget the cached state.
-                self.live.forget(id);
-                if let Some((progress, warned)) = before {
-                    live.progress = progress;
-                    live.warned = warned;
+            match written {
+                Ok(job) if starts => {
+                    // A token-less event started the job: an open lease, which token-less
+                    // writes keep (the live set needs no token to admit them).
+                    live.attempt = job.attempt;
+                    live.lease = job.lease.as_ref().map(|lease| HeldLease {
+                        attempt: job.attempt,
+                        token: String::new(),
+                        owner: lease.owner.clone(),
+                        open: true,
+                    });
                 }
-                return Err(err);
+                Ok(_) => {}
+                Err(err) => {
+                    // Whatever the database says now is the truth; forget the cached state.
+                    self.live.forget(id);
+                    if let Some((progress, warned)) = before {
+                        live.progress = progress;
+                        live.warned = warned;
+                    }
+                    return Err(err);
+                }
             }
         } else {
             self.live.set_pending(ProgressWrite {
                 job_id: id.to_owned(),
                 progress: live.progress.clone(),
                 checkpoint: None,
+                writer,
             });
         }
         self.hub().publish(
@@ -155,7 +204,10 @@ impl JobService {
         if let Some(entry) = self.live.get(id) {
             return Ok(entry);
         }
-        let job = self.get(id).await?;
+        let job_id = id.to_owned();
+        let (job, lease) = self
+            .blocking(move |store| store.get_with_lease(&job_id))
+            .await?;
         if job.status.is_terminal() {
             return Err(CoreError::Ended {
                 id: job.id,
@@ -163,29 +215,72 @@ impl JobService {
                 error: job.error,
             });
         }
-        Ok(self.live.get_or_track(&job))
+        Ok(self.live.get_or_track(&job, lease))
     }
 
-    /// Completes a running job.
+    /// Completes a running job, if `writer` owns it. The owner's retry of a complete that
+    /// landed returns the job as it is.
     pub async fn complete(
         &self,
         id: &str,
         result: Option<Value>,
         result_path: Option<String>,
+        writer: Writer,
     ) -> Result<Job> {
         self.leave_live(id, ChangeKind::Ended, None, move |store, id| {
-            store.complete(id, result, result_path)
+            store.complete(id, result, result_path, &writer)
         })
         .await
     }
 
-    /// Fails a queued or running job.
-    pub async fn fail(&self, id: &str, error: String) -> Result<Job> {
+    /// Fails a queued or running job, if `writer` may write to it.
+    pub async fn fail(&self, id: &str, error: String, writer: Writer) -> Result<Job> {
         let message = Some(error.clone());
         self.leave_live(id, ChangeKind::Ended, message, move |store, id| {
-            store.fail(id, &error)
+            store.fail(id, &error, &writer)
         })
         .await
+    }
+
+    /// Renews the lease of a running job owned by `fence`. The answer says whether the job
+    /// ended from outside (a cancel, a budget, a time limit), which is how a remote worker
+    /// hears that it must stop.
+    pub async fn heartbeat(&self, id: &str, fence: Fence) -> Result<Heartbeat> {
+        let job_id = id.to_owned();
+        let beat = self
+            .blocking(move |store| store.heartbeat(&job_id, &fence))
+            .await?;
+        if beat.renewed {
+            self.emit(Committed::of(ChangeKind::Renewed, beat.job.clone(), None));
+        }
+        Ok(beat)
+    }
+
+    /// Takes back the running jobs `scope` names (expired leases; at start-up, an earlier
+    /// run's): each goes back to the queue or fails as `policy` says, and leaves the live
+    /// set, so a late write of its old owner is refused here as in the store.
+    pub async fn rescue(&self, scope: RescueScope, policy: RescuePolicy) -> Result<RescueReport> {
+        let report = self
+            .blocking(move |store| store.rescue(&scope, &policy))
+            .await?;
+        for (rescued, kind) in report
+            .requeued
+            .iter()
+            .map(|r| (r, ChangeKind::Requeued))
+            .chain(report.failed.iter().map(|r| (r, ChangeKind::Ended)))
+        {
+            let id = &rescued.job.id;
+            // Progress still waiting for the flush came from the lost owner: the batch would
+            // refuse it anyway.
+            self.live.take_pending(id);
+            self.live.forget(id);
+            self.emit(Committed::of(
+                kind,
+                rescued.job.clone(),
+                Some(rescued.message.clone()),
+            ));
+        }
+        Ok(report)
     }
 
     /// Cancels a queued or running job.
@@ -196,11 +291,12 @@ impl JobService {
         .await
     }
 
-    /// Puts a running job back in the queue (graceful shutdown of a resumable job).
-    pub async fn requeue(&self, id: &str) -> Result<Job> {
+    /// Puts a running job back in the queue (graceful shutdown of a resumable job), if
+    /// `writer` owns it.
+    pub async fn requeue(&self, id: &str, writer: Writer) -> Result<Job> {
         let message = Some("requeued: server stopping".to_owned());
-        self.leave_live(id, ChangeKind::Requeued, message, |store, id| {
-            store.requeue(id)
+        self.leave_live(id, ChangeKind::Requeued, message, move |store, id| {
+            store.requeue(id, &writer)
         })
         .await
     }

@@ -14,7 +14,9 @@
 use std::error::Error;
 
 use serde_json::{Map, Value, json};
-use skill_fleet_jobs::{ClaimFilter, DatabaseOwner, JobStore, NewJob, ProgressWrite};
+use skill_fleet_jobs::{
+    ClaimFilter, Claimed, DatabaseOwner, JobStore, NewJob, ProgressWrite, Writer,
+};
 use skill_fleet_types::{Job, JobStatus, ProgressUpdate};
 
 /// Steps each job goes through, reported one by one with `record_progress`.
@@ -49,12 +51,15 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // The worker: take the oldest queued job of any type until the queue is empty.
     let mut done = 0;
-    while let Some(job) = store.claim(&ClaimFilter::default())? {
+    while let Some(Claimed { job, lease }) = store.claim(&ClaimFilter::default(), "worker_loop")? {
         println!(
             "claimed {} ({}), attempt {}",
             job.id, job.job_type, job.attempt
         );
-        let job = work(&store, job)?;
+        // Every write of this attempt carries its fence: a write after the lease was lost
+        // (expired and rescued) would be refused with `StoreError::LeaseLost`.
+        let owner = Writer::Owner(lease.fence());
+        let job = work(&store, job, &owner)?;
         println!(
             "  {} {:?}: progress {:.0}%, cost ${:.2}, metric {}, checkpoint {}",
             job.id,
@@ -78,7 +83,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 }
 
 /// Runs one claimed job: progress per step with a checkpoint, a final batch write, complete.
-fn work(store: &JobStore, job: Job) -> Result<Job, Box<dyn Error>> {
+fn work(store: &JobStore, job: Job, owner: &Writer) -> Result<Job, Box<dyn Error>> {
     let total = STEPS.len() as f64 + 1.0;
     for (i, step) in STEPS.iter().enumerate() {
         let done = i as f64 + 1.0;
@@ -90,8 +95,9 @@ fn work(store: &JobStore, job: Job) -> Result<Job, Box<dyn Error>> {
             message: Some(format!("{step} done")),
             // Opaque state handed back if the job is resumed after a crash.
             checkpoint: Some(json!({ "completed_steps": done })),
+            ..ProgressUpdate::default()
         };
-        let job = store.record_progress(&job.id, &update, None)?;
+        let job = store.record_progress(&job.id, &update, None, owner)?;
         println!(
             "  step {:<24} progress {:>3.0}%  version {}",
             step,
@@ -107,6 +113,7 @@ fn work(store: &JobStore, job: Job) -> Result<Job, Box<dyn Error>> {
     latest.progress = 0.95;
     latest.message = Some("writing the result".to_owned());
     let report = store.write_progress_batch(&[ProgressWrite {
+        writer: owner.clone(),
         job_id: job.id.clone(),
         progress: latest,
         checkpoint: Some(json!({ "completed_steps": STEPS.len(), "finalizing": true })),
@@ -117,7 +124,7 @@ fn work(store: &JobStore, job: Job) -> Result<Job, Box<dyn Error>> {
         report.skipped.len()
     );
 
-    let job = store.complete(&job.id, Some(json!({ "accuracy": 0.91 })), None)?;
+    let job = store.complete(&job.id, Some(json!({ "accuracy": 0.91 })), None, owner)?;
     assert_eq!(job.status, JobStatus::Completed);
     let history = store.progress_history(&job.id, None, 0)?;
     println!(

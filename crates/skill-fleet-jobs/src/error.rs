@@ -26,6 +26,20 @@ pub enum StoreError {
         /// What was asked.
         action: Action,
     },
+    /// A worker write whose attempt and token do not own the job (its lease expired and it
+    /// was rescued, another attempt holds it, or a token-less write met a claimed job);
+    /// nothing was written.
+    #[error("lease lost on job `{id}`: {reason}")]
+    LeaseLost {
+        /// The job.
+        id: String,
+        /// The job's current attempt.
+        attempt: u32,
+        /// The job's current status.
+        status: JobStatus,
+        /// Why the write does not own the job.
+        reason: String,
+    },
     /// The id exists with a different body.
     #[error("job `{id}` already exists: {reason}")]
     Conflict {

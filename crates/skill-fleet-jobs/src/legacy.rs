@@ -12,7 +12,6 @@ use skill_fleet_types::{JobStatus, validate_job_id, validate_job_type, validate_
 use crate::error::{Result, StoreError};
 use crate::models::jobs::{JobRow, create_body};
 use crate::models::legacy_imports::NewLegacyImport;
-use crate::models::store_state::Stamp;
 use crate::models::truncate_micros;
 use crate::schema::jobs;
 use crate::store::JobStore;
@@ -303,6 +302,13 @@ fn legacy_row(
         completed_at: status.is_terminal().then_some(updated_at),
         updated_at,
         version: 0,
+        lease_token: None,
+        lease_owner: None,
+        lease_open: 0,
+        lease_expires_at: None,
+        lease_renewed_at: None,
+        rescues: 0,
+        not_before: None,
     })
 }
 
@@ -338,7 +344,7 @@ impl JobStore {
     pub fn import_legacy(&self, path: &Path) -> Result<ImportReport> {
         let records = read_records(path)?;
         self.write(|conn| {
-            let stamp = Stamp::new();
+            let stamp = self.stamp();
             let mut report = ImportReport::default();
             for record in records {
                 let row = record

@@ -3,6 +3,7 @@
 
 mod backend;
 mod error;
+mod lease;
 mod legacy;
 mod lifecycle;
 mod list;
@@ -14,12 +15,16 @@ mod schema;
 mod store;
 
 pub use error::{Result, StorageFault, StoreError};
+pub use lease::{
+    ANONYMOUS_OWNER, Heartbeat, HeldLease, LEASE_EXPIRED_ERROR, LEASE_EXPIRED_EVENT, LeasePolicy,
+    RescuePolicy, RescueReport, RescueScope, Rescued, SERVER_OWNER_PREFIX, Writer, admits,
+};
 pub use legacy::{DEFAULT_LEGACY_TYPE, IMPORTED_RUNNING_ERROR, ImportReport, LEGACY_SOURCE};
-pub use lifecycle::{Action, ClaimFilter, Created, NewJob, transition};
+pub use lifecycle::{Action, ClaimFilter, Claimed, Created, NewJob, transition};
 pub use list::{DEFAULT_LIST_LIMIT, ListFilter, MAX_LIST_LIMIT};
 pub use owner::{DatabaseOwner, OwnerRecord, Ownership, lock_path, owner_of};
 pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, ProgressWrite};
-pub use recovery::{INTERRUPTED_ERROR, PruneReport, RecoveryReport};
+pub use recovery::{INTERRUPTED_ERROR, PruneReport};
 pub use store::{
     DEFAULT_MAX_HISTORY_ROWS_PER_JOB, JobStore, MIGRATIONS, MigrationStatus, StoreOptions,
     migration_status, run_migrations,

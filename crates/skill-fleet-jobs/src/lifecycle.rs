@@ -11,6 +11,7 @@ use skill_fleet_types::{
 
 use crate::backend::{Active, Backend, ClaimWrite, Conn};
 use crate::error::{Result, StoreError};
+use crate::lease::{HeldLease, Writer, admits};
 use crate::models::job_progress::{
     FLAG_CHECKPOINT, FLAG_TERMINAL, HistoryInsert, count_history_row,
 };
@@ -143,6 +144,15 @@ impl NewJob {
     }
 }
 
+/// A job [`JobStore::claim`] started, and its lease (the token only the claimer learns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The job, now running.
+    pub job: Job,
+    /// Its new lease.
+    pub lease: HeldLease,
+}
+
 /// Whether [`JobStore::create`] made a new job or found the same one already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -238,6 +248,28 @@ pub(crate) fn apply(
         }
         row.error = None;
         row.completed_at = None;
+        // A start that is not a claim (a token-less event, or the batch's start of a queued
+        // job): an open lease (crate::lease).
+        row.lease_token = Some(crate::lease::new_token());
+        row.lease_owner = Some(crate::lease::ANONYMOUS_OWNER.to_owned());
+        row.lease_open = 1;
+        row.not_before = None;
+    }
+    if to == JobStatus::Running {
+        // Every write of a running job renews its lease.
+        row.lease_expires_at = Some(stamp.lease_until);
+        row.lease_renewed_at = Some(stamp.now);
+    } else if to == JobStatus::Queued {
+        // Back in the queue: every earlier token is stale.
+        row.lease_token = None;
+        row.lease_owner = None;
+        row.lease_open = 0;
+        row.lease_expires_at = None;
+        row.lease_renewed_at = None;
+    } else {
+        // Ended: no expiry to rescue; token and attempt stay, so that the owner's retried
+        // complete is recognised and its heartbeat hears that the job ended.
+        row.lease_expires_at = None;
     }
     row.status = to.as_str().to_owned();
     let mut history = false;
@@ -283,6 +315,9 @@ pub(crate) fn apply(
             row.error = None;
             row.completed_at = None;
             row.started_at = None;
+            // A resumed job starts its rescue count and back-off afresh.
+            row.rescues = 0;
+            row.not_before = None;
         }
     }
     if to.is_terminal() {
@@ -296,11 +331,8 @@ pub(crate) fn apply(
         return Ok(None);
     }
     // Every progress report and every terminal state leaves one history row.
-    let history_row = HistoryInsert {
-        job_id: &row.id,
-        progress: &row_progress(row),
-        flags,
-    };
+    let progress = row_progress(row);
+    let history_row = HistoryInsert::progress(&row.id, &progress, flags, Some(row.attempt));
     Active::insert_history(conn, &[history_row], stamp.now)?;
     Ok(Some(count_history_row(conn, &row.id)?))
 }
@@ -335,7 +367,7 @@ impl JobStore {
                     reason: "it has a different type or metadata".into(),
                 });
             }
-            let stamp = Stamp::new();
+            let stamp = self.stamp();
             let row = JobRow {
                 id: id.clone(),
                 job_type: new.job_type.clone(),
@@ -359,6 +391,13 @@ impl JobStore {
                 completed_at: None,
                 updated_at: stamp.now,
                 version: stamp.version(conn)?,
+                lease_token: None,
+                lease_owner: None,
+                lease_open: 0,
+                lease_expires_at: None,
+                lease_renewed_at: None,
+                rescues: 0,
+                not_before: None,
             };
             row.insert(conn)?;
             Ok((row.into_job()?, Created::New))
@@ -370,11 +409,30 @@ impl JobStore {
         JobRow::find(&mut *self.conn()?, id)?.into_job()
     }
 
-    /// Applies one change to one job in one immediate transaction.
-    pub(crate) fn change(&self, id: &str, change: Change<'_>) -> Result<Job> {
+    /// Applies one change to one job in one immediate transaction, if `writer` may write to
+    /// it ([`crate::lease::admits`], checked in the same transaction). A complete or fail
+    /// retried by the owner whose first try landed returns the job as it is.
+    pub(crate) fn change(&self, id: &str, change: Change<'_>, writer: &Writer) -> Result<Job> {
         self.write(|conn| {
             let mut row = JobRow::find(conn, id)?;
-            let stamp = Stamp::new();
+            let status = row.job_status()?;
+            let attempt = u32::try_from(row.attempt).unwrap_or(0);
+            admits(
+                id,
+                status,
+                attempt,
+                HeldLease::of_row(&row).as_ref(),
+                writer,
+            )?;
+            let repeat = matches!(
+                (writer, status, change.action()),
+                (Writer::Owner(_), JobStatus::Completed, Action::Complete)
+                    | (Writer::Owner(_), JobStatus::Failed, Action::Fail)
+            );
+            if repeat {
+                return row.into_job();
+            }
+            let stamp = self.stamp();
             if let Some(history_rows) = apply(conn, &mut row, change, &stamp)? {
                 self.cap_history(conn, &row.id, history_rows)?;
             }
@@ -387,31 +445,49 @@ impl JobStore {
     /// requeued mid-run (recovery, shutdown), which keeps its first start. One statement in
     /// one transaction, so two workers never get the same job. `None`, writing nothing, when
     /// the queue holds nothing for them.
-    pub fn claim(&self, filter: &ClaimFilter) -> Result<Option<Job>> {
+    ///
+    /// The claim gives the job a fenced lease owned by `owner` (see [`crate::lease`]); jobs
+    /// in their rescue back-off are not taken.
+    pub fn claim(&self, filter: &ClaimFilter, owner: &str) -> Result<Option<Claimed>> {
+        let token = crate::lease::new_token();
         self.write_if(
             |conn| {
-                let stamp = Stamp::new();
+                let stamp = self.stamp();
                 let claim = ClaimWrite {
                     filter,
                     status: STARTED.as_str(),
                     now: stamp.now,
                     version: stamp.version(conn)?,
+                    lease_token: &token,
+                    lease_owner: owner,
+                    lease_until: stamp.lease_until,
                 };
-                Active::claim(conn, &claim)?
-                    .map(JobRow::into_job)
-                    .transpose()
+                let Some(row) = Active::claim(conn, &claim)? else {
+                    return Ok(None);
+                };
+                let lease = HeldLease::of_row(&row).ok_or_else(|| StoreError::Corrupt {
+                    id: row.id.clone(),
+                    field: "lease_token",
+                    reason: "a claim left no lease".to_owned(),
+                })?;
+                Ok(Some(Claimed {
+                    job: row.into_job()?,
+                    lease,
+                }))
             },
             Option::is_some,
         )
     }
 
     /// Completes a running job with an optional JSON result and result path; progress is set
-    /// to 1.
+    /// to 1. Only what `writer` may write lands ([`crate::lease::admits`]); the owner's retry
+    /// of a complete that landed returns the job unchanged.
     pub fn complete(
         &self,
         id: &str,
         result: Option<Value>,
         result_path: Option<String>,
+        writer: &Writer,
     ) -> Result<Job> {
         self.change(
             id,
@@ -419,27 +495,30 @@ impl JobStore {
                 result: result.as_ref(),
                 result_path: result_path.as_deref(),
             },
+            writer,
         )
     }
 
-    /// Fails a queued or running job with `error`.
-    pub fn fail(&self, id: &str, error: &str) -> Result<Job> {
-        self.change(id, Change::Fail(error))
+    /// Fails a queued or running job with `error`, if `writer` may write to it.
+    pub fn fail(&self, id: &str, error: &str, writer: &Writer) -> Result<Job> {
+        self.change(id, Change::Fail(error), writer)
     }
 
-    /// Cancels a queued or running job; its error becomes `reason`, or `cancelled`.
+    /// Cancels a queued or running job; its error becomes `reason`, or `cancelled`. An
+    /// operator's action: whoever owns the job hears it at its next write or heartbeat.
     pub fn cancel(&self, id: &str, reason: Option<&str>) -> Result<Job> {
-        self.change(id, Change::Cancel(reason))
+        self.change(id, Change::Cancel(reason), &Writer::Operator)
     }
 
     /// Puts a failed or cancelled job back in the queue: checkpoint kept, error and
-    /// `completed_at` cleared. The next start increments `attempt`.
+    /// `completed_at` cleared, rescue count reset. The next start increments `attempt`.
     pub fn resume(&self, id: &str) -> Result<Job> {
-        self.change(id, Change::Resume)
+        self.change(id, Change::Resume, &Writer::Operator)
     }
 
-    /// Puts a running job back in the queue with its checkpoint (graceful shutdown).
-    pub fn requeue(&self, id: &str) -> Result<Job> {
-        self.change(id, Change::Requeue)
+    /// Puts a running job back in the queue with its checkpoint (graceful shutdown), if
+    /// `writer` may write to it.
+    pub fn requeue(&self, id: &str, writer: &Writer) -> Result<Job> {
+        self.change(id, Change::Requeue, writer)
     }
 }

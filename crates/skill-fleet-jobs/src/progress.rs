@@ -37,12 +37,12 @@ use skill_fleet_types::{
     validate_progress,
 };
 
-use crate::backend::{Active, Backend, Conn, LatestProgress};
+use crate::backend::{Active, Backend, Conn, FenceBind, LatestProgress};
 use crate::error::{Result, StoreError};
+use crate::lease::Writer;
 use crate::lifecycle::{Change, apply};
 use crate::models::job_progress::{FLAG_CHECKPOINT, HistoryEntry, HistoryInsert, ProgressRow};
 use crate::models::jobs::JobRow;
-use crate::models::store_state::Stamp;
 use crate::store::JobStore;
 
 /// The per-job cap of history rows, and the jobs whose protected rows alone fill it.
@@ -161,6 +161,8 @@ pub struct ProgressWrite {
     pub progress: Progress,
     /// A new checkpoint, if one arrived since the last flush.
     pub checkpoint: Option<Value>,
+    /// Who writes it: the batch writes only what [`crate::lease::admits`], in its statement.
+    pub writer: Writer,
 }
 
 /// What [`JobStore::write_progress_batch`] did.
@@ -196,6 +198,7 @@ impl JobStore {
         id: &str,
         update: &ProgressUpdate,
         eta_seconds: Option<f64>,
+        writer: &Writer,
     ) -> Result<Job> {
         update.validate()?;
         self.change(
@@ -204,6 +207,7 @@ impl JobStore {
                 update,
                 eta_seconds,
             },
+            writer,
         )
     }
 
@@ -227,7 +231,7 @@ impl JobStore {
             return Ok(BatchReport::default());
         }
         let batch = |conn: &mut Conn| {
-            let stamp = Stamp::new();
+            let stamp = self.stamp();
             let version = stamp.version(conn)?;
             let mut report = BatchReport::default();
             let mut history = Vec::with_capacity(writes.len());
@@ -243,29 +247,36 @@ impl JobStore {
                     progress: &write.progress,
                     checkpoint: checkpoint.as_deref(),
                     now: stamp.now,
+                    lease_until: stamp.lease_until,
+                    fence: FenceBind::of(&write.writer),
                     version,
                 };
-                let mut updated = Active::update_latest(conn, &latest)?;
-                if updated == 0 {
-                    if JobRow::find_status(conn, &write.job_id)? == Some(JobStatus::Queued) {
-                        let mut row = JobRow::find(conn, &write.job_id)?;
-                        apply(conn, &mut row, Change::Start, &stamp)?;
-                        updated = Active::update_latest(conn, &latest)?;
-                    }
-                    if updated == 0 {
-                        report.skipped.push(write.job_id.clone());
-                        continue;
-                    }
+                let mut attempt = Active::update_latest(conn, &latest)?;
+                // A queued job is started by its first write, unless the write claims to
+                // come from an owner (a queued job has none: the owner was rescued).
+                if attempt.is_none()
+                    && !matches!(write.writer, Writer::Owner(_))
+                    && JobRow::find_status(conn, &write.job_id)? == Some(JobStatus::Queued)
+                {
+                    let mut row = JobRow::find(conn, &write.job_id)?;
+                    apply(conn, &mut row, Change::Start, &stamp)?;
+                    attempt = Active::update_latest(conn, &latest)?;
                 }
-                history.push(HistoryInsert {
-                    job_id: &write.job_id,
-                    progress: &write.progress,
-                    flags: if write.checkpoint.is_some() {
-                        FLAG_CHECKPOINT
-                    } else {
-                        0
-                    },
-                });
+                let Some(attempt) = attempt else {
+                    report.skipped.push(write.job_id.clone());
+                    continue;
+                };
+                let flags = if write.checkpoint.is_some() {
+                    FLAG_CHECKPOINT
+                } else {
+                    0
+                };
+                history.push(HistoryInsert::progress(
+                    &write.job_id,
+                    &write.progress,
+                    flags,
+                    Some(attempt),
+                ));
             }
             report.written = history.len();
             if report.written > 0 {

@@ -11,6 +11,8 @@ diesel::table! {
         metric -> Nullable<Double>,
         created_at -> Timestamp,
         flags -> Integer,
+        attempt -> Nullable<Integer>,
+        event -> Nullable<Text>,
     }
 }
 
@@ -39,6 +41,13 @@ diesel::table! {
         updated_at -> Timestamp,
         version -> BigInt,
         history_rows -> BigInt,
+        lease_token -> Nullable<Text>,
+        lease_owner -> Nullable<Text>,
+        lease_open -> Integer,
+        lease_expires_at -> Nullable<Timestamp>,
+        lease_renewed_at -> Nullable<Timestamp>,
+        rescues -> Integer,
+        not_before -> Nullable<Timestamp>,
     }
 }
 

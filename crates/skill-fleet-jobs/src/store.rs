@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use crate::backend::{Active, Backend, Conn, Pooled};
 use crate::error::Result;
-use crate::models::store_state;
+use crate::lease::LeasePolicy;
+use crate::models::store_state::{self, Stamp};
 use crate::progress::HistoryCap;
 
 pub use crate::backend::sqlite::MIGRATIONS;
@@ -25,6 +26,8 @@ pub struct StoreOptions {
     /// it, the job's older history is thinned in the same transaction; see
     /// [`JobStore::write_progress_batch`].
     pub max_history_rows_per_job: u64,
+    /// How long leases last ([`crate::lease`]).
+    pub lease: LeasePolicy,
 }
 
 impl Default for StoreOptions {
@@ -33,6 +36,7 @@ impl Default for StoreOptions {
             pool_size: 10,
             busy_timeout: Duration::from_millis(5000),
             max_history_rows_per_job: DEFAULT_MAX_HISTORY_ROWS_PER_JOB,
+            lease: LeasePolicy::default(),
         }
     }
 }
@@ -53,6 +57,7 @@ pub struct MigrationStatus {
 pub struct JobStore {
     backend: Arc<Active>,
     history: Arc<HistoryCap>,
+    lease: LeasePolicy,
 }
 
 impl std::fmt::Debug for JobStore {
@@ -88,7 +93,13 @@ impl JobStore {
     /// refused with [`crate::StoreError::InvalidInput`].
     pub fn open_with(url: &str, options: StoreOptions) -> Result<JobStore> {
         let history = HistoryCap::new(options.max_history_rows_per_job)?;
+        if options.lease.ttl.is_zero() {
+            return Err(crate::StoreError::InvalidInput(
+                "the lease ttl must be above 0".to_owned(),
+            ));
+        }
         Ok(JobStore {
+            lease: options.lease,
             backend: Arc::new(Active::open(url, &options)?),
             history: Arc::new(history),
         })
@@ -111,6 +122,16 @@ impl JobStore {
     pub fn bump_boot_epoch(&self) -> Result<u64> {
         let epoch = self.write(|conn| Ok(store_state::bump_boot_epoch(conn)?))?;
         Ok(u64::try_from(epoch).unwrap_or(0))
+    }
+
+    /// How long leases last.
+    pub fn lease_policy(&self) -> LeasePolicy {
+        self.lease
+    }
+
+    /// The stamp of a write transaction starting now.
+    pub(crate) fn stamp(&self) -> Stamp {
+        Stamp::new(self.lease.ttl)
     }
 
     /// The history cap and what it remembers of jobs over it.

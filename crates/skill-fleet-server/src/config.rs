@@ -30,6 +30,19 @@ pub const MAX_RETENTION_DAYS: u64 = 36_500;
 pub const MAX_STOP_GRACE_SECONDS: u64 = 60 * 60;
 /// Longest `executors.*.timeout_seconds`: ten years (a run's deadline is `now + timeout`).
 pub const MAX_TIMEOUT_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
+/// Default `lease_ttl_seconds`: six heartbeats, so a lease survives a short network or
+/// database blip (docs/CONFIG.md).
+pub const DEFAULT_LEASE_TTL_SECONDS: f64 = 90.0;
+/// Default `heartbeat_interval_seconds`.
+pub const DEFAULT_HEARTBEAT_INTERVAL_SECONDS: f64 = 15.0;
+/// Default `rescue_interval_seconds`.
+pub const DEFAULT_RESCUE_INTERVAL_SECONDS: f64 = 15.0;
+/// Default `max_rescues`.
+pub const DEFAULT_MAX_RESCUES: u32 = 3;
+/// Longest lease, heartbeat or rescue interval: a day.
+pub const MAX_LEASE_SECONDS: f64 = 86_400.0;
+/// Largest `max_rescues`.
+pub const MAX_MAX_RESCUES: u32 = 1000;
 /// Job types that are re-queued (not failed) when the server stopped while they ran.
 pub const DEFAULT_RESUMABLE_TYPES: [&str; 2] = ["optimization", "evaluation"];
 /// Prefix of the environment variable of each option: `SKILL_FLEET_BIND` for `bind`.
@@ -156,6 +169,21 @@ pub struct Options {
     /// Seconds between SIGTERM and SIGKILL when a job's process is stopped [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub stop_grace_seconds: Option<u64>,
+    /// How long a running job's lease lasts after each heartbeat or write, in seconds; a job
+    /// whose lease runs out is rescued [default: 90].
+    #[arg(long, value_name = "SECONDS")]
+    pub lease_ttl_seconds: Option<f64>,
+    /// How often workers (and the server, for its own children) renew their leases, in
+    /// seconds; below `lease_ttl_seconds` [default: 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub heartbeat_interval_seconds: Option<f64>,
+    /// How often the server looks for expired leases, in seconds [default: 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub rescue_interval_seconds: Option<f64>,
+    /// How many times a job whose lease expired goes back to the queue; the next expiry fails
+    /// it [default: 3].
+    #[arg(long, value_name = "N")]
+    pub max_rescues: Option<u32>,
     /// Job type → command (`[executors.TYPE]` tables of the file only). When the file has
     /// this table it replaces the built-in default (`optimization` → the bundled example
     /// optimizer); an empty table runs nothing.
@@ -475,6 +503,14 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Time between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// How long a lease lasts after each renewal.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed.
+    pub heartbeat_interval: Duration,
+    /// How often expired leases are looked for.
+    pub rescue_interval: Duration,
+    /// How many times an expired job goes back to the queue.
+    pub max_rescues: u32,
     /// How long a write waits for the database's write lock.
     pub busy_timeout: Duration,
     /// Job type → command; `None` means the built-in default (the bundled optimizer).
@@ -608,7 +644,60 @@ impl Config {
                 ),
             ));
         }
+        let seconds = |key: &str, value: Option<f64>, default: f64, max: f64| {
+            let value = value.unwrap_or(default);
+            if value.is_finite() && value > 0.0 && value <= max {
+                Ok(Duration::from_secs_f64(value))
+            } else {
+                Err(layered.invalid(
+                    key,
+                    format!(
+                        "{} must be above 0 and at most {max} seconds, got {value}",
+                        key.replace('_', " ").trim_end_matches(" seconds")
+                    ),
+                ))
+            }
+        };
+        let lease_ttl = seconds(
+            "lease_ttl_seconds",
+            options.lease_ttl_seconds,
+            DEFAULT_LEASE_TTL_SECONDS,
+            MAX_LEASE_SECONDS,
+        )?;
+        let heartbeat_interval = seconds(
+            "heartbeat_interval_seconds",
+            options.heartbeat_interval_seconds,
+            DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+            MAX_LEASE_SECONDS,
+        )?;
+        if heartbeat_interval >= lease_ttl {
+            return Err(layered.invalid(
+                "heartbeat_interval_seconds",
+                format!(
+                    "heartbeat interval ({} s) must be shorter than the lease ttl ({} s): a lease must outlive several heartbeats",
+                    heartbeat_interval.as_secs_f64(),
+                    lease_ttl.as_secs_f64()
+                ),
+            ));
+        }
+        let rescue_interval = seconds(
+            "rescue_interval_seconds",
+            options.rescue_interval_seconds,
+            DEFAULT_RESCUE_INTERVAL_SECONDS,
+            MAX_LEASE_SECONDS,
+        )?;
+        let max_rescues = options.max_rescues.unwrap_or(DEFAULT_MAX_RESCUES);
+        if max_rescues > MAX_MAX_RESCUES {
+            return Err(layered.invalid(
+                "max_rescues",
+                format!("max rescues must be at most {MAX_MAX_RESCUES}, got {max_rescues}"),
+            ));
+        }
         Ok(Config {
+            lease_ttl,
+            heartbeat_interval,
+            rescue_interval,
+            max_rescues,
             max_sse_connections,
             max_history_rows_per_job,
             retention: options

@@ -2,8 +2,9 @@
 //!
 //! Start-up order: take the database's lock (`<database>.lock`: one server per SQLite file;
 //! a second one fails here, before it touches a row), open the store (runs migrations),
-//! recover jobs left `running`, import legacy jobs if configured, take a new boot epoch (so
-//! SSE ids never go backwards), seed the hub with running jobs, then listen, write the
+//! import legacy jobs if configured, take a new boot epoch (so SSE ids never go backwards),
+//! rescue the jobs an earlier run left `running` (one mechanism with the lease sweep, which
+//! then runs every `rescue_interval`), seed the hub with running jobs, then listen, write the
 //! address into the lock file (and, with `retention_days`, prune old finished jobs). On
 //! SIGINT/SIGTERM: stop accepting, end every SSE stream, write pending progress, exit 0; the
 //! lock is released when the process exits.
@@ -11,8 +12,10 @@
 use std::io::Write;
 
 use skill_fleet_api::{ApiConfig, AppState};
-use skill_fleet_core::JobService;
-use skill_fleet_jobs::{DatabaseOwner, JobStore, Ownership, StoreError};
+use skill_fleet_core::{JobService, RescueSettings};
+use skill_fleet_jobs::{
+    DatabaseOwner, JobStore, LeasePolicy, Ownership, RescuePolicy, RescueScope, StoreError,
+};
 use skill_fleet_stream::{Hub, HubConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -45,18 +48,6 @@ pub async fn serve_until(
     let mut owner = take_database(&config.database, SERVER_PROGRAM)?;
     let specs = executor_specs(&config)?;
     let store = open_store(&config.database, store_options(&config)).await?;
-    let recovery = {
-        let store = store.clone();
-        let resumable = resumable_types(&config, &specs);
-        blocking(move || store.recover_interrupted(&resumable)).await?
-    };
-    if !recovery.requeued.is_empty() || !recovery.failed.is_empty() {
-        tracing::info!(
-            requeued = recovery.requeued.len(),
-            failed = recovery.failed.len(),
-            "recovered jobs left running by the previous server"
-        );
-    }
     if let Some(path) = config.legacy_import.clone() {
         let store = store.clone();
         let report = blocking(move || store.import_legacy(&path)).await?;
@@ -76,7 +67,28 @@ pub async fn serve_until(
         initial_seq: epoch << 32,
         ..HubConfig::default()
     });
-    let service = JobService::new(store, hub, epoch << 32);
+    let service =
+        JobService::new(store, hub, epoch << 32).with_heartbeat_interval(config.heartbeat_interval);
+    let rescue_policy = RescuePolicy {
+        resumable_types: resumable_types(&config, &specs),
+        max_rescues: config.max_rescues,
+        backoff_first: config.heartbeat_interval,
+        backoff_max: MAX_RESCUE_BACKOFF.max(config.heartbeat_interval),
+    };
+    // Start-up recovery is a rescue: the jobs an earlier run of this server ran (and any
+    // running job that holds no lease) are lost by definition. Remote workers' leases are
+    // left alone: the sweep looks at them once the server has been up for a full lease.
+    let scope = RescueScope::EarlierRuns {
+        current: service.server_owner().to_owned(),
+    };
+    let recovery = service.rescue(scope, rescue_policy.clone()).await?;
+    if !recovery.is_empty() {
+        tracing::info!(
+            requeued = recovery.requeued.len(),
+            failed = recovery.failed.len(),
+            "recovered jobs left running by the previous server"
+        );
+    }
     let state = AppState::new(
         service,
         ApiConfig {
@@ -124,6 +136,17 @@ pub async fn serve_until(
             skill_fleet_core::run_flusher(state.service(), interval, stop).await;
         })
     };
+    let rescuer = {
+        let state = state.clone();
+        let stop = stopped(stop_rx.clone());
+        let settings = RescueSettings {
+            interval: config.rescue_interval,
+            policy: rescue_policy,
+        };
+        tokio::spawn(async move {
+            skill_fleet_core::run_rescuer(state.service(), settings, stop).await;
+        })
+    };
     let retention = config.retention.map(|keep| {
         tokio::spawn(crate::retention::run(
             state.clone(),
@@ -149,6 +172,7 @@ pub async fn serve_until(
         .await
         .map_err(ServerError::Serve)?;
     let _ = flusher.await;
+    let _ = rescuer.await;
     let _ = dispatcher.await;
     if let Some(retention) = retention {
         let _ = retention.await;
@@ -160,6 +184,9 @@ pub async fn serve_until(
     drop(owner);
     Ok(())
 }
+
+/// The longest back-off before a rescued job may be claimed again.
+const MAX_RESCUE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The program name a server writes into the database's lock file.
 const SERVER_PROGRAM: &str = "skill-fleet-server";
@@ -271,6 +298,9 @@ fn store_options(config: &Config) -> skill_fleet_jobs::StoreOptions {
     skill_fleet_jobs::StoreOptions {
         busy_timeout: config.busy_timeout,
         max_history_rows_per_job: config.max_history_rows_per_job,
+        lease: LeasePolicy {
+            ttl: config.lease_ttl,
+        },
         ..skill_fleet_jobs::StoreOptions::default()
     }
 }

@@ -17,6 +17,10 @@ pub enum ErrorCode {
     InvalidTransition,
     /// The id exists with a different body, or a similar clash (HTTP 409).
     Conflict,
+    /// A worker write's `attempt` and `lease_token` do not own the job (any more): its lease
+    /// expired and it was rescued, or another attempt holds it (HTTP 409). The body's
+    /// `attempt` and `status` are the job's current ones. Stop; write nothing more.
+    LeaseLost,
     /// The body is larger than the server accepts (HTTP 413).
     PayloadTooLarge,
     /// The body is not JSON (HTTP 415).
@@ -48,6 +52,12 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// Lowercase, human-readable, names the id or value at fault.
     pub message: String,
+    /// With `lease_lost`: the job's current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// With `lease_lost`: the job's current status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::JobStatus>,
 }
 
 impl ErrorBody {
@@ -57,6 +67,8 @@ impl ErrorBody {
             error: ErrorDetail {
                 code,
                 message: message.into(),
+                attempt: None,
+                status: None,
             },
         }
     }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::lease::JobLease;
 use crate::progress::Progress;
 
 /// Where a job is in its life: `queued → running → completed / failed / cancelled`.
@@ -98,6 +99,8 @@ pub struct Job {
     pub checkpoint: Option<Value>,
     /// How many times the job has been started.
     pub attempt: u32,
+    /// Who owns the job while it runs and until when; `None` unless `running`.
+    pub lease: Option<JobLease>,
     /// The job's JSON result, once completed.
     pub result: Option<Value>,
     /// Where the runner wrote its result, if it said.

@@ -4,6 +4,7 @@
 mod backoff;
 mod error;
 mod job;
+mod lease;
 mod progress;
 mod request;
 mod validate;
@@ -11,6 +12,10 @@ mod validate;
 pub use backoff::Backoff;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use job::{Job, JobList, JobStatus, ParseStatusError};
+pub use lease::{
+    ClaimedJob, DEFAULT_WORKER_NAME, Fence, HeartbeatAck, HeartbeatRequest, JobLease,
+    MAX_WORKER_NAME_LEN, validate_worker_name,
+};
 pub use progress::{
     Applied, Progress, ProgressPage, ProgressPatch, ProgressRecord, ProgressUpdate, StreamEvent,
 };

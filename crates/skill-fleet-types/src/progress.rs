@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::job::JobStatus;
+use crate::lease::Fence;
 use crate::validate::{ValidationError, validate_cost, validate_metric, validate_progress};
 
 /// The latest progress of a job, as stored and returned with the job.
@@ -48,6 +49,13 @@ pub struct ProgressUpdate {
     pub message: Option<String>,
     /// Opaque state to hand back if the job is resumed.
     pub checkpoint: Option<Value>,
+    /// Over HTTP: the attempt of the claim this event comes from (with `lease_token`).
+    /// Ignored in the executor protocol (the server fences its own children).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Over HTTP: the claim's lease token (with `attempt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_token: Option<String>,
 }
 
 impl ProgressUpdate {
@@ -65,6 +73,11 @@ impl ProgressUpdate {
             metric: self.metric,
             message: self.message.as_deref(),
         }
+    }
+
+    /// Takes the fence fields out of the update: the fence they make, if any.
+    pub fn take_fence(&mut self) -> Result<Option<Fence>, ValidationError> {
+        Fence::from_fields(self.attempt.take(), self.lease_token.take())
     }
 
     /// True when the update carries nothing at all.
@@ -171,7 +184,7 @@ impl From<&Progress> for ProgressUpdate {
             cost_usd: Some(progress.cost_usd),
             metric: progress.metric,
             message: progress.message.clone(),
-            checkpoint: None,
+            ..ProgressUpdate::default()
         }
     }
 }
@@ -227,6 +240,12 @@ pub struct ProgressRecord {
     pub cost_usd: f64,
     /// The metric at that moment.
     pub metric: Option<f64>,
+    /// The attempt that wrote the row (`None` for rows older than leases).
+    pub attempt: Option<u32>,
+    /// What the row records when it is not a progress report: `lease_expired` (the job's
+    /// worker was lost and the rescue sweep took the job back; `message` says what became
+    /// of it).
+    pub event: Option<String>,
     /// When the row was written.
     pub created_at: DateTime<Utc>,
 }

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::job::JobStatus;
+use crate::lease::Fence;
+use crate::validate::ValidationError;
 
 /// Body of `POST /api/v1/jobs`: create a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -29,6 +31,10 @@ pub struct ClaimRequest {
     /// Job types the worker can run; empty means any type without an executor.
     #[serde(default)]
     pub types: Vec<String>,
+    /// Who claims: shown as the running job's lease owner (`[A-Za-z0-9_.:@/-]{1,128}`;
+    /// `worker` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// Body of `POST /api/v1/jobs/{id}/complete`.
@@ -42,6 +48,12 @@ pub struct CompleteRequest {
     /// Where the result was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_path: Option<String>,
+    /// The attempt of the claim this write comes from (with `lease_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// The claim's lease token (with `attempt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_token: Option<String>,
 }
 
 /// Body of `POST /api/v1/jobs/{id}/fail` (and, optionally, `/cancel`).
@@ -51,6 +63,12 @@ pub struct CompleteRequest {
 pub struct FailRequest {
     /// Why the job failed or was stopped.
     pub error: String,
+    /// The attempt of the claim this write comes from (with `lease_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// The claim's lease token (with `attempt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_token: Option<String>,
 }
 
 /// Optional body of `POST /api/v1/jobs/{id}/cancel`.
@@ -101,4 +119,18 @@ pub struct JobLogs {
     pub stderr: Vec<String>,
     /// True when older lines were dropped to keep the tails bounded.
     pub truncated: bool,
+}
+
+impl CompleteRequest {
+    /// The fence of this write, if it carries one.
+    pub fn fence(&self) -> Result<Option<Fence>, ValidationError> {
+        Fence::from_fields(self.attempt, self.lease_token.clone())
+    }
+}
+
+impl FailRequest {
+    /// The fence of this write, if it carries one.
+    pub fn fence(&self) -> Result<Option<Fence>, ValidationError> {
+        Fence::from_fields(self.attempt, self.lease_token.clone())
+    }
 }

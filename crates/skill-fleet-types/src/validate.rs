@@ -40,6 +40,14 @@ pub enum ValidationError {
         /// What it was, as JSON.
         got: String,
     },
+    /// A worker write's `attempt` / `lease_token` pair is incomplete or malformed.
+    #[error("invalid fence: {0}")]
+    Fence(&'static str),
+    /// A claim's worker name outside `[A-Za-z0-9_.:@/-]{1,128}`.
+    #[error(
+        "invalid worker name `{0}`: expected 1 to 128 characters of A-Z, a-z, 0-9, `_`, `.`, `:`, `@`, `/` or `-`"
+    )]
+    WorkerName(String),
 }
 
 /// Share of the budget at which a warning is emitted, unless the metadata sets

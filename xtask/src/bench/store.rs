@@ -14,7 +14,7 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Double, Nullable, Text, Timestamp};
 use diesel::sqlite::Sqlite;
 use serde_json::json;
-use skill_fleet_jobs::{ClaimFilter, JobStore, NewJob, ProgressWrite, StoreOptions};
+use skill_fleet_jobs::{ClaimFilter, JobStore, NewJob, ProgressWrite, StoreOptions, Writer};
 use skill_fleet_types::{Progress, ProgressUpdate};
 
 use super::Ctx;
@@ -29,7 +29,7 @@ const GOAL: f64 = 0.5;
 const CAPPED_ROWS: u64 = 100;
 
 /// A fresh store in `dir` with `JOBS` running jobs.
-fn store_with_jobs(dir: &Path, name: &str) -> Result<(JobStore, String, Vec<String>)> {
+fn store_with_jobs(dir: &Path, name: &str) -> Result<(JobStore, String, Vec<(String, Writer)>)> {
     store_with_options(dir, name, StoreOptions::default())
 }
 
@@ -38,24 +38,28 @@ fn store_with_options(
     dir: &Path,
     name: &str,
     options: StoreOptions,
-) -> Result<(JobStore, String, Vec<String>)> {
+) -> Result<(JobStore, String, Vec<(String, Writer)>)> {
     let url = dir.join(format!("{name}.db")).display().to_string();
     let store = JobStore::open_with(&url, options)?;
-    let ids: Vec<String> = (0..JOBS).map(|n| format!("job-{n:03}")).collect();
-    for id in &ids {
+    let mut jobs = Vec::with_capacity(JOBS);
+    for id in (0..JOBS).map(|n| format!("job-{n:03}")) {
         store.create(&NewJob {
             id: Some(id.clone()),
             job_type: "optimization".into(),
             metadata: Default::default(),
             source: "bench".into(),
         })?;
-        // The job just created is the only one queued: claiming starts it.
-        let claimed = store.claim(&ClaimFilter::default())?;
-        if claimed.as_ref().map(|job| job.id.as_str()) != Some(id.as_str()) {
-            return Err(format!("claiming `{id}` took {claimed:?}").into());
+        // The job just created is the only one queued: claiming starts it. Its writes carry
+        // the claim's fence, as a worker's do.
+        let claimed = store.claim(&ClaimFilter::default(), "bench")?;
+        match claimed {
+            Some(claimed) if claimed.job.id == id => {
+                jobs.push((id, Writer::Owner(claimed.lease.fence())));
+            }
+            other => return Err(format!("claiming `{id}` took {other:?}").into()),
         }
     }
-    Ok((store, url, ids))
+    Ok((store, url, jobs))
 }
 
 fn progress(tick: usize, job: usize) -> Progress {
@@ -110,7 +114,8 @@ impl QueryFragment<Sqlite> for RawInsert<'_> {
 impl RunQueryDsl<SqliteConnection> for RawInsert<'_> {}
 
 fn raw_inserts(dir: &Path, ticks: usize) -> Result<Duration> {
-    let (store, url, ids) = store_with_jobs(dir, "raw")?;
+    let (store, url, jobs) = store_with_jobs(dir, "raw")?;
+    let ids: Vec<&String> = jobs.iter().map(|(id, _)| id).collect();
     drop(store);
     let mut conn = SqliteConnection::establish(&url)?;
     conn.batch_execute(
@@ -136,8 +141,8 @@ fn raw_inserts(dir: &Path, ticks: usize) -> Result<Duration> {
 }
 
 fn batches(dir: &Path, ticks: usize) -> Result<Duration> {
-    let (store, _, ids) = store_with_jobs(dir, "batch")?;
-    timed_batches(&store, &ids, ticks)
+    let (store, _, jobs) = store_with_jobs(dir, "batch")?;
+    timed_batches(&store, &jobs, ticks)
 }
 
 /// The batch path with every job over a history cap of [`CAPPED_ROWS`] rows for most ticks.
@@ -146,20 +151,21 @@ fn capped_batches(dir: &Path, ticks: usize) -> Result<Duration> {
         max_history_rows_per_job: CAPPED_ROWS,
         ..StoreOptions::default()
     };
-    let (store, _, ids) = store_with_options(dir, "capped", options)?;
-    timed_batches(&store, &ids, ticks)
+    let (store, _, jobs) = store_with_options(dir, "capped", options)?;
+    timed_batches(&store, &jobs, ticks)
 }
 
-fn timed_batches(store: &JobStore, ids: &[String], ticks: usize) -> Result<Duration> {
+fn timed_batches(store: &JobStore, jobs: &[(String, Writer)], ticks: usize) -> Result<Duration> {
     let started = Instant::now();
     for tick in 0..ticks {
-        let writes: Vec<ProgressWrite> = ids
+        let writes: Vec<ProgressWrite> = jobs
             .iter()
             .enumerate()
-            .map(|(job, id)| ProgressWrite {
+            .map(|(job, (id, writer))| ProgressWrite {
                 job_id: id.clone(),
                 progress: progress(tick, job),
                 checkpoint: None,
+                writer: writer.clone(),
             })
             .collect();
         let report = store.write_progress_batch(&writes)?;
@@ -171,10 +177,10 @@ fn timed_batches(store: &JobStore, ids: &[String], ticks: usize) -> Result<Durat
 }
 
 fn single_updates(dir: &Path, ticks: usize) -> Result<Duration> {
-    let (store, _, ids) = store_with_jobs(dir, "single")?;
+    let (store, _, jobs) = store_with_jobs(dir, "single")?;
     let started = Instant::now();
     for tick in 0..ticks {
-        for (job, id) in ids.iter().enumerate() {
+        for (job, (id, writer)) in jobs.iter().enumerate() {
             let p = progress(tick, job);
             let update = ProgressUpdate {
                 step: p.step,
@@ -182,9 +188,9 @@ fn single_updates(dir: &Path, ticks: usize) -> Result<Duration> {
                 cost_usd: Some(p.cost_usd),
                 metric: p.metric,
                 message: p.message,
-                checkpoint: None,
+                ..ProgressUpdate::default()
             };
-            store.record_progress(id, &update, p.eta_seconds)?;
+            store.record_progress(id, &update, p.eta_seconds, writer)?;
         }
     }
     Ok(started.elapsed())

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use skill_fleet_core::Claimant;
-use skill_fleet_jobs::{Created, ListFilter};
+use skill_fleet_jobs::{Created, ListFilter, Writer};
 use skill_fleet_types::{
-    CancelRequest, ClaimRequest, CompleteRequest, CreateJob, FailRequest, JobLogs, JobStatus,
-    ProgressUpdate, ResultBody,
+    CancelRequest, ClaimRequest, ClaimedJob, CompleteRequest, CreateJob, FailRequest, Fence,
+    HeartbeatAck, HeartbeatRequest, JobLogs, JobStatus, ProgressUpdate, ResultBody,
 };
 use skill_fleet_types::{ErrorBody, EventAck, Job, JobList, ProgressPage};
 
@@ -396,18 +396,19 @@ fn query_hash(uri: &Uri) -> u64 {
     post,
     path = "/api/v1/jobs/claim",
     operation_id = "claim_job",
-    description = "An external worker takes the oldest queued job of the given types and it becomes `running`. Types the server runs itself are never handed out, and asking for one is 422.",
+    description = "An external worker takes the oldest queued job of the given types (not one in its rescue back-off) and it becomes `running` under a lease owned by `worker`. The answer is the job plus `lease_token`, `lease_ttl_seconds` and `heartbeat_interval_seconds`: every write of this attempt (events, heartbeat, complete, fail) carries `attempt` and `lease_token`, and a heartbeat every `heartbeat_interval_seconds` keeps the lease; a job whose lease expires goes back to the queue. Types the server runs itself are never handed out, and asking for one is 422.",
     tag = "workers",
     summary = "Take the oldest queued job",
     request_body(content = Option<ClaimRequest>, content_type = "application/json", description = "Optional: an empty body claims any type the server does not run itself. `Content-Type` is not checked."),
     responses(
-        (status = 200, description = "The claimed job, now `running`", body = Job),
-        (status = 204, description = "No queued job of these types"),
+        (status = 200, description = "The claimed job, now `running`, with its lease", body = ClaimedJob),
+        (status = 204, description = "No queued job of these types (or all are in their rescue back-off)"),
         (status = 400, description = "The body is not valid JSON (`bad_request`)", body = ErrorBody),
         (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
         (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
-        (status = 422, description = "A field is unknown or of the wrong type, a type is invalid, or a type is one the server runs itself (`invalid_input`)", body = ErrorBody),
+        (status = 422, description = "A field is unknown or of the wrong type, a type or the worker name is invalid, or a type is one the server runs itself (`invalid_input`)", body = ErrorBody),
         (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+        (status = 503, description = "The database cannot be written now (`unavailable`)", body = ErrorBody),
     ),
 )]
 pub async fn claim(
@@ -417,14 +418,63 @@ pub async fn claim(
     for job_type in &request.types {
         skill_fleet_types::validate_job_type(job_type)?;
     }
-    match state
-        .service()
-        .claim(Claimant::Worker, request.types)
+    let service = state.service();
+    match service
+        .claim(Claimant::Worker, request.types, request.worker)
         .await?
     {
-        Some(job) => Ok(Json(job).into_response()),
+        Some(claimed) => Ok(Json(ClaimedJob {
+            lease_token: claimed.lease.token.clone(),
+            job: claimed.job,
+            lease_ttl_seconds: service.lease_ttl().as_secs_f64(),
+            heartbeat_interval_seconds: service.heartbeat_interval().as_secs_f64(),
+        })
+        .into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
+}
+
+/// `POST /api/v1/jobs/{id}/heartbeat`: renews a claimed job's lease.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/heartbeat",
+    operation_id = "heartbeat",
+    description = "Renews the lease of the attempt that owns the job for another `lease_ttl_seconds`. When the job was cancelled (by a user, a budget or a time limit) the answer is 200 with `stop: true` and the reason: stop the run and report nothing more. When the attempt no longer owns the job (its lease expired and the job was rescued, or another attempt holds it) the answer is 409 `lease_lost` with the job's current `attempt` and `status`.",
+    tag = "workers",
+    summary = "Renew a lease",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    request_body(content = HeartbeatRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Renewed (`stop: false`), or the job ended from outside (`stop: true`)", body = HeartbeatAck),
+        (status = 400, description = "The id is not a valid job id, or the body is not valid JSON (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "This attempt does not own the job (`lease_lost`; `attempt` and `status` are the job's current ones): stop the run, write nothing more", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "The request does not declare `Content-Type: application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or of the wrong type (`invalid_input`)", body = ErrorBody),
+        (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
+        (status = 503, description = "The database cannot be written now (`unavailable`): retry", body = ErrorBody),
+    ),
+)]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> Result<Response, ApiError> {
+    let fence = Fence::from_fields(Some(request.attempt), Some(request.lease_token))?
+        .ok_or_else(|| ApiError::Internal("a heartbeat without a fence".to_owned()))?;
+    let beat = state.service().heartbeat(&id, fence).await?;
+    let stop = !beat.renewed;
+    Ok(Json(HeartbeatAck {
+        job_id: beat.job.id,
+        attempt: beat.job.attempt,
+        status: beat.job.status,
+        stop,
+        reason: if stop { beat.job.error } else { None },
+        lease_expires_at: beat.job.lease.map(|lease| lease.expires_at),
+    })
+    .into_response())
 }
 
 /// `POST /api/v1/jobs/{id}/events`: progress from an external worker.
@@ -432,7 +482,7 @@ pub async fn claim(
     post,
     path = "/api/v1/jobs/{id}/events",
     operation_id = "report_progress",
-    description = "Progress from an external worker, merged into the job's state and streamed at once. Written to the database before the answer (`durable: true`) when it is the first event of a queued job (which starts it), changes the step, or carries a checkpoint; otherwise written within one flush interval. A `cost_usd` past the job's `budget_usd` cancels the job (the answer's `status` is then `cancelled`).",
+    description = "Progress from an external worker, merged into the job's state and streamed at once. A claimed job's events carry the claim's `attempt` and `lease_token` (a mismatch is 409 `lease_lost` and changes nothing) and renew its lease. An event without them is accepted on a queued job (it starts it, under an open lease that token-less events keep) and on a job so started, never on a claimed job. Written to the database before the answer (`durable: true`) when it is the first event of a queued job (which starts it), changes the step, or carries a checkpoint; otherwise written within one flush interval. A `cost_usd` past the job's `budget_usd` cancels the job (the answer's `status` is then `cancelled`).",
     tag = "workers",
     summary = "Report progress",
     params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
@@ -442,7 +492,7 @@ pub async fn claim(
         (status = 400, description = "The id is not a valid job id, or the body is not valid JSON (`bad_request`)", body = ErrorBody),
         (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
-        (status = 409, description = "The job is completed, failed or cancelled: stop the run (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The job is completed, failed or cancelled: stop the run (`invalid_transition`); or this attempt does not own the job: stop, write nothing more (`lease_lost`)", body = ErrorBody),
         (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "The request does not declare `Content-Type: application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "A field is unknown or of the wrong type, or `progress` is outside 0..=1, `cost_usd` negative or not finite, `metric` not finite (`invalid_input`)", body = ErrorBody),
@@ -453,9 +503,10 @@ pub async fn claim(
 pub async fn events(
     State(state): State<AppState>,
     JobId(id): JobId,
-    ApiJson(update): ApiJson<ProgressUpdate>,
+    ApiJson(mut update): ApiJson<ProgressUpdate>,
 ) -> Result<Response, ApiError> {
-    let ack = state.service().ingest(&id, update).await?;
+    let writer = Writer::of(update.take_fence()?);
+    let ack = state.service().ingest(&id, update, writer).await?;
     Ok((StatusCode::ACCEPTED, Json(ack)).into_response())
 }
 
@@ -464,7 +515,7 @@ pub async fn events(
     post,
     path = "/api/v1/jobs/{id}/complete",
     operation_id = "complete_job",
-    description = "Pending progress is written first; the job's stream sends the final state and ends.",
+    description = "Pending progress is written first; the job's stream sends the final state and ends. A claimed job's complete carries the claim's `attempt` and `lease_token`; retried with the same ones after a lost answer, it answers 200 with the job as it is. A mismatch is 409 `lease_lost` and stores nothing.",
     tag = "workers",
     summary = "Complete a running job",
     params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
@@ -474,7 +525,7 @@ pub async fn events(
         (status = 400, description = "The id is not a valid job id, or the body is not valid JSON (`bad_request`)", body = ErrorBody),
         (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
-        (status = 409, description = "The job is not running (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The job is not running (`invalid_transition`), or this attempt does not own it (`lease_lost`)", body = ErrorBody),
         (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
         (status = 422, description = "A field is missing, unknown or of the wrong type (`invalid_input`)", body = ErrorBody),
         (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
@@ -485,9 +536,10 @@ pub async fn complete(
     JobId(id): JobId,
     OptionalJson(request): OptionalJson<CompleteRequest>,
 ) -> Result<Response, ApiError> {
+    let writer = Writer::of(request.fence()?);
     let job = state
         .service()
-        .complete(&id, request.result, request.result_path)
+        .complete(&id, request.result, request.result_path, writer)
         .await?;
     Ok(Json(job).into_response())
 }
@@ -497,7 +549,7 @@ pub async fn complete(
     post,
     path = "/api/v1/jobs/{id}/fail",
     operation_id = "fail_job",
-    description = "Pending progress is written first; the job's stream sends the final state (its `message` is the error) and ends.",
+    description = "Pending progress is written first; the job's stream sends the final state (its `message` is the error) and ends. A claimed job's fail carries the claim's `attempt` and `lease_token` (a mismatch is 409 `lease_lost`); a retry with the same ones answers 200.",
     tag = "workers",
     summary = "Fail a queued or running job",
     params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
@@ -507,7 +559,7 @@ pub async fn complete(
         (status = 400, description = "The id is not a valid job id, or the body is not valid JSON (`bad_request`)", body = ErrorBody),
         (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No job with this id (`not_found`)", body = ErrorBody),
-        (status = 409, description = "The job is already completed, failed or cancelled (`invalid_transition`)", body = ErrorBody),
+        (status = 409, description = "The job is already completed, failed or cancelled (`invalid_transition`), or this attempt does not own it (`lease_lost`)", body = ErrorBody),
         (status = 413, description = "The body is larger than the server accepts (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "The request does not declare `Content-Type: application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "A field is missing, unknown or of the wrong type (`invalid_input`)", body = ErrorBody),
@@ -519,7 +571,8 @@ pub async fn fail(
     JobId(id): JobId,
     ApiJson(request): ApiJson<FailRequest>,
 ) -> Result<Response, ApiError> {
-    let job = state.service().fail(&id, request.error).await?;
+    let writer = Writer::of(request.fence()?);
+    let job = state.service().fail(&id, request.error, writer).await?;
     Ok(Json(job).into_response())
 }
 

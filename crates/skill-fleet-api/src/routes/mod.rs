@@ -27,6 +27,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::history))
         .routes(routes!(jobs::result))
         .routes(routes!(jobs::events))
+        .routes(routes!(jobs::heartbeat))
         .routes(routes!(jobs::complete))
         .routes(routes!(jobs::fail))
         .routes(routes!(jobs::cancel))

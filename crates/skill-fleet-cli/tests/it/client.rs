@@ -35,14 +35,18 @@ fn a_worker_claims_reports_and_completes() {
     );
 
     let claimed = client
-        .claim(&["sweep".to_owned()])
+        .claim(&["sweep".to_owned()], Some("laptop"))
         .unwrap()
         .expect("a queued job");
     assert_eq!(
-        (claimed.id.as_str(), claimed.status),
+        (claimed.job.id.as_str(), claimed.job.status),
         ("s1", JobStatus::Running)
     );
-    assert_eq!(client.claim(&["sweep".to_owned()]).unwrap(), None);
+    assert_eq!(claimed.job.lease.as_ref().unwrap().owner, "laptop");
+    let fence = claimed.fence();
+    assert_eq!(client.claim(&["sweep".to_owned()], None).unwrap(), None);
+    let beat = client.heartbeat("s1", &fence).unwrap();
+    assert!(!beat.stop);
 
     for (step, progress) in [("grid", 0.25), ("grid", 0.5), ("scoring", 0.75)] {
         let ack = client
@@ -54,10 +58,16 @@ fn a_worker_claims_reports_and_completes() {
                     cost_usd: Some(progress),
                     ..Default::default()
                 },
+                Some(&fence),
             )
             .unwrap();
         assert_eq!(ack.status, JobStatus::Running);
     }
+    // Without the fence, a claimed job refuses the write.
+    let err = client
+        .post_event("s1", &ProgressUpdate::default(), None)
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::LeaseLost), "{err}");
     // Refused before sending: progress out of range.
     let err = client
         .post_event(
@@ -66,6 +76,7 @@ fn a_worker_claims_reports_and_completes() {
                 progress: Some(7.0),
                 ..Default::default()
             },
+            Some(&fence),
         )
         .unwrap_err();
     assert!(matches!(err, ClientError::Invalid(_)), "{err}");
@@ -75,8 +86,9 @@ fn a_worker_claims_reports_and_completes() {
             "s1",
             &CompleteRequest {
                 result: Some(json!({"best": 2})),
-                result_path: None,
+                ..CompleteRequest::default()
             },
+            Some(&fence),
         )
         .unwrap();
     assert_eq!(done.status, JobStatus::Completed);
@@ -114,9 +126,14 @@ fn a_worker_claims_reports_and_completes() {
 
     // Typed errors.
     let err = client
-        .complete("s1", &CompleteRequest::default())
+        .complete("s1", &CompleteRequest::default(), None)
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InvalidTransition), "{err}");
+    // The owner's retry is answered with the job as it is.
+    let again = client
+        .complete("s1", &CompleteRequest::default(), Some(&fence))
+        .unwrap();
+    assert_eq!(again.result, Some(json!({"best": 2})));
     assert_eq!(err.status(), Some(409));
     let err = client.job("missing").unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
@@ -131,7 +148,11 @@ fn a_worker_claims_reports_and_completes() {
         })
         .unwrap();
     assert_eq!(
-        client.fail("s2", "out of memory").unwrap().error.as_deref(),
+        client
+            .fail("s2", "out of memory", None)
+            .unwrap()
+            .error
+            .as_deref(),
         Some("out of memory")
     );
     assert_eq!(client.resume("s2").unwrap().status, JobStatus::Queued);
@@ -163,13 +184,16 @@ fn watch_yields_states_until_the_terminal_one() {
                 progress: Some(0.5),
                 ..Default::default()
             },
+            None,
         )
         .unwrap();
     let second = watch.next().unwrap().unwrap();
     assert_eq!(second.step.as_deref(), Some("bootstrap"));
     assert!(second.seq > first.seq);
     assert_eq!(watch.last_event_id(), Some(second.seq.to_string().as_str()));
-    client.complete("w1", &CompleteRequest::default()).unwrap();
+    client
+        .complete("w1", &CompleteRequest::default(), None)
+        .unwrap();
     let last = watch.by_ref().map(Result::unwrap).last().unwrap();
     assert_eq!(last.status, JobStatus::Completed);
     assert!(watch.is_finished() && !watch.was_stopped());

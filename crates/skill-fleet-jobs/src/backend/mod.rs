@@ -89,6 +89,44 @@ pub(crate) struct ClaimWrite<'a> {
     pub(crate) now: NaiveDateTime,
     /// The write's version.
     pub(crate) version: i64,
+    /// The new lease's token.
+    pub(crate) lease_token: &'a str,
+    /// The new lease's owner.
+    pub(crate) lease_owner: &'a str,
+    /// When the new lease expires.
+    pub(crate) lease_until: NaiveDateTime,
+}
+
+/// The fence of a batch write as bind parameters ([`crate::lease::admits`] in SQL): `mode`
+/// 0 for the operator, 1 for an owner (`attempt`, `token`), 2 for a token-less write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FenceBind<'a> {
+    pub(crate) mode: i32,
+    pub(crate) attempt: i32,
+    pub(crate) token: Option<&'a str>,
+}
+
+impl<'a> FenceBind<'a> {
+    pub(crate) fn of(writer: &'a crate::lease::Writer) -> FenceBind<'a> {
+        use crate::lease::Writer;
+        match writer {
+            Writer::Operator => FenceBind {
+                mode: 0,
+                attempt: 0,
+                token: None,
+            },
+            Writer::Owner(fence) => FenceBind {
+                mode: 1,
+                attempt: i32::try_from(fence.attempt).unwrap_or(i32::MAX),
+                token: Some(&fence.lease_token),
+            },
+            Writer::Unfenced => FenceBind {
+                mode: 2,
+                attempt: 0,
+                token: None,
+            },
+        }
+    }
 }
 
 /// The latest progress of one running job, as [`Backend::update_latest`] writes it.
@@ -100,8 +138,12 @@ pub(crate) struct LatestProgress<'a> {
     pub(crate) progress: &'a skill_fleet_types::Progress,
     /// A new checkpoint as JSON text; `None` keeps the stored one.
     pub(crate) checkpoint: Option<&'a str>,
-    /// `updated_at`.
+    /// `updated_at`, and the lease's renewal.
     pub(crate) now: NaiveDateTime,
+    /// The renewed lease's expiry.
+    pub(crate) lease_until: NaiveDateTime,
+    /// Who writes: the statement writes only what [`crate::lease::admits`].
+    pub(crate) fence: FenceBind<'a>,
     /// The write's version.
     pub(crate) version: i64,
 }
@@ -145,9 +187,10 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// matches. Two concurrent claims never take the same job.
     fn claim(conn: &mut Conn, claim: &ClaimWrite<'_>) -> QueryResult<Option<JobRow>>;
 
-    /// Writes the latest progress of one job if it is running, counting one more history
-    /// row; the number of rows updated (0 or 1). Prepared once per connection.
-    fn update_latest(conn: &mut Conn, latest: &LatestProgress<'_>) -> QueryResult<usize>;
+    /// Writes the latest progress of one job if it is running and its lease admits the
+    /// writer, renewing the lease and counting one more history row; the job's attempt, or
+    /// `None` when nothing was written. Prepared once per connection.
+    fn update_latest(conn: &mut Conn, latest: &LatestProgress<'_>) -> QueryResult<Option<i32>>;
 
     /// Inserts history rows, all created at `created_at`, in as few statements as it can.
     fn insert_history(

@@ -24,7 +24,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use super::{Backend, ClaimWrite, Conn, LatestProgress, Pooled};
 use crate::error::{Result, StorageFault, StoreError};
 use crate::models::job_progress::HistoryInsert;
-use crate::models::jobs::JobRow;
+use crate::models::jobs::{JOB_ROW_COLUMNS, JobRow};
 use crate::schema::store_state;
 use crate::store::{MigrationStatus, StoreOptions};
 
@@ -317,29 +317,32 @@ impl Backend for Sqlite {
             serde_json::to_string(types)
                 .map_err(|err| diesel::result::Error::SerializationError(Box::new(err)))
         };
-        diesel::sql_query(
+        diesel::sql_query(format!(
             "UPDATE jobs SET status = ?1, attempt = attempt + 1, \
              started_at = coalesce(started_at, ?2), error = NULL, completed_at = NULL, \
-             updated_at = ?2, version = ?3 \
+             updated_at = ?2, version = ?3, lease_token = ?6, lease_owner = ?7, lease_open = 0, \
+             lease_expires_at = ?8, lease_renewed_at = ?2, not_before = NULL \
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' \
+               AND (not_before IS NULL OR not_before <= ?2) \
                AND (json_array_length(?4) = 0 OR job_type IN (SELECT value FROM json_each(?4))) \
                AND job_type NOT IN (SELECT value FROM json_each(?5)) \
                ORDER BY created_at, id LIMIT 1) \
-             RETURNING id, job_type, status, metadata, source, progress, step, message, \
-               cost_usd, metric, eta_seconds, checkpoint, attempt, result_path, result, error, \
-               create_body, created_at, started_at, completed_at, updated_at, version",
-        )
+             RETURNING {JOB_ROW_COLUMNS}"
+        ))
         .bind::<Text, _>(claim.status)
         .bind::<Timestamp, _>(claim.now)
         .bind::<BigInt, _>(claim.version)
         .bind::<Text, _>(json(&claim.filter.types)?)
         .bind::<Text, _>(json(&claim.filter.excluded)?)
+        .bind::<Text, _>(claim.lease_token)
+        .bind::<Text, _>(claim.lease_owner)
+        .bind::<Timestamp, _>(claim.lease_until)
         .get_result(conn)
         .optional()
     }
 
-    fn update_latest(conn: &mut Conn, latest: &LatestProgress<'_>) -> QueryResult<usize> {
-        UpdateLatest(latest).execute(conn)
+    fn update_latest(conn: &mut Conn, latest: &LatestProgress<'_>) -> QueryResult<Option<i32>> {
+        UpdateLatest(latest).get_result(conn).optional()
     }
 
     fn insert_history(
@@ -466,20 +469,41 @@ impl QueryFragment<SqliteDb> for UpdateLatest<'_> {
         out.push_bind_param::<Nullable<Text>, _>(&latest.checkpoint)?;
         out.push_sql(", checkpoint), history_rows = history_rows + 1, updated_at = ");
         out.push_bind_param::<Timestamp, _>(&latest.now)?;
+        out.push_sql(", lease_renewed_at = ");
+        out.push_bind_param::<Timestamp, _>(&latest.now)?;
+        out.push_sql(", lease_expires_at = ");
+        out.push_bind_param::<Timestamp, _>(&latest.lease_until)?;
         out.push_sql(", version = ");
         out.push_bind_param::<BigInt, _>(&latest.version)?;
         out.push_sql(" WHERE id = ");
         out.push_bind_param::<Text, _>(latest.job_id)?;
-        out.push_sql(" AND status = 'running'");
+        // The fence (crate::lease::admits), in the statement: 0 operator, 1 owner (attempt
+        // and token), 2 token-less (an open lease, or none).
+        out.push_sql(" AND status = 'running' AND (");
+        out.push_bind_param::<Integer, _>(&latest.fence.mode)?;
+        out.push_sql(" = 0 OR (");
+        out.push_bind_param::<Integer, _>(&latest.fence.mode)?;
+        out.push_sql(" = 1 AND attempt = ");
+        out.push_bind_param::<Integer, _>(&latest.fence.attempt)?;
+        out.push_sql(" AND lease_token = ");
+        out.push_bind_param::<Nullable<Text>, _>(&latest.fence.token)?;
+        out.push_sql(") OR (");
+        out.push_bind_param::<Integer, _>(&latest.fence.mode)?;
+        out.push_sql(" = 2 AND (lease_open = 1 OR lease_token IS NULL))) RETURNING attempt");
         Ok(())
     }
 }
 
 impl RunQueryDsl<SqliteConnection> for UpdateLatest<'_> {}
 
+impl diesel::query_builder::Query for UpdateLatest<'_> {
+    type SqlType = Integer;
+}
+
 /// The columns of a history row insert, `created_at` last.
 const HISTORY_COLUMNS: &str = "INSERT INTO job_progress \
-     (job_id, step, progress, message, cost_usd, metric, flags, created_at) VALUES ";
+     (job_id, step, progress, message, cost_usd, metric, flags, attempt, event, created_at) \
+     VALUES ";
 
 /// The bind parameters of one `VALUES` tuple, `created_at` included.
 fn walk_history_row<'b>(
@@ -494,13 +518,17 @@ fn walk_history_row<'b>(
     out.push_sql(", ");
     out.push_bind_param::<Double, _>(&row.progress.progress)?;
     out.push_sql(", ");
-    out.push_bind_param::<Nullable<Text>, _>(&row.progress.message)?;
+    out.push_bind_param::<Nullable<Text>, _>(&row.message)?;
     out.push_sql(", ");
     out.push_bind_param::<Double, _>(&row.progress.cost_usd)?;
     out.push_sql(", ");
     out.push_bind_param::<Nullable<Double>, _>(&row.progress.metric)?;
     out.push_sql(", ");
     out.push_bind_param::<Integer, _>(&row.flags)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Nullable<Integer>, _>(&row.attempt)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Nullable<Text>, _>(&row.event)?;
     out.push_sql(", ");
     out.push_bind_param::<Timestamp, _>(created_at)?;
     out.push_sql(")");
@@ -544,7 +572,7 @@ struct InsertProgressRows<'a> {
     created_at: NaiveDateTime,
 }
 
-/// Most rows per statement (8 bind parameters each, far below SQLite's limit).
+/// Most rows per statement (10 bind parameters each, far below SQLite's limit).
 const MAX_ROWS_PER_INSERT: usize = 64;
 
 impl QueryId for InsertProgressRows<'_> {

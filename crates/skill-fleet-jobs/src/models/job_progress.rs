@@ -15,6 +15,8 @@ use crate::schema::{job_progress, jobs};
 pub(crate) const FLAG_CHECKPOINT: i32 = 1;
 /// `job_progress.flags` bit: the row is a terminal state (never thinned).
 pub(crate) const FLAG_TERMINAL: i32 = 2;
+/// `job_progress.flags` bit: the row records an event such as a rescue (never thinned).
+pub(crate) const FLAG_EVENT: i32 = 4;
 
 /// One history row as read back.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -27,6 +29,8 @@ pub(crate) struct ProgressRow {
     cost_usd: f64,
     metric: Option<f64>,
     created_at: NaiveDateTime,
+    attempt: Option<i32>,
+    event: Option<String>,
 }
 
 impl ProgressRow {
@@ -55,18 +59,43 @@ impl ProgressRow {
             message: self.message,
             cost_usd: self.cost_usd,
             metric: self.metric,
+            attempt: self.attempt.and_then(|a| u32::try_from(a).ok()),
+            event: self.event,
             created_at: self.created_at.and_utc(),
         }
     }
 }
 
-/// One history row to insert: the job, its full progress and its [`FLAG_CHECKPOINT`] /
-/// [`FLAG_TERMINAL`] bits.
+/// One history row to insert: the job, its full progress, its [`FLAG_CHECKPOINT`] /
+/// [`FLAG_TERMINAL`] / [`FLAG_EVENT`] bits, the attempt that wrote it, and for an event row
+/// its kind and message (instead of the progress's message).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HistoryInsert<'a> {
     pub(crate) job_id: &'a str,
     pub(crate) progress: &'a Progress,
     pub(crate) flags: i32,
+    pub(crate) attempt: Option<i32>,
+    pub(crate) event: Option<&'a str>,
+    pub(crate) message: Option<&'a str>,
+}
+
+impl<'a> HistoryInsert<'a> {
+    /// A progress row written by `attempt`.
+    pub(crate) fn progress(
+        job_id: &'a str,
+        progress: &'a Progress,
+        flags: i32,
+        attempt: Option<i32>,
+    ) -> HistoryInsert<'a> {
+        HistoryInsert {
+            job_id,
+            progress,
+            flags,
+            attempt,
+            event: None,
+            message: progress.message.as_deref(),
+        }
+    }
 }
 
 /// What thinning needs to know of one history row.

@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sqlite::Sqlite;
 use serde_json::{Map, Value};
-use skill_fleet_types::{Job, JobStatus, Progress};
+use skill_fleet_types::{Job, JobLease, JobStatus, Progress};
 
 use crate::backend::Conn;
 use crate::error::{OrNotFound, Result, StoreError};
@@ -37,7 +37,21 @@ pub(crate) struct JobRow {
     pub(crate) completed_at: Option<NaiveDateTime>,
     pub(crate) updated_at: NaiveDateTime,
     pub(crate) version: i64,
+    pub(crate) lease_token: Option<String>,
+    pub(crate) lease_owner: Option<String>,
+    pub(crate) lease_open: i32,
+    pub(crate) lease_expires_at: Option<NaiveDateTime>,
+    pub(crate) lease_renewed_at: Option<NaiveDateTime>,
+    pub(crate) rescues: i32,
+    pub(crate) not_before: Option<NaiveDateTime>,
 }
+
+/// The columns of [`JobRow`] in order, for hand-written statements that return whole rows.
+pub(crate) const JOB_ROW_COLUMNS: &str = "id, job_type, status, metadata, source, progress, \
+     step, message, cost_usd, metric, eta_seconds, checkpoint, attempt, result_path, result, \
+     error, create_body, created_at, started_at, completed_at, updated_at, version, \
+     lease_token, lease_owner, lease_open, lease_expires_at, lease_renewed_at, rescues, \
+     not_before";
 
 /// The columns a lifecycle change may touch; `None` writes NULL.
 #[derive(Debug, AsChangeset)]
@@ -59,6 +73,13 @@ struct JobChanges<'a> {
     completed_at: Option<NaiveDateTime>,
     updated_at: NaiveDateTime,
     version: i64,
+    lease_token: Option<&'a str>,
+    lease_owner: Option<&'a str>,
+    lease_open: i32,
+    lease_expires_at: Option<NaiveDateTime>,
+    lease_renewed_at: Option<NaiveDateTime>,
+    rescues: i32,
+    not_before: Option<NaiveDateTime>,
 }
 
 /// The canonical JSON of a create request: what an idempotent create compares.
@@ -113,6 +134,13 @@ impl JobRow {
             completed_at: self.completed_at,
             updated_at: self.updated_at,
             version: self.version,
+            lease_token: self.lease_token.as_deref(),
+            lease_owner: self.lease_owner.as_deref(),
+            lease_open: self.lease_open,
+            lease_expires_at: self.lease_expires_at,
+            lease_renewed_at: self.lease_renewed_at,
+            rescues: self.rescues,
+            not_before: self.not_before,
         };
         diesel::update(jobs::table.find(&self.id))
             .set(&changes)
@@ -146,7 +174,16 @@ impl JobRow {
         };
         let checkpoint = parse_json(&self.id, "checkpoint", self.checkpoint.as_deref())?;
         let result = parse_json(&self.id, "result", self.result.as_deref())?;
+        let lease = match (status, &self.lease_owner, self.lease_expires_at) {
+            (JobStatus::Running, Some(owner), Some(expires_at)) => Some(JobLease {
+                owner: owner.clone(),
+                expires_at: expires_at.and_utc(),
+                renewed_at: self.lease_renewed_at.unwrap_or(expires_at).and_utc(),
+            }),
+            _ => None,
+        };
         Ok(Job {
+            lease,
             status,
             progress: Progress {
                 progress: self.progress,

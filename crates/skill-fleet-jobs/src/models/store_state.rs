@@ -20,15 +20,21 @@ use crate::schema::store_state;
 pub(crate) struct Stamp {
     /// `updated_at` for every job changed in this transaction.
     pub(crate) now: NaiveDateTime,
+    /// When a lease taken or renewed in this transaction expires (`now` + the lease ttl).
+    pub(crate) lease_until: NaiveDateTime,
     /// The version, once taken.
     version: Cell<Option<i64>>,
 }
 
 impl Stamp {
-    /// A stamp for a write transaction that starts now; no version taken yet.
-    pub(crate) fn new() -> Stamp {
+    /// A stamp for a write transaction that starts now, whose leases last `lease_ttl`; no
+    /// version taken yet.
+    pub(crate) fn new(lease_ttl: std::time::Duration) -> Stamp {
+        let now = super::now();
+        let ttl = chrono::Duration::from_std(lease_ttl).unwrap_or(chrono::Duration::MAX);
         Stamp {
-            now: super::now(),
+            now,
+            lease_until: now.checked_add_signed(ttl).unwrap_or(NaiveDateTime::MAX),
             version: Cell::new(None),
         }
     }

@@ -1,6 +1,7 @@
 //! Many writers at once: SQLite's lock is waited for, never reported as `database is locked`;
 //! version stamps stay distinct and increasing whoever writes.
 
+use skill_fleet_jobs::Writer;
 use std::sync::Barrier;
 
 use skill_fleet_jobs::{ClaimFilter, JobStore, ProgressWrite, StoreOptions};
@@ -28,8 +29,11 @@ fn eight_threads_write_without_lock_errors() {
                         progress: Some(0.25),
                         ..Default::default()
                     };
-                    store.record_progress(&id, &update, None).unwrap();
+                    store
+                        .record_progress(&id, &update, None, &Writer::Operator)
+                        .unwrap();
                     let write = ProgressWrite {
+                        writer: Writer::Operator,
                         job_id: id.clone(),
                         progress: Progress {
                             progress: 0.5,
@@ -42,7 +46,10 @@ fn eight_threads_write_without_lock_errors() {
                     store.list(&Default::default()).unwrap();
                     if round % 5 == 0 {
                         // Claims race with the other threads' creates.
-                        store.claim(&ClaimFilter::default()).unwrap();
+                        store
+                            .claim(&ClaimFilter::default(), "test")
+                            .map(|c| c.map(|c| c.job))
+                            .unwrap();
                     }
                 }
             });
@@ -89,8 +96,14 @@ fn versions_are_distinct_and_increasing_across_store_handles() {
                             progress: Some(0.5),
                             ..Default::default()
                         };
-                        versions.push(store.record_progress(&id, &update, None).unwrap().version);
+                        versions.push(
+                            store
+                                .record_progress(&id, &update, None, &Writer::Operator)
+                                .unwrap()
+                                .version,
+                        );
                         let write = ProgressWrite {
+                            writer: Writer::Operator,
                             job_id: id.clone(),
                             progress: Progress {
                                 progress: 0.75,

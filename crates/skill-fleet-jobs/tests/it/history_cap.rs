@@ -3,6 +3,8 @@
 //! count never passes the cap, and history cursors stay valid across thinning.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use skill_fleet_jobs::Writer;
+
 use std::collections::BTreeSet;
 
 use diesel::prelude::*;
@@ -125,11 +127,13 @@ fn a_long_history_is_thinned_to_the_cap_keeping_what_matters() {
         // Another job in the same batches, far below the cap, is never thinned.
         let writes = [
             ProgressWrite {
+                writer: Writer::Operator,
                 job_id: "j".to_owned(),
                 progress: update(i, &step),
                 checkpoint,
             },
             ProgressWrite {
+                writer: Writer::Operator,
                 job_id: "other".to_owned(),
                 progress: update(i, "only"),
                 checkpoint: None,
@@ -204,6 +208,7 @@ fn many_writes_of_one_job_in_one_batch_are_capped_too() {
     let writes: Vec<ProgressWrite> = (0..50)
         .flat_map(|i| {
             ["a", "b"].map(|id| ProgressWrite {
+                writer: Writer::Operator,
                 job_id: id.to_owned(),
                 progress: update(i, "s"),
                 checkpoint: None,
@@ -234,15 +239,15 @@ fn durable_single_writes_and_terminal_states_are_capped_and_kept() {
     };
     for i in 0..60 {
         db.store
-            .record_progress("j", &report(i, i == 7), None)
+            .record_progress("j", &report(i, i == 7), None, &Writer::Operator)
             .unwrap();
     }
-    db.store.fail("j", "boom").unwrap();
+    db.store.fail("j", "boom", &Writer::Operator).unwrap();
     let failed_row = history(&db.store, "j").last().unwrap().seq;
     db.store.resume("j").unwrap();
     for i in 60..200 {
         db.store
-            .record_progress("j", &report(i, false), None)
+            .record_progress("j", &report(i, false), None, &Writer::Operator)
             .unwrap();
     }
     let rows = history(&db.store, "j");
@@ -271,6 +276,7 @@ fn a_cursor_on_a_thinned_row_still_pages_on() {
     let write = |i: usize| {
         db.store
             .write_progress_batch(&[ProgressWrite {
+                writer: Writer::Operator,
                 job_id: "j".to_owned(),
                 progress: update(i, "s"),
                 checkpoint: None,
@@ -315,6 +321,7 @@ fn protected_rows_are_never_deleted_even_past_the_cap() {
     for i in 0..30 {
         db.store
             .write_progress_batch(&[ProgressWrite {
+                writer: Writer::Operator,
                 job_id: "j".to_owned(),
                 progress: update(i, &format!("step-{i}")),
                 checkpoint: None,
@@ -328,6 +335,7 @@ fn protected_rows_are_never_deleted_even_past_the_cap() {
     for i in 30..100 {
         db.store
             .write_progress_batch(&[ProgressWrite {
+                writer: Writer::Operator,
                 job_id: "j".to_owned(),
                 progress: update(i, "step-29"),
                 checkpoint: None,
@@ -430,6 +438,7 @@ fn the_migration_counts_existing_history_and_marks_terminal_rows() {
     // The next write counts on from there and thins at once: 3 rows, cap 2.
     store
         .write_progress_batch(&[ProgressWrite {
+            writer: Writer::Operator,
             job_id: "run".to_owned(),
             progress: update(2, "s"),
             checkpoint: None,

@@ -1,6 +1,7 @@
 //! Transitions (every allowed and every refused one), create, versions and attempts.
 
 use serde_json::json;
+use skill_fleet_jobs::Writer;
 use skill_fleet_jobs::{Action, ClaimFilter, Created, NewJob, StoreError, transition};
 use skill_fleet_types::{Job, JobStatus, ProgressUpdate};
 
@@ -40,9 +41,10 @@ fn job_in(db: &TestDb, id: &str, status: JobStatus) -> Job {
         S::Running => start(db, id),
         S::Completed => {
             start(db, id);
-            db.complete(id, Some(json!({"score": 1})), None).unwrap()
+            db.complete(id, Some(json!({"score": 1})), None, &Writer::Operator)
+                .unwrap()
         }
-        S::Failed => db.fail(id, "boom").unwrap(),
+        S::Failed => db.fail(id, "boom", &Writer::Operator).unwrap(),
         S::Cancelled => db.cancel(id, None).unwrap(),
     }
 }
@@ -56,7 +58,7 @@ fn act(db: &TestDb, id: &str, action: Action) -> Result<Option<Job>, StoreError>
                 types: vec![job_type],
                 ..ClaimFilter::default()
             };
-            return db.claim(&filter);
+            return db.claim(&filter, "test").map(|c| c.map(|c| c.job));
         }
         A::Progress => db.record_progress(
             id,
@@ -65,11 +67,12 @@ fn act(db: &TestDb, id: &str, action: Action) -> Result<Option<Job>, StoreError>
                 ..Default::default()
             },
             None,
+            &Writer::Operator,
         ),
-        A::Complete => db.complete(id, None, Some("out/result.json".into())),
-        A::Fail => db.fail(id, "it broke"),
+        A::Complete => db.complete(id, None, Some("out/result.json".into()), &Writer::Operator),
+        A::Fail => db.fail(id, "it broke", &Writer::Operator),
         A::Cancel => db.cancel(id, Some("stopped by user")),
-        A::Requeue => db.requeue(id),
+        A::Requeue => db.requeue(id, &Writer::Operator),
         A::Resume => db.resume(id),
     };
     done.map(Some)
@@ -141,7 +144,12 @@ fn lifecycle_effects_are_recorded() {
     assert!(started.started_at.is_some() && started.completed_at.is_none());
 
     let done = db
-        .complete("a", Some(json!({"score": 0.9})), Some("out/a.json".into()))
+        .complete(
+            "a",
+            Some(json!({"score": 0.9})),
+            Some("out/a.json".into()),
+            &Writer::Operator,
+        )
         .unwrap();
     assert_eq!(done.result, Some(json!({"score": 0.9})));
     assert_eq!(done.result_path.as_deref(), Some("out/a.json"));
@@ -164,13 +172,14 @@ fn lifecycle_effects_are_recorded() {
             ..Default::default()
         },
         None,
+        &Writer::Operator,
     )
     .unwrap();
-    let requeued = db.requeue("b").unwrap();
+    let requeued = db.requeue("b", &Writer::Operator).unwrap();
     assert_eq!(requeued.checkpoint, Some(json!({"trial": 4})));
     let restarted = start(&db, "b");
     assert_eq!(restarted.attempt, 2, "attempt counts starts");
-    let failed = db.fail("b", "out of budget").unwrap();
+    let failed = db.fail("b", "out of budget", &Writer::Operator).unwrap();
     assert_eq!(failed.error.as_deref(), Some("out of budget"));
     assert_eq!(failed.checkpoint, Some(json!({"trial": 4})));
 }
@@ -182,7 +191,7 @@ fn refusals_and_missing_jobs_have_readable_messages() {
     let err = db.cancel("abc", None).unwrap_err();
     assert_eq!(err.to_string(), "job `abc` is completed, cannot cancel");
     let err = db
-        .record_progress("abc", &ProgressUpdate::default(), None)
+        .record_progress("abc", &ProgressUpdate::default(), None, &Writer::Operator)
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -278,13 +287,17 @@ fn every_change_bumps_the_version_and_the_change_counter() {
         progress: Some(0.1),
         ..Default::default()
     };
-    versions.push(db.record_progress("v", &update, None).unwrap().version);
     versions.push(
-        db.record_progress("v", &update, Some(30.0))
+        db.record_progress("v", &update, None, &Writer::Operator)
             .unwrap()
             .version,
     );
-    versions.push(db.requeue("v").unwrap().version);
+    versions.push(
+        db.record_progress("v", &update, Some(30.0), &Writer::Operator)
+            .unwrap()
+            .version,
+    );
+    versions.push(db.requeue("v", &Writer::Operator).unwrap().version);
     versions.push(start(&db, "v").version);
     versions.push(db.cancel("v", None).unwrap().version);
     versions.push(db.resume("v").unwrap().version);
@@ -295,7 +308,7 @@ fn every_change_bumps_the_version_and_the_change_counter() {
     // Reads and refused changes write nothing.
     db.get("v").unwrap();
     db.list(&Default::default()).unwrap();
-    assert!(db.complete("v", None, None).is_err());
+    assert!(db.complete("v", None, None, &Writer::Operator).is_err());
     assert_eq!(db.change_counter().unwrap(), counter);
     assert_eq!(db.get("v").unwrap().version, *versions.last().unwrap());
 }
@@ -311,15 +324,39 @@ fn claim_takes_the_oldest_queued_job_of_the_given_types() {
         ..ClaimFilter::default()
     };
     let any = ClaimFilter::default();
-    let first = db.claim(&types).unwrap().unwrap();
+    let first = db
+        .claim(&types, "test")
+        .map(|c| c.map(|c| c.job))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (first.id.as_str(), first.status, first.attempt),
         ("opt-1", S::Running, 1)
     );
-    assert_eq!(db.claim(&types).unwrap().unwrap().id, "opt-2");
-    assert_eq!(db.claim(&types).unwrap(), None);
-    assert_eq!(db.claim(&any).unwrap().unwrap().id, "eval-1");
-    assert_eq!(db.claim(&any).unwrap(), None);
+    assert_eq!(
+        db.claim(&types, "test")
+            .map(|c| c.map(|c| c.job))
+            .unwrap()
+            .unwrap()
+            .id,
+        "opt-2"
+    );
+    assert_eq!(
+        db.claim(&types, "test").map(|c| c.map(|c| c.job)).unwrap(),
+        None
+    );
+    assert_eq!(
+        db.claim(&any, "test")
+            .map(|c| c.map(|c| c.job))
+            .unwrap()
+            .unwrap()
+            .id,
+        "eval-1"
+    );
+    assert_eq!(
+        db.claim(&any, "test").map(|c| c.map(|c| c.job)).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -331,17 +368,31 @@ fn claim_skips_excluded_types_and_an_empty_claim_writes_nothing() {
         excluded: vec!["optimization".to_owned()],
         ..ClaimFilter::default()
     };
-    let claimed = db.claim(&not_optimizations).unwrap().unwrap();
+    let claimed = db
+        .claim(&not_optimizations, "test")
+        .map(|c| c.map(|c| c.job))
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.id, "eval-1");
     assert_eq!(claimed.version, db.change_counter().unwrap());
     let counter = db.change_counter().unwrap();
-    assert_eq!(db.claim(&not_optimizations).unwrap(), None);
+    assert_eq!(
+        db.claim(&not_optimizations, "test")
+            .map(|c| c.map(|c| c.job))
+            .unwrap(),
+        None
+    );
     // Excluding wins over asking.
     let contradictory = ClaimFilter {
         types: vec!["optimization".to_owned()],
         excluded: vec!["optimization".to_owned()],
     };
-    assert_eq!(db.claim(&contradictory).unwrap(), None);
+    assert_eq!(
+        db.claim(&contradictory, "test")
+            .map(|c| c.map(|c| c.job))
+            .unwrap(),
+        None
+    );
     assert_eq!(
         db.change_counter().unwrap(),
         counter,
@@ -350,7 +401,7 @@ fn claim_skips_excluded_types_and_an_empty_claim_writes_nothing() {
     assert_eq!(db.get("opt-1").unwrap().status, S::Queued);
     // A requeued run keeps its first start when claimed again.
     let started = start(&db, "opt-1");
-    let requeued = db.requeue("opt-1").unwrap();
+    let requeued = db.requeue("opt-1", &Writer::Operator).unwrap();
     let again = start(&db, "opt-1");
     assert_eq!(again.started_at, started.started_at);
     assert_eq!(
@@ -374,7 +425,7 @@ fn migrations_are_applied_on_open_and_urls_are_accepted() {
     let db = TestDb::new();
     let status = db.migration_status().unwrap();
     assert!(status.pending.is_empty(), "{status:?}");
-    assert_eq!(status.applied.len(), 5, "{status:?}");
+    assert_eq!(status.applied.len(), 6, "{status:?}");
     assert!(status.applied[0].ends_with("_create_jobs"), "{status:?}");
     assert_eq!(skill_fleet_jobs::migration_status(&db.url).unwrap(), status);
     assert!(
@@ -396,6 +447,6 @@ fn migrations_are_applied_on_open_and_urls_are_accepted() {
     }
     let fresh = dir.path().join("fresh.db").display().to_string();
     let status = skill_fleet_jobs::migration_status(&fresh).unwrap();
-    assert_eq!((status.applied.len(), status.pending.len()), (0, 5));
-    assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 5);
+    assert_eq!((status.applied.len(), status.pending.len()), (0, 6));
+    assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 6);
 }

@@ -1,5 +1,6 @@
 //! Listing: filters, limits, cursor paging, counts.
 
+use skill_fleet_jobs::Writer;
 use skill_fleet_jobs::{ListFilter, StoreError};
 use skill_fleet_types::JobStatus;
 
@@ -126,7 +127,7 @@ fn limits_are_defaulted_and_capped_and_bad_cursors_refused() {
 #[test]
 fn counts_cover_every_status() {
     let db = seeded();
-    db.fail("job-09", "x").unwrap();
+    db.fail("job-09", "x", &Writer::Operator).unwrap();
     let counts = db.counts_by_status().unwrap();
     assert_eq!(
         counts,

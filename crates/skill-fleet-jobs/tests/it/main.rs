@@ -6,6 +6,7 @@
 
 mod concurrency;
 mod history_cap;
+mod leases;
 mod legacy;
 mod lifecycle;
 mod list;

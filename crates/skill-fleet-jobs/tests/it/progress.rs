@@ -1,6 +1,7 @@
 //! Progress reports, the coalesced batch and history pages.
 
 use serde_json::json;
+use skill_fleet_jobs::Writer;
 use skill_fleet_jobs::{ProgressWrite, StoreError};
 use skill_fleet_types::{JobStatus, Progress, ProgressUpdate};
 
@@ -17,8 +18,11 @@ fn the_first_event_starts_a_queued_job_and_updates_merge() {
         metric: Some(0.5),
         message: Some("collecting traces".into()),
         checkpoint: Some(json!({"trial": 1})),
+        ..ProgressUpdate::default()
     };
-    let job = db.record_progress("p", &first, Some(120.0)).unwrap();
+    let job = db
+        .record_progress("p", &first, Some(120.0), &Writer::Operator)
+        .unwrap();
     assert_eq!((job.status, job.attempt), (JobStatus::Running, 1));
     assert!(job.started_at.is_some());
 
@@ -26,7 +30,9 @@ fn the_first_event_starts_a_queued_job_and_updates_merge() {
         progress: Some(0.4),
         ..Default::default()
     };
-    let job = db.record_progress("p", &only_progress, None).unwrap();
+    let job = db
+        .record_progress("p", &only_progress, None, &Writer::Operator)
+        .unwrap();
     assert_eq!(
         job.progress,
         Progress {
@@ -66,12 +72,14 @@ fn bad_updates_are_refused_and_write_nothing() {
             ..Default::default()
         },
     ] {
-        let err = db.record_progress("p", &update, None).unwrap_err();
+        let err = db
+            .record_progress("p", &update, None, &Writer::Operator)
+            .unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err}");
     }
     assert_eq!(db.get("p").unwrap(), before);
     assert!(matches!(
-        db.record_progress("ghost", &ProgressUpdate::default(), None),
+        db.record_progress("ghost", &ProgressUpdate::default(), None, &Writer::Operator),
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -86,8 +94,10 @@ fn history_pages_by_seq() {
             progress: Some(f64::from(n) / 10.0),
             ..Default::default()
         };
-        db.record_progress("h", &update, None).unwrap();
-        db.record_progress("other", &update, None).unwrap();
+        db.record_progress("h", &update, None, &Writer::Operator)
+            .unwrap();
+        db.record_progress("other", &update, None, &Writer::Operator)
+            .unwrap();
     }
     let mut after = None;
     let mut seen = Vec::new();
@@ -114,6 +124,7 @@ fn history_pages_by_seq() {
 
 fn write(job_id: &str, progress: f64) -> ProgressWrite {
     ProgressWrite {
+        writer: Writer::Operator,
         job_id: job_id.into(),
         progress: Progress {
             progress,
@@ -134,7 +145,7 @@ fn the_batch_writes_live_jobs_and_skips_the_rest() {
     start(&db, "running");
     create(&db, "done", "optimization");
     start(&db, "done");
-    let done = db.complete("done", None, None).unwrap();
+    let done = db.complete("done", None, None, &Writer::Operator).unwrap();
     create(&db, "bad-numbers", "optimization");
     start(&db, "bad-numbers");
     // Created last: a claim takes the oldest queued job.

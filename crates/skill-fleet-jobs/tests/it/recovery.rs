@@ -1,10 +1,34 @@
-//! Recovery after a simulated crash, and pruning.
+//! Recovery after a simulated crash (the start-up rescue of an earlier run's jobs), and
+//! pruning.
+
+use std::time::Duration;
 
 use serde_json::json;
-use skill_fleet_jobs::{ClaimFilter, INTERRUPTED_ERROR, PruneReport, StoreError};
+use skill_fleet_jobs::{
+    ClaimFilter, INTERRUPTED_ERROR, PruneReport, RescuePolicy, RescueReport, RescueScope,
+    StoreError, Writer,
+};
 use skill_fleet_types::{JobStatus, ProgressUpdate};
 
-use crate::support::{TestDb, create, start};
+use crate::support::{TestDb, create, start, start_as};
+
+/// What the server does at start-up: every job an earlier run of it owned is lost.
+fn recover(db: &TestDb, resumable: &[String]) -> RescueReport {
+    let policy = RescuePolicy {
+        resumable_types: resumable.to_vec(),
+        max_rescues: 3,
+        backoff_first: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+    };
+    let scope = RescueScope::EarlierRuns {
+        current: "server:2".to_owned(),
+    };
+    db.rescue(&scope, &policy).unwrap()
+}
+
+fn ids(rescued: &[skill_fleet_jobs::Rescued]) -> Vec<&str> {
+    rescued.iter().map(|r| r.job.id.as_str()).collect()
+}
 
 #[test]
 fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
@@ -14,23 +38,24 @@ fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
     create(&db, "shell", "shell");
     create(&db, "waiting", "optimization");
     for id in ["opt", "eval", "shell"] {
-        start(&db, id);
+        start_as(&db, id, "server:1");
     }
     let update = ProgressUpdate {
         progress: Some(0.5),
         checkpoint: Some(json!({"trial": 12})),
         ..Default::default()
     };
-    db.record_progress("opt", &update, None).unwrap();
+    db.record_progress("opt", &update, None, &Writer::Operator)
+        .unwrap();
     let waiting = db.get("waiting").unwrap();
 
     // The server dies: no requeue, no clean-up; a new one opens the same file.
     let db = db.reopen();
     assert_eq!(db.get("opt").unwrap().status, JobStatus::Running);
     let resumable = ["optimization".to_owned(), "evaluation".to_owned()];
-    let report = db.recover_interrupted(&resumable).unwrap();
-    assert_eq!(report.requeued, ["opt", "eval"]);
-    assert_eq!(report.failed, ["shell"]);
+    let report = recover(&db, &resumable);
+    assert_eq!(ids(&report.requeued), ["opt", "eval"]);
+    assert_eq!(ids(&report.failed), ["shell"]);
 
     let opt = db.get("opt").unwrap();
     assert_eq!(opt.status, JobStatus::Queued);
@@ -49,18 +74,38 @@ fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
         types: vec!["optimization".to_owned()],
         ..ClaimFilter::default()
     };
-    let again = db.claim(&optimizations).unwrap().unwrap();
+    let again = db
+        .claim(&optimizations, "server:2")
+        .map(|c| c.map(|c| c.job))
+        .unwrap()
+        .unwrap();
     assert_eq!((again.id.as_str(), again.attempt), ("opt", 2));
     assert_eq!(again.checkpoint, Some(json!({"trial": 12})));
-    let next = db.claim(&optimizations).unwrap().unwrap();
+    let next = db
+        .claim(&optimizations, "server:2")
+        .map(|c| c.map(|c| c.job))
+        .unwrap()
+        .unwrap();
     assert_eq!((next.id.as_str(), next.attempt), ("waiting", 1));
 
     // Nothing left running from before: a second recovery changes nothing it should not.
     let counter = db.change_counter().unwrap();
-    let report = db.recover_interrupted(&[]).unwrap();
-    assert_eq!(report.failed, ["opt", "waiting"]);
+    // Run 2's jobs are not an earlier run's; from run 3's point of view they are.
+    assert!(recover(&db, &[]).is_empty());
+    assert_eq!(db.change_counter().unwrap(), counter);
+    let scope = RescueScope::EarlierRuns {
+        current: "server:3".to_owned(),
+    };
+    let policy = RescuePolicy {
+        resumable_types: Vec::new(),
+        max_rescues: 3,
+        backoff_first: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+    };
+    let report = db.rescue(&scope, &policy).unwrap();
+    assert_eq!(ids(&report.failed), ["opt", "waiting"]);
     assert!(db.change_counter().unwrap() > counter);
-    assert!(db.recover_interrupted(&[]).unwrap().failed.is_empty());
+    assert!(db.rescue(&scope, &policy).unwrap().failed.is_empty());
 }
 
 #[test]
@@ -79,11 +124,12 @@ fn prune_removes_old_finished_jobs_with_their_history() {
                 ..Default::default()
             },
             None,
+            &Writer::Operator,
         )
         .unwrap();
     }
-    db.complete("done", None, None).unwrap();
-    db.fail("failed", "x").unwrap();
+    db.complete("done", None, None, &Writer::Operator).unwrap();
+    db.fail("failed", "x", &Writer::Operator).unwrap();
     db.cancel("cancelled", None).unwrap();
 
     // Nothing finished an hour ago.

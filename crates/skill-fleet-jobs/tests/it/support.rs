@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
-use skill_fleet_jobs::{ClaimFilter, JobStore, NewJob};
+use skill_fleet_jobs::{ClaimFilter, Claimed, JobStore, NewJob};
 use skill_fleet_types::Job;
 use tempfile::TempDir;
 
@@ -65,16 +65,21 @@ pub fn create(store: &JobStore, id: &str, job_type: &str) -> Job {
 /// Starts the queued job `id` the way workers do, by claiming it: it must be the oldest
 /// queued job of its type.
 pub fn start(store: &JobStore, id: &str) -> Job {
+    start_as(store, id, "test").job
+}
+
+/// Like [`start`], claiming as `owner`; the job and its lease.
+pub fn start_as(store: &JobStore, id: &str, owner: &str) -> Claimed {
     let filter = ClaimFilter {
         types: vec![store.get(id).expect("job to start").job_type],
         ..ClaimFilter::default()
     };
     let claimed = store
-        .claim(&filter)
+        .claim(&filter, owner)
         .expect("claim")
         .unwrap_or_else(|| panic!("`{id}` is not queued"));
     assert_eq!(
-        claimed.id, id,
+        claimed.job.id, id,
         "`{id}` is not the oldest queued job of its type"
     );
     claimed

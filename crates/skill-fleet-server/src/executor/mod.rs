@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use skill_fleet_api::AppState;
 use skill_fleet_core::{ChangeKind, ChangeListener, Claimant, Committed, CoreError, Runner};
-use skill_fleet_types::{Backoff, Job, JobLogs, JobStatus};
+use skill_fleet_jobs::{Claimed, Writer};
+use skill_fleet_types::{Backoff, Fence, Job, JobLogs, JobStatus};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
@@ -54,6 +55,9 @@ pub enum StopReason {
     Shutdown,
     /// The executor's time limit for the run passed.
     Timeout,
+    /// The run no longer owns the job (its lease was lost: heartbeats went unanswered for
+    /// too long, or the job was rescued): it stops and writes nothing more.
+    LeaseLost,
 }
 
 /// Executor settings besides the per-type specs.
@@ -157,10 +161,10 @@ impl Executor {
                 .inner
                 .state
                 .service()
-                .claim(Claimant::Runner, types)
+                .claim(Claimant::Runner, types, None)
                 .await
             {
-                Ok(Some(job)) => self.launch(job),
+                Ok(Some(claimed)) => self.launch(claimed),
                 Ok(None) => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "executor could not claim a job; retrying");
@@ -184,10 +188,12 @@ impl Executor {
             .collect()
     }
 
-    fn launch(&self, job: Job) {
+    fn launch(&self, claimed: Claimed) {
+        let Claimed { job, lease } = claimed;
         let Some(spec) = self.inner.specs.get(&job.job_type).cloned() else {
             return;
         };
+        let fence = lease.fence();
         let (stop_tx, stop_rx) = watch::channel(None);
         let tails = Arc::new(Mutex::new(Tails::default()));
         lock(&self.inner.running).insert(
@@ -202,12 +208,57 @@ impl Executor {
             .or_insert(0) += 1;
         let executor = self.clone();
         let span = tracing::info_span!("job", job.id = %job.id, job.type = %job.job_type);
-        tokio::spawn(async move { executor.run(job, spec, tails, stop_rx).await }.instrument(span));
+        tokio::spawn(
+            async move { executor.run(job, fence, spec, tails, stop_rx).await }.instrument(span),
+        );
+    }
+
+    /// Stops a running child, if this executor runs `job_id`.
+    fn stop(&self, job_id: &str, reason: StopReason) {
+        if let Some(running) = lock(&self.inner.running).get(job_id) {
+            let _ = running.stop.send(Some(reason));
+        }
+    }
+
+    /// The server is one more worker: it renews the lease of each child it runs every
+    /// heartbeat interval. A heartbeat refused with `lease_lost` stops the child; so does
+    /// having had no heartbeat acknowledged for `ttl - interval` (the database cannot be
+    /// reached), before the lease can expire and the job be taken by someone else.
+    async fn heartbeat(&self, job_id: String, fence: Fence) {
+        let service = self.inner.state.service();
+        let interval = service.heartbeat_interval();
+        let fence_after = service.lease_ttl().saturating_sub(interval);
+        let mut last_ack = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval_at(last_ack + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match service.heartbeat(&job_id, fence.clone()).await {
+                Ok(beat) if beat.renewed => last_ack = tokio::time::Instant::now(),
+                // Ended from outside: the feed stops the child.
+                Ok(_) => return,
+                Err(err) if err.lease_lost() => {
+                    tracing::warn!(job.id = %job_id, error = %err, "lease lost; stopping the run");
+                    self.stop(&job_id, StopReason::LeaseLost);
+                    return;
+                }
+                Err(err) => {
+                    if last_ack.elapsed() >= fence_after {
+                        tracing::error!(job.id = %job_id, error = %err, waited_ms = last_ack.elapsed().as_millis() as u64,
+                            "no heartbeat acknowledged for nearly a lease; stopping the run before its lease expires");
+                        self.stop(&job_id, StopReason::LeaseLost);
+                        return;
+                    }
+                    tracing::warn!(job.id = %job_id, error = %err, "heartbeat not saved; retrying");
+                }
+            }
+        }
     }
 
     async fn run(
         &self,
         job: Job,
+        fence: Fence,
         spec: Arc<ExecutorSpec>,
         tails: Arc<Mutex<Tails>>,
         stop: watch::Receiver<Option<StopReason>>,
@@ -217,6 +268,16 @@ impl Executor {
         let service = self.inner.state.service();
         let job_id = job.id.clone();
         let stopped = stop.clone();
+        let owner = Writer::Owner(fence.clone());
+        let heartbeat = {
+            let executor = self.clone();
+            let job_id = job.id.clone();
+            let fence = fence.clone();
+            tokio::spawn(
+                async move { executor.heartbeat(job_id, fence).await }
+                    .instrument(tracing::Span::current()),
+            )
+        };
         let outcome = child::run(
             &spec,
             &job,
@@ -227,6 +288,7 @@ impl Executor {
             |update| {
                 let job_id = job_id.clone();
                 let mut stopped = stopped.clone();
+                let owner = owner.clone();
                 async move {
                     // A step change or checkpoint the database could not take (disk full,
                     // read-only, locked) is retried until it is saved: the child is not read
@@ -234,17 +296,22 @@ impl Executor {
                     let durable = update.step.is_some() || update.checkpoint.is_some();
                     let result = if durable {
                         self.until_saved(&job_id, Some(&mut stopped), || {
-                            service.ingest(&job_id, update.clone())
+                            service.ingest(&job_id, update.clone(), owner.clone())
                         })
                         .await
                     } else {
-                        service.ingest(&job_id, update).await
+                        service.ingest(&job_id, update, owner.clone()).await
                     };
                     match result {
                         Ok(_) => true,
                         // The job ended from outside (cancel, budget): stop reading; the stop
                         // signal follows.
                         Err(err) if err.job_has_ended() => false,
+                        Err(err) if err.lease_lost() => {
+                            tracing::warn!(job.id = %job_id, error = %err, "lease lost; stopping the run");
+                            self.stop(&job_id, StopReason::LeaseLost);
+                            false
+                        }
                         Err(err) => {
                             tracing::warn!(job.id = %job_id, error = %err, "progress line not applied");
                             true
@@ -254,6 +321,7 @@ impl Executor {
             },
         )
         .await;
+        heartbeat.abort();
 
         // Unregister first: the terminal transition below calls back into `job_finished`.
         lock(&self.inner.running).remove(&job.id);
@@ -263,7 +331,8 @@ impl Executor {
         let logs = lock(&tails).to_logs(&job.id);
         self.keep_logs(&dir, logs.clone());
         let stderr_tail = lock(&tails).stderr.last(5);
-        self.settle(&job, &spec, outcome, &stderr_tail).await;
+        self.settle(&job, &fence, &spec, outcome, &stderr_tail)
+            .await;
         self.inner.idle.notify_waiters();
         self.inner.wake.notify_one();
     }
@@ -323,16 +392,26 @@ impl Executor {
     /// Records how the run ended. A storage fault (disk full, read-only, locked) is retried
     /// until the end is saved, so a run that ended during an outage is not left `running`;
     /// when the server stops first, start-up recovery settles the job instead.
-    async fn settle(&self, job: &Job, spec: &ExecutorSpec, outcome: Outcome, stderr_tail: &str) {
+    async fn settle(
+        &self,
+        job: &Job,
+        fence: &Fence,
+        spec: &ExecutorSpec,
+        outcome: Outcome,
+        stderr_tail: &str,
+    ) {
         let outcome = &outcome;
         let result = self
             .until_saved(&job.id, None, || {
-                self.settle_once(job, spec, outcome, stderr_tail)
+                self.settle_once(job, fence, spec, outcome, stderr_tail)
             })
             .await;
         match result {
             Ok(()) => {}
             Err(err) if err.job_has_ended() => {}
+            Err(err) if err.lease_lost() => {
+                tracing::warn!(job.id = %job.id, error = %err, "the run's end was not recorded: it no longer owns the job");
+            }
             Err(err) => {
                 tracing::error!(job.id = %job.id, error = %err, "could not record the end of a job")
             }
@@ -342,11 +421,13 @@ impl Executor {
     async fn settle_once(
         &self,
         job: &Job,
+        fence: &Fence,
         spec: &ExecutorSpec,
         outcome: &Outcome,
         stderr_tail: &str,
     ) -> Result<(), CoreError> {
         let service = self.inner.state.service();
+        let owner = || Writer::Owner(fence.clone());
         let with_tail = |message: String| {
             if stderr_tail.is_empty() {
                 message
@@ -359,34 +440,46 @@ impl Executor {
                 let result = result.clone().unwrap_or_default();
                 tracing::info!(job.id = %job.id, "job completed");
                 service
-                    .complete(&job.id, result.result, result.result_path)
+                    .complete(&job.id, result.result, result.result_path, owner())
                     .await
             }
             Outcome::Exited { status, .. } => {
                 let reason = exit_reason(*status);
                 tracing::info!(job.id = %job.id, %reason, "job failed");
-                service.fail(&job.id, with_tail(reason)).await
+                service.fail(&job.id, with_tail(reason), owner()).await
             }
             Outcome::SpawnFailed(reason) => {
                 tracing::warn!(job.id = %job.id, %reason, "job could not start");
-                service.fail(&job.id, reason.clone()).await
+                service.fail(&job.id, reason.clone(), owner()).await
             }
             Outcome::Stopped(StopReason::Finished(status)) => {
                 tracing::info!(job.id = %job.id, %status, "job stopped");
                 return Ok(());
             }
+            Outcome::Stopped(StopReason::LeaseLost) => {
+                tracing::info!(job.id = %job.id, "job stopped: its lease was lost");
+                return Ok(());
+            }
             Outcome::Stopped(StopReason::Timeout) => {
                 let seconds = spec.timeout.map_or(0, |t| t.as_secs());
                 service
-                    .fail(&job.id, format!("timeout: ran longer than {seconds}s"))
+                    .fail(
+                        &job.id,
+                        format!("timeout: ran longer than {seconds}s"),
+                        owner(),
+                    )
                     .await
             }
             Outcome::Stopped(StopReason::Shutdown) => {
                 if spec.resumable {
-                    service.requeue(&job.id).await
+                    service.requeue(&job.id, owner()).await
                 } else {
                     service
-                        .fail(&job.id, skill_fleet_jobs::INTERRUPTED_ERROR.to_owned())
+                        .fail(
+                            &job.id,
+                            skill_fleet_jobs::INTERRUPTED_ERROR.to_owned(),
+                            owner(),
+                        )
                         .await
                 }
             }
@@ -458,6 +551,11 @@ impl ChangeListener for Executor {
     fn committed(&self, change: &Committed) {
         match change.kind {
             ChangeKind::Created | ChangeKind::Resumed | ChangeKind::Requeued => {
+                // A job of ours back in the queue while its child runs was rescued: the run
+                // lost its lease. (A graceful stop's requeue comes after the run is gone.)
+                if change.kind == ChangeKind::Requeued {
+                    self.stop(&change.job_id, StopReason::LeaseLost);
+                }
                 if let Some(job) = &change.job
                     && self.runs_type(&job.job_type)
                 {
@@ -474,6 +572,7 @@ impl ChangeListener for Executor {
             ChangeKind::Started
             | ChangeKind::Progress
             | ChangeKind::Deleted
+            | ChangeKind::Renewed
             | ChangeKind::Uncertain => {}
         }
     }

@@ -219,6 +219,7 @@ proptest! {
             metric: metric.and(sent["metric"].as_f64()),
             message,
             checkpoint: checkpoint.and(sent.get("checkpoint").cloned()),
+            ..ProgressUpdate::default()
         };
         prop_assert_eq!(parsed, Line::Message { update: Some(expected), result: None });
     }

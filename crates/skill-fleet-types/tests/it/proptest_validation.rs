@@ -353,7 +353,9 @@ proptest! {
         let back: CreateJob = serde_json::from_str(&serde_json::to_string(&create).unwrap()).unwrap();
         prop_assert_eq!(back, create);
 
-        let update = ProgressUpdate { step, progress, cost_usd, metric, message, checkpoint };
+        let update = ProgressUpdate {
+            step, progress, cost_usd, metric, message, checkpoint, ..ProgressUpdate::default()
+        };
         prop_assert_eq!(update.validate(), Ok(()));
         let back: ProgressUpdate = serde_json::from_str(&serde_json::to_string(&update).unwrap()).unwrap();
         prop_assert_eq!(back.validate(), Ok(()));
