@@ -399,7 +399,7 @@ def test_the_program_gets_the_environment_the_servers_executor_gives(tmp_path: P
     with StubServer() as stub:
         stub.add_job("job-7", attempt=2, checkpoint={"done": 3}, metadata={"prompts": ["a"]})
         base = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("SKILL_FLEET_")},
             "SKILL_FLEET_TOKEN": "secret",
             "SKILL_FLEET_AUTH_TOKEN": "secret",
             "SKILL_FLEET_CHECKPOINT": "/stale/path",
