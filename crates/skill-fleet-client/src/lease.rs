@@ -517,6 +517,12 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_can_be_shared_with_the_threads_doing_the_work() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Lease>();
+    }
+
+    #[test]
     fn the_self_fence_fires_an_interval_before_the_ttl() {
         let timing = Timing::of(&claimed(15.0, 90.0));
         assert_eq!(timing.interval, Duration::from_secs(15));
