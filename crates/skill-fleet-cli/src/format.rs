@@ -1,8 +1,9 @@
 //! Text formatting shared by the commands: percentages, dollars, ETAs, step names, progress
 //! lines and tables.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
-use skill_fleet_types::{Job, JobStatus, StreamEvent};
+use skill_fleet_types::{Job, JobLease, JobStatus, StreamEvent};
 
 /// `0.35` → `35%` (rounded down, so a job shows 100% only when it is).
 pub fn percent(progress: f64) -> String {
@@ -51,6 +52,34 @@ pub fn eta(seconds: f64) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// A span of time in words: `3 s` under 100 seconds, else as [`eta`] (`5m30s`).
+pub fn span(seconds: f64) -> String {
+    if seconds.is_finite() && seconds.round() < 100.0 {
+        format!("{} s", seconds.max(0.0).round() as u64)
+    } else {
+        eta(seconds)
+    }
+}
+
+/// A running job's lease as of `now`: `owner gpu-box-3, renewed 3 s ago, expires in 87 s`
+/// (or `expired 2 s ago`, until the rescue sweep takes the job back).
+pub fn lease(lease: &JobLease, now: DateTime<Utc>) -> String {
+    let seconds =
+        |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).num_milliseconds() as f64 / 1000.0;
+    let renewed = seconds(lease.renewed_at, now).max(0.0);
+    let left = seconds(now, lease.expires_at);
+    let expiry = if left >= 0.0 {
+        format!("expires in {}", span(left))
+    } else {
+        format!("expired {} ago", span(-left))
+    };
+    format!(
+        "owner {}, renewed {} ago, {expiry}",
+        lease.owner,
+        span(renewed)
+    )
 }
 
 /// `proposing_instructions` → `Proposing instructions...`; a bare number → `Step 3...`.
@@ -271,6 +300,37 @@ mod tests {
         assert_eq!(eta(3720.0), "1h02m");
         assert_eq!(eta(2.0 * 86_400.0 + 3.0 * 3600.0), "2d03h");
         assert_eq!(eta(f64::NAN), "-");
+    }
+
+    #[test]
+    fn leases_read_as_owner_renewal_and_expiry() {
+        let now = Utc::now();
+        let held = JobLease {
+            owner: "gpu-box-3".into(),
+            renewed_at: now - chrono::Duration::milliseconds(3_200),
+            expires_at: now + chrono::Duration::milliseconds(86_800),
+        };
+        assert_eq!(
+            lease(&held, now),
+            "owner gpu-box-3, renewed 3 s ago, expires in 87 s"
+        );
+        let stale = JobLease {
+            owner: "old-box".into(),
+            renewed_at: now - chrono::Duration::seconds(150),
+            expires_at: now - chrono::Duration::seconds(2),
+        };
+        assert_eq!(
+            lease(&stale, now),
+            "owner old-box, renewed 2m30s ago, expired 2 s ago"
+        );
+        // A clock a little ahead of ours is "just now", not a negative age.
+        let ahead = JobLease {
+            renewed_at: now + chrono::Duration::seconds(1),
+            ..held
+        };
+        assert!(lease(&ahead, now).contains("renewed 0 s ago"));
+        assert_eq!(span(99.4), "99 s");
+        assert_eq!(span(100.0), "1m40s");
     }
 
     #[test]

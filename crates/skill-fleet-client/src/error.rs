@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use skill_fleet_types::{ErrorCode, ValidationError};
 
+use crate::lease::LeaseState;
+
 /// Why a client call failed. Messages are lowercase and name the URL, id or path at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -77,6 +79,24 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+    /// A [`crate::Lease`] refused a write locally because it no longer holds the job (lost,
+    /// stopped from outside, or released by its own complete or fail); nothing was sent.
+    #[error("lease on job `{job_id}` is {state}; nothing was sent")]
+    LeaseNotHeld {
+        /// The job.
+        job_id: String,
+        /// What became of the lease.
+        state: LeaseState,
+    },
+    /// The thread that heartbeats a [`crate::Lease`] could not be started.
+    #[error("cannot start the heartbeat thread of job `{job_id}`")]
+    HeartbeatThread {
+        /// The job.
+        job_id: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The local response cache could not be read or written.
     #[error("cache at {} failed", path.display())]
     Cache {
@@ -99,6 +119,21 @@ impl ClientError {
         match self {
             ClientError::Api { code, .. } => Some(*code),
             _ => None,
+        }
+    }
+
+    /// True when trying again later may succeed: the server could not be reached, the
+    /// request broke on the way (a timeout, a dropped connection), the answer did not
+    /// decode, or the server answered 408, 429 or a 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. }
+            | ClientError::Http { .. }
+            | ClientError::Decode { .. } => true,
+            ClientError::Api { status, .. } | ClientError::UnexpectedStatus { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
         }
     }
 

@@ -4,6 +4,7 @@
 mod cache;
 mod client;
 mod error;
+mod lease;
 mod watch;
 
 pub use cache::{CACHE_DIR_ENV, Cache, CacheEntry, CacheStats};
@@ -12,6 +13,7 @@ pub use client::{
     SOURCE_HEADER,
 };
 pub use error::ClientError;
+pub use lease::{LEASE_DROP_WAIT, Lease, LeaseState};
 pub use skill_fleet_types::JobLogs;
 pub use watch::{StopHandle, Watch, WatchOptions};
 

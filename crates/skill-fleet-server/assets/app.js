@@ -3,6 +3,8 @@
 // Routes: `#/` (jobs, optionally `#/?status=running`) and `#/jobs/ID` (one job, live).
 // The jobs table polls GET /api/v1/jobs with If-None-Match, so an idle server answers 304.
 // The job view follows the job's SSE stream, reconnecting with `lastEventId` when it drops.
+// A running job shows its lease's owner and how long ago its last heartbeat renewed it;
+// `lease_expired` rows of the history (the rescue sweep took the job back) are listed.
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -61,6 +63,19 @@
   }
 
   const eta = (job) => (job.status === 'running' ? span(job.progress.eta_seconds) : '–');
+
+  /** `3s ago`, from a timestamp; a clock a little ahead of ours is `0s ago`. */
+  const ago = (iso) => `${span((Date.now() - Date.parse(iso)) / 1000)} ago`;
+
+  /** The lease of a running job, or null: `{owner, renewed_at, expires_at}`. */
+  const leaseOf = (job) => (job.status === 'running' && job.lease ? job.lease : null);
+
+  /** Shows a lease's last renewal in `el` (kept ticking by the clock below), or clears it. */
+  function setHeartbeat(el, lease, empty) {
+    el.dataset.ago = lease ? lease.renewed_at : '';
+    setText(el, lease ? ago(lease.renewed_at) : empty);
+    el.title = lease ? `renewed ${when(lease.renewed_at)}; the lease expires ${when(lease.expires_at)} unless renewed` : '';
+  }
 
   // ---------------------------------------------------------------- DOM helpers
 
@@ -186,20 +201,21 @@
   // ---------------------------------------------------------------- jobs table
 
   const list = { status: '', limit: 100, url: null, etag: null, data: null, gen: 0, timer: 0, rows: new Map() };
-  const LABELS = ['Job', 'Status', 'Type', 'Progress', 'Step', 'Cost', 'Metric', 'ETA', 'Started', 'Duration'];
+  const LABELS = ['Job', 'Status', 'Type', 'Owner', 'Progress', 'Step', 'Cost', 'Metric', 'ETA', 'Started', 'Duration'];
 
   function newRow(job) {
     const cells = LABELS.map((label) => h('td', { 'data-label': label }));
     const link = h('a', { class: 'id', href: `#/jobs/${job.id}`, text: job.id });
     cells[0].append(link);
     cells[1].append(h('span', { class: 'badge' }));
+    cells[3].append(h('span', { class: 'owner' }), h('span', { class: 'hb' }));
     const bar = h('div', {
       class: 'bar', role: 'progressbar', 'aria-label': `Progress of ${job.id}`,
       'aria-valuemin': '0', 'aria-valuemax': '100',
     }, h('span'));
-    cells[3].append(h('div', { class: 'progress' }, bar, h('span', { class: 'pct' })));
-    cells[4].className = 'step';
-    for (const i of [5, 6, 7, 9]) cells[i].classList.add('num');
+    cells[4].append(h('div', { class: 'progress' }, bar, h('span', { class: 'pct' })));
+    cells[5].className = 'step';
+    for (const i of [6, 7, 8, 10]) cells[i].classList.add('num');
     const tr = h('tr', { 'data-job-id': job.id }, ...cells);
     return tr;
   }
@@ -209,17 +225,20 @@
     tr.dataset.status = job.status;
     setBadge(c[1].firstChild, job.status);
     setText(c[2], job.type);
-    setBar(c[3].querySelector('.bar'), job);
-    setText(c[3].querySelector('.pct'), pctText(job.progress.progress));
-    setText(c[4], job.progress.step || '–');
-    c[4].title = job.progress.message || '';
-    setText(c[5], money(job.progress.cost_usd));
-    setText(c[6], num(job.progress.metric));
-    setText(c[7], eta(job));
-    setText(c[8], when(job.started_at));
-    c[8].title = job.started_at || '';
-    setText(c[9], span(elapsed(job)));
-    c[9].dataset.since = job.status === 'running' && job.started_at ? job.started_at : '';
+    const lease = leaseOf(job);
+    setText(c[3].querySelector('.owner'), lease ? lease.owner : '–');
+    setHeartbeat(c[3].querySelector('.hb'), lease, '');
+    setBar(c[4].querySelector('.bar'), job);
+    setText(c[4].querySelector('.pct'), pctText(job.progress.progress));
+    setText(c[5], job.progress.step || '–');
+    c[5].title = job.progress.message || '';
+    setText(c[6], money(job.progress.cost_usd));
+    setText(c[7], num(job.progress.metric));
+    setText(c[8], eta(job));
+    setText(c[9], when(job.started_at));
+    c[9].title = job.started_at || '';
+    setText(c[10], span(elapsed(job)));
+    c[10].dataset.since = job.status === 'running' && job.started_at ? job.started_at : '';
   }
 
   function renderList() {
@@ -307,23 +326,23 @@
     stopDetail();
     detail = {
       id, job: null, etag: null, source: null, lastSeq: null, retryMs: 1000, retryTimer: 0,
-      pollTimer: 0, chartTimer: 0, points: [], historyAfter: null, logsEtag: null, dropped: false,
-      stopped: false,
+      pollTimer: 0, chartTimer: 0, points: [], events: [], historyAfter: null, historyRun: null,
+      logsEtag: null, dropped: false, stopped: false,
     };
     setText($('job-title'), id);
     setText($('log-out'), '');
     setText($('log-err'), '');
     hideConfirm();
     $('chart').replaceChildren();
+    renderEvents(detail);
     start(detail);
   }
 
   async function start(d) {
     await loadJob(d);
     if (d.stopped || !d.job) return;
-    await loadHistory(d);
+    await refreshHistory(d);
     if (d.stopped) return;
-    drawChart(d);
     connectStream(d);
     loadLogs(d);
     schedulePoll(d);
@@ -347,9 +366,11 @@
       const r = await api(`/api/v1/jobs/${encodeURIComponent(d.id)}`, { etag: d.etag });
       if (d.stopped) return;
       if (r.status !== 304) {
+        const before = d.job && d.job.status;
         d.etag = r.etag;
         d.job = r.data;
         renderDetail(d);
+        if (before && before !== d.job.status) statusChanged(d, before);
       }
       setConn(true, `updated ${new Date().toLocaleTimeString()}`);
       notice('');
@@ -370,6 +391,12 @@
         const records = (r.data && r.data.records) || [];
         for (const rec of records) {
           addPoint(d, Date.parse(rec.created_at), rec.metric, rec.cost_usd, true);
+          if (rec.event) {
+            d.events.push({
+              event: rec.event, t: Date.parse(rec.created_at), at: rec.created_at,
+              attempt: rec.attempt, message: rec.message,
+            });
+          }
           d.historyAfter = rec.seq;
         }
         if (!records.length || r.data.next_after == null) break;
@@ -377,6 +404,39 @@
     } catch (err) {
       if (err.status > 0 && err.status !== 401) notice(`cannot load the progress history: ${err.message}`);
     }
+  }
+
+  /** Reads the history written since the last read (one read at a time), then redraws. */
+  function refreshHistory(d) {
+    d.historyRun = (d.historyRun || Promise.resolve())
+      .then(() => (d.stopped ? null : loadHistory(d)))
+      .then(() => {
+        if (d.stopped) return;
+        renderEvents(d);
+        drawChart(d);
+      });
+    return d.historyRun;
+  }
+
+  /** What a change of status seen by the view asks for: a job that stops running may have
+   *  been rescued (new history rows); one that starts running has a new lease to show. */
+  function statusChanged(d, before) {
+    if (before === 'running') refreshHistory(d);
+    if (d.job.status === 'running' && !d.job.lease) {
+      d.etag = null;
+      loadJob(d);
+    }
+  }
+
+  /** The history's event rows (`lease_expired`: the worker was lost), newest first. */
+  function renderEvents(d) {
+    const items = d.events.slice().reverse().map((ev) => h('li', { 'data-event': ev.event },
+      h('time', { datetime: ev.at, text: when(ev.at) }),
+      h('span', { class: `badge ${ev.event}`, text: ev.event.replace(/_/g, ' ') }),
+      h('span', { text: ev.attempt != null ? `attempt ${ev.attempt}` : '' }),
+      h('span', { class: 'muted', text: ev.message || '' })));
+    $('d-events').replaceChildren(...items);
+    $('events-card').hidden = items.length === 0;
   }
 
   /** Adds a chart point; live points only when something changed or 5 s passed. */
@@ -413,7 +473,7 @@
       if (d.dropped) {
         // Fill the chart with what was written while we were away.
         d.dropped = false;
-        loadHistory(d).then(() => drawChart(d));
+        refreshHistory(d);
       }
     };
     src.onmessage = (m) => {
@@ -447,12 +507,15 @@
   function applyEvent(d, ev) {
     if (!d.job) return;
     const job = d.job;
+    const before = job.status;
     job.status = ev.status;
+    if (ev.status !== 'running') job.lease = null;
     job.progress = {
       progress: ev.progress, step: ev.step, message: ev.message,
       cost_usd: ev.cost_usd, metric: ev.metric, eta_seconds: ev.eta_seconds,
     };
     renderDetail(d);
+    if (before !== ev.status) statusChanged(d, before);
     addPoint(d, Date.parse(ev.at), ev.metric, ev.cost_usd, false);
     scheduleChart(d);
     if (TERMINAL.has(ev.status)) {
@@ -478,6 +541,9 @@
     setText($('d-eta'), eta(job));
     setText($('d-type'), job.type);
     setText($('d-attempt'), String(job.attempt));
+    const lease = leaseOf(job);
+    setText($('d-owner'), lease ? lease.owner : '–');
+    setHeartbeat($('d-heartbeat'), lease, '–');
     setText($('d-started'), when(job.started_at));
     setText($('d-duration'), span(elapsed(job)));
     $('d-duration').dataset.since = job.status === 'running' && job.started_at ? job.started_at : '';
@@ -620,6 +686,12 @@
     };
     line((p) => (p.m == null ? null : (p.m - mLo) / (mHi - mLo)), 'metric');
     line((p) => (p.c == null ? null : p.c / cHi), 'cost');
+    for (const ev of d.events) {
+      if (ev.t < t0 || ev.t > t1) continue;
+      const mark = svg('line', { class: 'event', x1: x(ev.t), x2: x(ev.t), y1: T, y2: H - B });
+      mark.append(svg('title', { text: `${ev.event.replace(/_/g, ' ')} ${when(ev.at)}` }));
+      root.append(mark);
+    }
     root.append(svg('rect', { class: 'key-metric', x: L, y: 8, width: 14, height: 4 }));
     root.append(svg('text', { x: L + 20, y: 14, text: 'metric' }));
     root.append(svg('rect', { class: 'key-cost', x: L + 80, y: 8, width: 14, height: 4 }));
@@ -659,10 +731,14 @@
     loadList();
   }
 
-  // Durations of running jobs tick every second without asking the server.
+  // Durations of running jobs and the age of their last heartbeat tick every second without
+  // asking the server.
   setInterval(() => {
     for (const el of document.querySelectorAll('[data-since]:not([data-since=""])')) {
       setText(el, span((Date.now() - Date.parse(el.dataset.since)) / 1000));
+    }
+    for (const el of document.querySelectorAll('[data-ago]:not([data-ago=""])')) {
+      setText(el, ago(el.dataset.ago));
     }
   }, 1000);
 

@@ -62,6 +62,7 @@ fn optimize_list_show_results_cancel_resume_logs() {
     for column in [
         "TYPE",
         "STATUS",
+        "OWNER",
         "PROGRESS",
         "STEP",
         "COST",
@@ -146,6 +147,14 @@ fn optimize_list_show_results_cancel_resume_logs() {
         out.stdout
     );
     assert!(out.stdout.contains("$0.85"), "{}", out.stdout);
+    // A job started by a token-less event is owned by `anonymous`.
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("opt-1 ") && l.contains(" running  anonymous ")),
+        "{}",
+        out.stdout
+    );
     server.post_ok(
         "/api/v1/jobs/opt-1/complete",
         json!({"result": {"accuracy": 0.84}, "result_path": "/tmp/opt-1/program.json"}),
@@ -215,6 +224,89 @@ fn optimize_list_show_results_cancel_resume_logs() {
             "error: job `nope` not found (HTTP 404 from {}/api/v1/jobs/nope)",
             server.base
         )
+    );
+}
+
+#[test]
+fn show_and_list_name_a_running_jobs_owner() {
+    let dirs = Dirs::new();
+    let server = Server::start(&dirs.db());
+    let cache = dirs.cache();
+    let cli = |args: &[&str]| run(&server.base, &cache, args);
+    for id in ["claimed", "waiting"] {
+        server.post_ok("/api/v1/jobs", json!({"id": id, "type": "sweep"}), 201);
+    }
+    let claimed = server.post_ok(
+        "/api/v1/jobs/claim",
+        json!({"types": ["sweep"], "worker": "gpu-box-3"}),
+        200,
+    );
+    assert_eq!(claimed["id"], "claimed");
+
+    // show: owner, last renewal and expiry in words (the default lease is 90 s).
+    let out = cli(&["jobs", "show", "claimed", "--no-cache"]);
+    out.assert_code(0);
+    let lease = out
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("lease:").map(str::trim_start))
+        .unwrap_or_else(|| panic!("no lease line:\n{}", out.stdout));
+    let (renewed, expires) = lease
+        .strip_prefix("owner gpu-box-3, renewed ")
+        .and_then(|rest| rest.split_once(" ago, expires in "))
+        .unwrap_or_else(|| panic!("{lease}"));
+    let number = |text: &str| -> u64 {
+        text.strip_suffix(" s")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("`{text}` in {lease}"))
+    };
+    assert!(number(renewed) <= 60, "{lease}");
+    assert!((30..=90).contains(&number(expires)), "{lease}");
+    // The lines come in reading order: the lease right after the status.
+    let keys: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        keys[..4],
+        ["id:", "type:", "status:", "lease:"],
+        "{}",
+        out.stdout
+    );
+    // A job that does not run has no lease line.
+    let out = cli(&["jobs", "show", "waiting"]);
+    out.assert_code(0);
+    assert!(!out.stdout.contains("lease:"), "{}", out.stdout);
+
+    // list: the owner column names the worker of the running job only.
+    let out = cli(&["jobs", "list", "--no-cache"]);
+    out.assert_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let owner_at = lines[0].find("OWNER").expect("an OWNER column");
+    let owner_of = |id: &str| {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{}", out.stdout));
+        line[owner_at..].split_whitespace().next().unwrap_or("")
+    };
+    assert_eq!(owner_of("claimed"), "gpu-box-3", "{}", out.stdout);
+    assert_eq!(owner_of("waiting"), "-", "{}", out.stdout);
+
+    // --json stays the server's JSON, lease included.
+    let out = cli(&["jobs", "show", "claimed", "--json", "--no-cache"]);
+    out.assert_code(0);
+    let (_, served) = server.get("/api/v1/jobs/claimed");
+    assert_eq!(out.json()["lease"]["owner"], "gpu-box-3");
+    assert_eq!(out.json()["lease"], served["lease"]);
+    assert_eq!(
+        out.json()
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        served
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
     );
 }
 

@@ -3,5 +3,6 @@
 
 mod client;
 mod commands;
+mod lease;
 mod support;
 mod watch;

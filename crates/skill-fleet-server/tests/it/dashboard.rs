@@ -1,4 +1,6 @@
-//! The web dashboard end to end: the real server binary, headless Chromium over WebDriver.
+//! The web dashboard end to end: the real server binary, headless Chromium over WebDriver:
+//! the jobs table, the live job view, cancel and resume, the token form, and who runs a job
+//! (its lease's owner and last heartbeat; `lease_expired` rows of its history).
 //!
 //! Needs `chromium` and `chromedriver` (`apt-get install chromium chromium-driver`). Without
 //! them the tests say so and pass, except under CI (`CI` set), where they fail.
@@ -8,6 +10,8 @@ use crate::support;
 use crate::webdriver;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -114,6 +118,14 @@ fn seed_jobs(server: &Server) {
     );
 }
 
+/// The cells of a job's row in the jobs table, by column label.
+fn row_cells(browser: &Browser, id: &str) -> Value {
+    browser.eval(&format!(
+        r#"return Object.fromEntries([...document.querySelectorAll('tr[data-job-id="{id}"] td')]
+             .map(td => [td.dataset.label, td.textContent]));"#
+    ))
+}
+
 /// A JS expression: `aria-valuenow` of a job's progress bar in the jobs table.
 fn row_progress(id: &str) -> String {
     format!(
@@ -142,12 +154,17 @@ fn dashboard_lists_jobs_follows_live_progress_and_cancels() {
             "eval-nightly": "queued", "live-run": "running",
         })
     );
-    let cells = browser.eval(
-        r#"return [...document.querySelectorAll('tr[data-job-id="gepa-support-bot"] td')].map(td => td.textContent);"#,
+    let cells = row_cells(&browser, "gepa-support-bot");
+    assert_eq!(cells["Step"], "proposing_instructions", "{cells}");
+    assert_eq!(cells["Cost"], "$1.84", "{cells}");
+    assert_eq!(cells["Metric"], "0.713", "{cells}");
+    // Started by a token-less event: its lease is open, owned by `anonymous`.
+    assert_eq!(
+        browser.eval(
+            r#"return document.querySelector('tr[data-job-id="gepa-support-bot"] .owner').textContent;"#
+        ),
+        "anonymous"
     );
-    assert_eq!(cells[4], "proposing_instructions", "{cells}");
-    assert_eq!(cells[5], "$1.84", "{cells}");
-    assert_eq!(cells[6], "0.713", "{cells}");
 
     // The table follows a running job as its worker reports progress.
     for (progress, shown) in [(0.1, "10"), (0.45, "45")] {
@@ -273,4 +290,95 @@ fn dashboard_asks_for_the_token_once_and_keeps_it() {
         browser.eval("return document.getElementById('token-form').hidden;"),
         true
     );
+}
+
+#[test]
+fn dashboard_shows_who_runs_a_job_and_leases_that_expired() {
+    let Some(browser) = browser() else { return };
+    let (_dir, db) = temp_db();
+    let mut command = server_command(&db);
+    command.args([
+        "--lease-ttl-seconds",
+        "1.5",
+        "--heartbeat-interval-seconds",
+        "0.25",
+        "--rescue-interval-seconds",
+        "0.2",
+    ]);
+    let server = Server::start_with(command);
+    // `held` keeps its lease (the test heartbeats it); `lost` is claimed and forgotten, so
+    // the sweep takes it back (`evaluation` is resumable: back in the queue).
+    post_ok(
+        &server,
+        "/api/v1/jobs",
+        json!({"id": "held", "type": "sweep"}),
+    );
+    post_ok(
+        &server,
+        "/api/v1/jobs",
+        json!({"id": "lost", "type": "evaluation"}),
+    );
+    let held = post_ok(
+        &server,
+        "/api/v1/jobs/claim",
+        json!({"types": ["sweep"], "worker": "gpu-box-3"}),
+    );
+    post_ok(
+        &server,
+        "/api/v1/jobs/claim",
+        json!({"types": ["evaluation"], "worker": "old-box"}),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeats = {
+        let stop = Arc::clone(&stop);
+        let url = server.url("/api/v1/jobs/held/heartbeat");
+        let body = json!({"attempt": held["attempt"], "lease_token": held["lease_token"]});
+        std::thread::spawn(move || {
+            let agent = support::agent();
+            // A worker's cadence, not a wait: one heartbeat per interval.
+            while !stop.load(Ordering::Relaxed) {
+                let _ = agent.post(&url).send_json(&body);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    wait_for_status(&server, "lost", "queued");
+
+    browser.goto(&server.url("/"));
+    let owners = browser.wait_for(
+        "the owner of the running job in the table",
+        r#"const owner = (id) => document.querySelector(`tr[data-job-id="${id}"] .owner`)?.textContent;
+           const hb = document.querySelector('tr[data-job-id="held"] .hb')?.textContent || '';
+           return owner('held') === 'gpu-box-3' && hb.endsWith(' ago') && [owner('held'), owner('lost')];"#,
+    );
+    assert_eq!(owners, json!(["gpu-box-3", "–"]));
+
+    // The job view: owner and last heartbeat of the running job.
+    browser.click(r##"a[href="#/jobs/held"]"##);
+    browser.wait_for(
+        "the owner and last heartbeat in the job view",
+        "return document.getElementById('job-title').textContent === 'held'
+             && document.getElementById('d-owner').textContent === 'gpu-box-3'
+             && document.getElementById('d-heartbeat').textContent.endsWith(' ago')
+             && document.getElementById('events-card').hidden;",
+    );
+
+    // The rescued job: no owner, and its history's `lease_expired` row shown as such.
+    browser.goto(&server.url("/#/jobs/lost"));
+    let event = browser.wait_for(
+        "the lease_expired row in the job view",
+        r#"const li = document.querySelector('#d-events li[data-event="lease_expired"]');
+           return document.getElementById('job-title').textContent === 'lost'
+               && !document.getElementById('events-card').hidden && li && li.textContent;"#,
+    );
+    let event = event.as_str().unwrap_or_default();
+    assert!(event.contains("lease expired"), "{event}");
+    assert!(event.contains("old-box"), "{event}");
+    assert_eq!(
+        browser.eval("return document.getElementById('d-owner').textContent;"),
+        "–"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    heartbeats.join().expect("heartbeat thread");
 }

@@ -1,4 +1,5 @@
-//! `skill-fleet jobs list`: a table of jobs, newest first.
+//! `skill-fleet jobs list`: a table of jobs, newest first, with the owner of each running
+//! one.
 
 use clap::Args;
 use skill_fleet_client::JobFilter;
@@ -50,6 +51,7 @@ pub fn run(ctx: &Context, args: &ListArgs) -> Result<u8, CliError> {
                 "ID",
                 "TYPE",
                 "STATUS",
+                "OWNER",
                 "PROGRESS",
                 "STEP",
                 "COST",
@@ -78,6 +80,14 @@ fn spent(job: &Job) -> String {
     }
 }
 
+/// Who runs the job (its lease's owner) while it runs; `-` otherwise.
+fn owner(job: &Job) -> String {
+    match &job.lease {
+        Some(lease) if job.status == JobStatus::Running => format::truncate(&lease.owner, 20),
+        _ => "-".to_owned(),
+    }
+}
+
 fn row(job: &Job) -> Vec<String> {
     let progress = &job.progress;
     let eta = match (job.status, progress.eta_seconds) {
@@ -88,6 +98,7 @@ fn row(job: &Job) -> Vec<String> {
         format::truncate(&job.id, 36),
         format::truncate(&job.job_type, 16),
         job.status.to_string(),
+        owner(job),
         format::percent(progress.progress),
         format::truncate(progress.step.as_deref().unwrap_or("-"), 24),
         spent(job),

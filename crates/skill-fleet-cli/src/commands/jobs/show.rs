@@ -1,4 +1,5 @@
-//! `skill-fleet jobs show ID`: one job, every field.
+//! `skill-fleet jobs show ID`: one job, every field; for a running job, its lease (owner,
+//! last renewal, expiry).
 
 use skill_fleet_types::Job;
 
@@ -28,6 +29,11 @@ fn fields(job: &Job) -> Vec<(&'static str, String)> {
         ("id:", job.id.clone()),
         ("type:", job.job_type.clone()),
         ("status:", job.status.to_string()),
+    ];
+    if let Some(lease) = &job.lease {
+        fields.push(("lease:", format::lease(lease, chrono::Utc::now())));
+    }
+    fields.extend([
         (
             "progress:",
             format!(
@@ -37,7 +43,7 @@ fn fields(job: &Job) -> Vec<(&'static str, String)> {
             ),
         ),
         ("cost:", format::dollars(p.cost_usd)),
-    ];
+    ]);
     let mut optional = |key, value: Option<String>| {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
             fields.push((key, value));
