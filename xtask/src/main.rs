@@ -33,7 +33,7 @@ commands:
   bench-store [--ticks N]  the store section alone (`bench --only store`)
   test [--rust-only | --python-only] [-- CARGO_TEST_ARGS…]
                            the whole test suite: cargo test --workspace, then python/ci.sh
-  soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--seed N] [--no-build]
+  soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--lease-workers N] [--seed N] [--no-build]
                            SIGKILL the release server during ingest, restart, and check that
                            every acknowledged write survived";
 
