@@ -183,7 +183,8 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     println!(
         "lease workers: {} jobs ({} created), {} claims, {} attempts resumed after a restart, \
          {} heartbeats, {} fenced events, {} completes, {} fails acknowledged; {} died, {} \
-         stalled past their lease; answers 409 lease_lost: {}, other refusals: {}, 503: {}",
+         stalled past their lease; answers 409 lease_lost: {}, 409 invalid_transition (a job \
+         ended): {}, other refusals: {}, 503: {}",
         report.lease_jobs,
         lease.created,
         lease.claims,
@@ -195,6 +196,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         lease.died,
         lease.stalled,
         lease.lease_lost,
+        lease.ended,
         lease.refused_other,
         lease.unavailable,
     );

@@ -98,8 +98,10 @@ pub struct LeaseCounts {
     pub stalled: usize,
     /// Answers 409 `lease_lost`.
     pub lease_lost: usize,
-    /// Other refusals (4xx), such as 409 `invalid_transition` for an event on a job that
-    /// another attempt ended.
+    /// Answers 409 `invalid_transition`: an event of an attempt on a job that is no longer
+    /// running (a newer attempt ended it); refused without a word about the lease.
+    pub ended: usize,
+    /// Other refusals (4xx).
     pub refused_other: usize,
     /// Answers 503 (the database was busy; the write is retried).
     pub unavailable: usize,
@@ -118,6 +120,7 @@ impl LeaseCounts {
         self.died += other.died;
         self.stalled += other.stalled;
         self.lease_lost += other.lease_lost;
+        self.ended += other.ended;
         self.refused_other += other.refused_other;
         self.unavailable += other.unavailable;
     }
@@ -349,8 +352,12 @@ impl LeaseWorker {
                 Answer::Broken
             }
             Ok((status, value)) => {
-                self.shared.count(|c| c.refused_other += 1);
                 let code = value["error"]["code"].as_str().unwrap_or("").to_owned();
+                if status == 409 && code == "invalid_transition" {
+                    self.shared.count(|c| c.ended += 1);
+                } else {
+                    self.shared.count(|c| c.refused_other += 1);
+                }
                 Answer::Refused(status, code)
             }
             Err(_) => Answer::Gone,
