@@ -29,11 +29,11 @@ commands:
   schema [--check]         regenerate crates/skill-fleet-jobs/src/schema.rs, or check it
   bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
                            the benchmark suite (release build): table + target/bench/report.json;
-                           sections ingest,revalidate,sse,restart,cli,store,faults
+                           sections ingest,revalidate,sse,restart,cli,store,faults,leases
   bench-store [--ticks N]  the store section alone (`bench --only store`)
   test [--rust-only | --python-only] [-- CARGO_TEST_ARGS…]
                            the whole test suite: cargo test --workspace, then python/ci.sh
-  soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--seed N] [--no-build]
+  soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--lease-workers N] [--seed N] [--no-build]
                            SIGKILL the release server during ingest, restart, and check that
                            every acknowledged write survived";
 

@@ -1,6 +1,8 @@
-//! `cargo xtask soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--seed N]
-//! [--no-build]`: SIGKILL the release server at random moments during ingest and check that
-//! every acknowledged write survived (see `skill_fleet_testkit::kill_loop`).
+//! `cargo xtask soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N]
+//! [--lease-workers N] [--seed N] [--no-build]`: SIGKILL the release server at random moments
+//! during ingest, with external workers holding leases that die or stall at random, and check
+//! that every acknowledged write survived, that no job was written by two attempts at once and
+//! that nothing refused landed (see `skill_fleet_testkit::kill_loop`).
 //!
 //! Exit code: 0 when nothing acknowledged was lost, 1 when something was (or the run broke),
 //! 2 for bad usage.
@@ -12,12 +14,15 @@ use skill_fleet_testkit::kill_loop;
 
 use crate::{Result, project_root};
 
-const USAGE: &str = "usage: cargo xtask soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--seed N] [--no-build]
+const USAGE: &str = "usage: cargo xtask soak kill-loop [--rounds N] [--seconds-per-round S] [--workers N] [--lease-workers N] [--seed N] [--no-build]
 
   --rounds N               kill-and-restart rounds [default: 20, at most 1000]
   --seconds-per-round S    longest a round runs before the kill [default: 2, at most 60];
                            the kill comes at a random moment in the last 70% of it
-  --workers N              concurrent writers [default: 4, at most 64]
+  --workers N              concurrent token-less writers [default: 4, at most 64]
+  --lease-workers N        concurrent workers that claim jobs, fence their writes, heartbeat,
+                           and die or stall past their 1 s lease at random [default: 3, at
+                           most 64; 0: none]
   --seed N                 seed of the random choices [default: from the clock]
   --no-build               use target/release/skill-fleet-server as it is";
 
@@ -25,6 +30,7 @@ struct Args {
     rounds: u32,
     seconds: f64,
     workers: usize,
+    lease_workers: usize,
     seed: Option<u64>,
     no_build: bool,
 }
@@ -34,6 +40,7 @@ fn parse(args: &[String]) -> std::result::Result<Args, String> {
         rounds: 20,
         seconds: 2.0,
         workers: 4,
+        lease_workers: 3,
         seed: None,
         no_build: false,
     };
@@ -53,6 +60,7 @@ fn parse(args: &[String]) -> std::result::Result<Args, String> {
             "--rounds" => parsed.rounds = number(value()?)? as u32,
             "--seconds-per-round" => parsed.seconds = number(value()?)?,
             "--workers" => parsed.workers = number(value()?)? as usize,
+            "--lease-workers" => parsed.lease_workers = number(value()?)? as usize,
             "--seed" => {
                 let text = value()?;
                 parsed.seed = Some(
@@ -72,6 +80,9 @@ fn parse(args: &[String]) -> std::result::Result<Args, String> {
     }
     if !(1..=64).contains(&parsed.workers) {
         return Err("--workers must be between 1 and 64".to_owned());
+    }
+    if parsed.lease_workers > 64 {
+        return Err("--lease-workers must be at most 64".to_owned());
     }
     Ok(parsed)
 }
@@ -121,14 +132,29 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         workers: args.workers,
         seed,
     };
+    let leases = kill_loop::LeaseSettings {
+        workers: args.lease_workers,
+        ..kill_loop::LeaseSettings::default()
+    };
     println!(
-        "kill loop: {} rounds of up to {:.1} s, {} workers, seed {seed}",
-        args.rounds, args.seconds, args.workers
+        "kill loop: {} rounds of up to {:.1} s, {} token-less writers, {} lease workers \
+         (lease {:.1} s, heartbeat {:.1} s, sweep {:.1} s), seed {seed}",
+        args.rounds,
+        args.seconds,
+        args.workers,
+        leases.workers,
+        leases.ttl.as_secs_f64(),
+        leases.heartbeat.as_secs_f64(),
+        leases.rescue.as_secs_f64(),
     );
-    println!("round  killed after  acked  jobs  not acked  checked (all rounds)  restart");
-    let report = kill_loop::run(&options, |round| {
+    println!(
+        "round  killed after  acked  jobs  not acked  checked (all rounds)  restart  \
+         claims  resumed  died  stalled  409 lost  lease jobs  rescues"
+    );
+    let report = kill_loop::run_with(&options, &leases, |round| {
         println!(
-            "{:>5}  {:>10.0}ms  {:>5}  {:>4}  {:>9}  {:>20}  {:>5.0}ms",
+            "{:>5}  {:>10.0}ms  {:>5}  {:>4}  {:>9}  {:>20}  {:>5.0}ms  {:>6}  {:>7}  {:>4}  \
+             {:>7}  {:>8}  {:>10}  {:>7}",
             round.round,
             round.killed_after.as_secs_f64() * 1000.0,
             round.acknowledged,
@@ -136,20 +162,59 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             round.unacknowledged,
             round.checked,
             round.restart.as_secs_f64() * 1000.0,
+            round.lease.claims,
+            round.lease.resumed,
+            round.lease.died,
+            round.lease.stalled,
+            round.lease.lease_lost,
+            round.lease_jobs,
+            round.rescues,
         );
     })?;
     println!(
-        "{} rounds, {} acknowledged writes checked, {:.1} s",
+        "{} rounds, {} acknowledged writes checked, {:.1} s (settling {:.1} s)",
         report.rounds.len(),
         report.checked,
-        report.elapsed.as_secs_f64()
+        report.elapsed.as_secs_f64(),
+        report.settle.as_secs_f64()
+    );
+    let lease = &report.lease;
+    let (completed, failed, queued) = report.lease_outcomes;
+    println!(
+        "lease workers: {} jobs ({} created), {} claims, {} attempts resumed after a restart, \
+         {} heartbeats, {} fenced events, {} completes, {} fails acknowledged; {} died, {} \
+         stalled past their lease; answers 409 lease_lost: {}, 409 invalid_transition (a job \
+         ended): {}, other refusals: {}, 503: {}",
+        report.lease_jobs,
+        lease.created,
+        lease.claims,
+        lease.resumed,
+        lease.heartbeats,
+        lease.events,
+        lease.completed,
+        lease.failed,
+        lease.died,
+        lease.stalled,
+        lease.lease_lost,
+        lease.ended,
+        lease.refused_other,
+        lease.unavailable,
+    );
+    println!(
+        "rescues (lease_expired rows): {}; lease jobs at the end: {completed} completed, \
+         {failed} failed, {queued} queued; token-less jobs left running and failed by the \
+         sweep: {}",
+        report.rescues, report.anonymous_rescued
     );
     if report.problems.is_empty() {
-        println!("nothing acknowledged was lost");
+        println!(
+            "nothing acknowledged was lost, no job was written by two attempts at once, \
+             nothing refused landed"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &report.problems {
-        eprintln!("LOST: {problem}");
+        eprintln!("PROBLEM: {problem}");
     }
     eprintln!(
         "{} problems (seed {seed}; server logs kept in {})",

@@ -12,15 +12,15 @@ use super::stats::{Latencies, median};
 use super::{Ctx, alternate};
 use crate::Result;
 
-/// Jobs the events are spread over.
-const JOBS: usize = 100;
+/// Jobs the events are spread over (the `leases` section uses the same).
+pub const JOBS: usize = 100;
 /// Events per job in the pre-built request set (progress values differ).
-const VARIANTS: usize = 10;
+pub const VARIANTS: usize = 10;
 /// Goal: acknowledged events per second at least this share of the baseline.
 const GOAL: f64 = 0.5;
 
 /// A ~200-byte progress event.
-fn event_body(job: usize, variant: usize) -> String {
+pub fn event_body(job: usize, variant: usize) -> String {
     let body = format!(
         r#"{{"progress":{:.3},"cost_usd":{:.4},"metric":0.{:03},"message":"trial {variant} of job {job}: evaluating candidate instruction set {variant} with 4 few-shot demos on the dev split, batch 8 of 20, best score so far 0.731"}}"#,
         (variant as f64 + 1.0) / (VARIANTS as f64 + 1.0),

@@ -14,6 +14,7 @@ mod cli;
 mod faults;
 mod http;
 mod ingest;
+mod leases;
 mod report;
 mod restart;
 mod revalidate;
@@ -37,14 +38,15 @@ const USAGE: &str =
     "usage: cargo xtask bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
 
   --quick          short runs (CI; under two minutes with the binaries built)
-  --only LIST      comma-separated sections: ingest,revalidate,sse,restart,cli,store,faults
+  --only LIST      comma-separated sections: ingest,revalidate,sse,restart,cli,store,faults,
+                   leases
   --out PATH       the JSON report [default: target/bench/report.json, or
                    report-SECTIONS.json when --only leaves sections out]
   --ticks N        ticks of the store section [default: 500, quick: 100]
   --no-build       use the release binaries already in target/release";
 
 /// Every section, in the order they run.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "ingest",
     "revalidate",
     "sse",
@@ -52,6 +54,7 @@ const SECTIONS: [&str; 7] = [
     "cli",
     "store",
     "faults",
+    "leases",
 ];
 
 /// Tokio worker threads of the load generator (the machine has 2 cores; the server gets
@@ -394,6 +397,7 @@ async fn run_sections(options: &Options) -> Result<(Value, bool)> {
             "cli" => cli::run(&ctx).await,
             "store" => store::run(&ctx).await,
             "faults" => faults::run(&ctx).await,
+            "leases" => leases::run(&ctx).await,
             _ => unreachable!("sections are checked when parsing"),
         };
         let seconds = started.elapsed().as_secs_f64();
