@@ -19,4 +19,4 @@ pub use rescuer::{RescueSettings, run_rescuer};
 pub use runner::Runner;
 pub use service::{DEFAULT_HEARTBEAT_INTERVAL, JobService};
 pub use stream::{StreamStart, event_from_job};
-pub use writes::Claimant;
+pub use writes::{Claimant, DURABLE_HEARTBEATS_AFTER_FAULT};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use skill_fleet_jobs::{HeldLease, ProgressWrite, StoreError, Writer, admits};
-use skill_fleet_types::{Job, JobLimits, JobStatus, Progress};
+use skill_fleet_types::{Fence, Job, JobLimits, JobStatus, Progress};
 
 /// The in-memory state of one live job.
 #[derive(Debug)]
@@ -54,6 +54,8 @@ pub(crate) type LiveEntry = Arc<tokio::sync::Mutex<LiveJob>>;
 pub(crate) struct LiveSet {
     jobs: Mutex<HashMap<String, LiveEntry>>,
     pending: Mutex<HashMap<String, ProgressWrite>>,
+    /// Heartbeats answered from memory, whose lease renewals wait for the next flush.
+    renewals: Mutex<HashMap<String, Fence>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +115,29 @@ impl LiveSet {
             .drain()
             .map(|(_, write)| write)
             .collect()
+    }
+
+    /// Records a renewal for the next flush (the newest fence of the job wins).
+    pub(crate) fn set_renewal(&self, id: &str, fence: Fence) {
+        lock(&self.renewals).insert(id.to_owned(), fence);
+    }
+
+    /// Takes a job's waiting renewal.
+    pub(crate) fn take_renewal(&self, id: &str) -> Option<Fence> {
+        lock(&self.renewals).remove(id)
+    }
+
+    /// Takes every waiting renewal.
+    pub(crate) fn take_all_renewals(&self) -> Vec<(String, Fence)> {
+        lock(&self.renewals).drain().collect()
+    }
+
+    /// Puts back renewals whose write failed, unless newer ones arrived meanwhile.
+    pub(crate) fn restore_renewals(&self, renewals: impl IntoIterator<Item = (String, Fence)>) {
+        let mut waiting = lock(&self.renewals);
+        for (id, fence) in renewals {
+            waiting.entry(id).or_insert(fence);
+        }
     }
 
     /// Puts back progress whose write failed, unless newer progress arrived meanwhile: a

@@ -41,6 +41,8 @@ pub struct JobService {
     /// When a store call last failed because the database could not be used (or when the
     /// service started): the rescue sweep's outage guard counts from it.
     unhealthy_at: Mutex<Instant>,
+    /// When a store call last failed because the database could not be used, if ever.
+    faulted_at: Mutex<Option<Instant>>,
     /// How often workers are told to send heartbeats.
     heartbeat_interval: Duration,
 }
@@ -78,6 +80,7 @@ impl JobService {
             runner: OnceLock::new(),
             server_owner: format!("{SERVER_OWNER_PREFIX}{}", event_id_base >> 32),
             unhealthy_at: Mutex::new(Instant::now()),
+            faulted_at: Mutex::new(None),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
         }
     }
@@ -112,11 +115,24 @@ impl JobService {
             .elapsed()
     }
 
+    /// Whether a store call failed because the database could not be used within `window`.
+    pub(crate) fn faulted_within(&self, window: Duration) -> bool {
+        self.faulted_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
     fn note_outage(&self) {
+        let now = Instant::now();
         *self
             .unhealthy_at
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            .unwrap_or_else(PoisonError::into_inner) = now;
+        *self
+            .faulted_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(now);
     }
 
     /// The job store.
@@ -279,9 +295,11 @@ impl JobService {
     /// shutdown. On a database error the writes are kept (unless newer ones arrived) and
     /// retried on the next tick.
     pub async fn flush_pending(&self) -> Result<usize> {
+        // Renewals first (their own transaction; a failure does not hold progress back).
+        let renewed = self.flush_renewals().await;
         let mut writes: Vec<ProgressWrite> = self.live.take_all_pending();
         if writes.is_empty() {
-            return Ok(0);
+            return renewed;
         }
         for write in &mut writes {
             write.progress.eta_seconds = self
@@ -307,10 +325,41 @@ impl JobService {
                 if !report.skipped.is_empty() {
                     tracing::debug!(skipped = ?report.skipped, "progress for finished jobs not written");
                 }
-                Ok(count)
+                renewed.map(|renewed| count + renewed)
             }
             Err(err) => {
                 self.live.restore_pending(retry);
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes the lease renewals of heartbeats answered since the last tick, in one
+    /// transaction (each fenced in its own `UPDATE`). On a database error they are kept
+    /// (unless newer ones arrived) and retried on the next tick.
+    async fn flush_renewals(&self) -> Result<usize> {
+        let renewals = self.live.take_all_renewals();
+        if renewals.is_empty() {
+            return Ok(0);
+        }
+        let retry = renewals.clone();
+        match self
+            .blocking(move |store| store.renew_leases(&renewals))
+            .await
+        {
+            Ok(renewed) => {
+                for (id, version) in &renewed {
+                    let mut change = Committed::bare(ChangeKind::Renewed, id);
+                    change.version = Some(*version);
+                    self.emit(change);
+                }
+                Ok(renewed.len())
+            }
+            Err(err) => {
+                for (id, _) in &retry {
+                    self.emit(Committed::bare(ChangeKind::Uncertain, id));
+                }
+                self.live.restore_renewals(retry);
                 Err(err)
             }
         }

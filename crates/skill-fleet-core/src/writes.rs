@@ -2,15 +2,18 @@
 //! resume and prune. Each goes through [`JobService::commit`] (or, for jobs that are not
 //! live, straight to the store and then the feed), so what follows a write is said once.
 
+use std::time::Duration;
+
+use chrono::Utc;
 use serde_json::Value;
 use skill_fleet_jobs::{
-    Action, ClaimFilter, Claimed, Created, Heartbeat, HeldLease, JobStore, NewJob, ProgressWrite,
-    RescuePolicy, RescueReport, RescueScope, StoreError, Writer,
+    Action, ClaimFilter, Claimed, Created, HeldLease, JobStore, NewJob, ProgressWrite,
+    RescuePolicy, RescueReport, RescueScope, StoreError, Writer, admits,
 };
 use skill_fleet_stream::Update;
 use skill_fleet_types::{
-    CreateJob, DEFAULT_WORKER_NAME, EventAck, Fence, Job, JobLimits, JobStatus, ProgressUpdate,
-    validate_worker_name,
+    CreateJob, DEFAULT_WORKER_NAME, EventAck, Fence, HeartbeatAck, Job, JobLimits, JobStatus,
+    ProgressUpdate, validate_worker_name,
 };
 
 use crate::error::{CoreError, Result};
@@ -18,6 +21,10 @@ use crate::feed::{ChangeKind, Committed};
 use crate::limits::{Budget, check_budget};
 use crate::live::LiveEntry;
 use crate::service::{JobService, PendingProgress};
+
+/// How long after a storage fault heartbeats are written before their answer (then again
+/// from memory, renewed with the next flush).
+pub const DURABLE_HEARTBEATS_AFTER_FAULT: Duration = Duration::from_secs(2);
 
 /// Who takes a queued job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +103,7 @@ impl JobService {
         writer: Writer,
     ) -> Result<EventAck> {
         update.validate()?;
-        let entry = self.live_entry(id).await?;
+        let entry = self.live_entry(id, &writer).await?;
         let mut live = entry.lock().await;
         live.admits(id, &writer)?;
         if live.status.is_terminal() {
@@ -199,8 +206,9 @@ impl JobService {
     }
 
     /// The live entry of a job that can take progress, made from the store when this server
-    /// has not seen it yet. A job that has ended is refused, saying why, so its worker stops.
-    async fn live_entry(&self, id: &str) -> Result<LiveEntry> {
+    /// has not seen it yet. A job that has ended is refused, saying why, so its worker stops;
+    /// a writer that does not own it hears that first (`lease_lost`), as from a live job.
+    async fn live_entry(&self, id: &str, writer: &Writer) -> Result<LiveEntry> {
         if let Some(entry) = self.live.get(id) {
             return Ok(entry);
         }
@@ -209,6 +217,7 @@ impl JobService {
             .blocking(move |store| store.get_with_lease(&job_id))
             .await?;
         if job.status.is_terminal() {
+            admits(id, job.status, job.attempt, lease.as_ref(), writer)?;
             return Err(CoreError::Ended {
                 id: job.id,
                 status: job.status,
@@ -242,27 +251,133 @@ impl JobService {
         .await
     }
 
-    /// Renews the lease of a running job owned by `fence`. The answer says whether the job
-    /// ended from outside (a cancel, a budget, a time limit), which is how a remote worker
-    /// hears that it must stop.
-    pub async fn heartbeat(&self, id: &str, fence: Fence) -> Result<Heartbeat> {
+    /// A heartbeat of the attempt `fence` names. Checked against the job's live lease and
+    /// answered from memory; the renewal is written with the next flush (fenced again in
+    /// its `UPDATE`), like coalesced progress: heartbeats cost no transaction each. The
+    /// answer says whether the job ended from outside (a cancel, a budget, a time limit),
+    /// which is how a remote worker hears that it must stop.
+    ///
+    /// While the database is failing (a store call failed for an outage within the last
+    /// [`DURABLE_HEARTBEATS_AFTER_FAULT`]), heartbeats are written before the answer instead,
+    /// so a worker hears the outage (503) rather than a renewal the server cannot save.
+    pub async fn heartbeat(&self, id: &str, fence: Fence) -> Result<HeartbeatAck> {
+        if self.faulted_within(DURABLE_HEARTBEATS_AFTER_FAULT) {
+            return self.heartbeat_now(id, fence).await;
+        }
+        let writer = Writer::Owner(fence.clone());
+        let entry = match self.live.get(id) {
+            Some(entry) => entry,
+            None => {
+                let job_id = id.to_owned();
+                let (job, lease) = self
+                    .blocking(move |store| store.get_with_lease(&job_id))
+                    .await?;
+                admits(id, job.status, job.attempt, lease.as_ref(), &writer)?;
+                if job.status.is_terminal() {
+                    return Ok(stop_answer(job));
+                }
+                self.live.get_or_track(&job, lease)
+            }
+        };
+        let live = entry.lock().await;
+        live.admits(id, &writer)?;
+        if live.status != JobStatus::Running {
+            drop(live);
+            self.live.forget(id);
+            let job = self.get(id).await?;
+            return Ok(stop_answer(job));
+        }
+        self.live.set_renewal(id, fence);
+        let ttl = chrono::Duration::from_std(self.lease_ttl()).unwrap_or(chrono::Duration::MAX);
+        Ok(HeartbeatAck {
+            job_id: id.to_owned(),
+            attempt: live.attempt,
+            status: live.status,
+            stop: false,
+            reason: None,
+            lease_expires_at: Utc::now().checked_add_signed(ttl),
+        })
+    }
+
+    /// A heartbeat written in its own transaction before the answer.
+    async fn heartbeat_now(&self, id: &str, fence: Fence) -> Result<HeartbeatAck> {
         let job_id = id.to_owned();
         let beat = self
             .blocking(move |store| store.heartbeat(&job_id, &fence))
             .await?;
-        if beat.renewed {
-            self.emit(Committed::of(ChangeKind::Renewed, beat.job.clone(), None));
+        if !beat.renewed {
+            self.live.forget(id);
+            return Ok(stop_answer(beat.job));
         }
-        Ok(beat)
+        self.emit(Committed::of(ChangeKind::Renewed, beat.job.clone(), None));
+        Ok(HeartbeatAck {
+            job_id: beat.job.id,
+            attempt: beat.job.attempt,
+            status: beat.job.status,
+            stop: false,
+            reason: None,
+            lease_expires_at: beat.job.lease.map(|lease| lease.expires_at),
+        })
     }
 
     /// Takes back the running jobs `scope` names (expired leases; at start-up, an earlier
-    /// run's): each goes back to the queue or fails as `policy` says, and leaves the live
-    /// set, so a late write of its old owner is refused here as in the store.
+    /// run's): each goes back to the queue or fails as `policy` says.
+    ///
+    /// The sweep first takes hold of each candidate's live entry, so no event or heartbeat
+    /// of its owner can be accepted meanwhile, and writes what the owner sent before (its
+    /// coalesced progress and renewal, which renew the lease): a write the server
+    /// acknowledged is never dropped by a rescue that came after it. The store then re-reads
+    /// the expiry inside its own transaction; a rescued job's entry is set to what the
+    /// store says (so a write waiting on it is refused) and leaves the live set.
     pub async fn rescue(&self, scope: RescueScope, policy: RescuePolicy) -> Result<RescueReport> {
-        let report = self
-            .blocking(move |store| store.rescue(&scope, &policy))
-            .await?;
+        let candidates = {
+            let scope = scope.clone();
+            self.blocking(move |store| store.rescue_candidates(&scope))
+                .await?
+        };
+        if candidates.is_empty() {
+            return Ok(RescueReport::default());
+        }
+        let mut held = Vec::with_capacity(candidates.len());
+        for (job, lease) in &candidates {
+            let entry = self.live.get_or_track(job, lease.clone());
+            held.push((job.id.clone(), entry.lock_owned().await));
+        }
+        let ids: Vec<String> = held.iter().map(|(id, _)| id.clone()).collect();
+        let pending: Vec<ProgressWrite> = ids
+            .iter()
+            .filter_map(|id| self.live.take_pending(id))
+            .collect();
+        let renewals: Vec<(String, Fence)> = ids
+            .iter()
+            .filter_map(|id| self.live.take_renewal(id).map(|fence| (id.clone(), fence)))
+            .collect();
+        if !pending.is_empty() || !renewals.is_empty() {
+            let (writes, beats) = (pending.clone(), renewals.clone());
+            let written = self
+                .blocking(move |store| {
+                    store.write_progress_batch(&writes)?;
+                    store.renew_leases(&beats)
+                })
+                .await;
+            for id in pending
+                .iter()
+                .map(|w| &w.job_id)
+                .chain(renewals.iter().map(|(id, _)| id))
+            {
+                self.emit(Committed::bare(ChangeKind::Progress, id));
+            }
+            if let Err(err) = written {
+                self.live.restore_pending(pending);
+                self.live.restore_renewals(renewals);
+                return Err(err);
+            }
+        }
+        let report = {
+            let ids = ids.clone();
+            self.blocking(move |store| store.rescue_these(&scope, &policy, &ids))
+                .await?
+        };
         for (rescued, kind) in report
             .requeued
             .iter()
@@ -270,9 +385,11 @@ impl JobService {
             .chain(report.failed.iter().map(|r| (r, ChangeKind::Ended)))
         {
             let id = &rescued.job.id;
-            // Progress still waiting for the flush came from the lost owner: the batch would
-            // refuse it anyway.
-            self.live.take_pending(id);
+            if let Some((_, live)) = held.iter_mut().find(|(held_id, _)| held_id == id) {
+                live.status = rescued.job.status;
+                live.attempt = rescued.job.attempt;
+                live.lease = None;
+            }
             self.live.forget(id);
             self.emit(Committed::of(
                 kind,
@@ -280,6 +397,8 @@ impl JobService {
                 Some(rescued.message.clone()),
             ));
         }
+        // Candidates that were not rescued (renewed in time) stay live, as they are.
+        drop(held);
         Ok(report)
     }
 
@@ -352,5 +471,17 @@ impl JobService {
             self.emit(Committed::bare(ChangeKind::Deleted, id));
         }
         Ok(report)
+    }
+}
+
+/// The heartbeat answer for a job that ended from outside: stop, and why.
+fn stop_answer(job: Job) -> HeartbeatAck {
+    HeartbeatAck {
+        job_id: job.id,
+        attempt: job.attempt,
+        status: job.status,
+        stop: true,
+        reason: job.error,
+        lease_expires_at: None,
     }
 }

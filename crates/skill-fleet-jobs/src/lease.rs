@@ -324,15 +324,86 @@ impl JobStore {
         )
     }
 
+    /// Renews the leases of running jobs whose writers own them, in one write transaction
+    /// (the coalesced form of [`JobStore::heartbeat`]: a server answers heartbeats from
+    /// memory and writes their renewals every tick). Each renewal is fenced in its own
+    /// `UPDATE … WHERE`; the ids renewed, with the batch's version.
+    pub fn renew_leases(&self, renewals: &[(String, Fence)]) -> Result<Vec<(String, u64)>> {
+        if renewals.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_if(
+            |conn| {
+                let stamp = self.stamp();
+                let version = stamp.version(conn)?;
+                let mut renewed = Vec::with_capacity(renewals.len());
+                for (id, fence) in renewals {
+                    let attempt = i32::try_from(fence.attempt).unwrap_or(i32::MAX);
+                    let updated = diesel::update(
+                        jobs::table
+                            .find(id)
+                            .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                            .filter(jobs::attempt.eq(attempt))
+                            .filter(jobs::lease_token.eq(&fence.lease_token)),
+                    )
+                    .set((
+                        jobs::lease_expires_at.eq(stamp.lease_until),
+                        jobs::lease_renewed_at.eq(stamp.now),
+                        jobs::updated_at.eq(stamp.now),
+                        jobs::version.eq(version),
+                    ))
+                    .execute(conn)?;
+                    if updated == 1 {
+                        renewed.push((id.clone(), u64::try_from(version).unwrap_or(0)));
+                    }
+                }
+                Ok(renewed)
+            },
+            |renewed| !renewed.is_empty(),
+        )
+    }
+
+    /// The running jobs `scope` names now, with their leases, read without writing: what a
+    /// server takes hold of (its live state of each) before [`JobStore::rescue_these`]
+    /// re-reads and rescues them.
+    pub fn rescue_candidates(&self, scope: &RescueScope) -> Result<Vec<(Job, Option<HeldLease>)>> {
+        let rows = rescuable(&mut *self.conn()?, scope, self.stamp().now, None)?;
+        rows.into_iter()
+            .map(|row| {
+                let held = HeldLease::of_row(&row);
+                Ok((row.into_job()?, held))
+            })
+            .collect()
+    }
+
     /// Takes back the running jobs `scope` names, in one write transaction that reads them
     /// itself (so a job that ended or was renewed a moment earlier is not among them): each
     /// gets a `lease_expired` history row, then goes back to the queue or fails as `policy`
     /// says; see `admits` for who may write meanwhile.
     pub fn rescue(&self, scope: &RescueScope, policy: &RescuePolicy) -> Result<RescueReport> {
+        self.rescue_within(scope, policy, None)
+    }
+
+    /// Like [`JobStore::rescue`], among the jobs `ids` only.
+    pub fn rescue_these(
+        &self,
+        scope: &RescueScope,
+        policy: &RescuePolicy,
+        ids: &[String],
+    ) -> Result<RescueReport> {
+        self.rescue_within(scope, policy, Some(ids))
+    }
+
+    fn rescue_within(
+        &self,
+        scope: &RescueScope,
+        policy: &RescuePolicy,
+        only: Option<&[String]>,
+    ) -> Result<RescueReport> {
         self.write_if(
             |conn| {
                 let stamp = self.stamp();
-                let rows = rescuable(conn, scope, stamp.now)?;
+                let rows = rescuable(conn, scope, stamp.now, only)?;
                 let mut report = RescueReport::default();
                 for mut row in rows {
                     let rescued = self.rescue_one(conn, &mut row, scope, policy, &stamp)?;
@@ -435,12 +506,21 @@ impl JobStore {
     }
 }
 
-/// The running jobs `scope` names, oldest first, read inside the rescue's transaction.
-fn rescuable(conn: &mut Conn, scope: &RescueScope, now: NaiveDateTime) -> Result<Vec<JobRow>> {
-    let running = jobs::table
+/// The running jobs `scope` names (among `only`, when given), oldest first.
+fn rescuable(
+    conn: &mut Conn,
+    scope: &RescueScope,
+    now: NaiveDateTime,
+    only: Option<&[String]>,
+) -> Result<Vec<JobRow>> {
+    let mut running = jobs::table
         .filter(jobs::status.eq(JobStatus::Running.as_str()))
         .order((jobs::created_at.asc(), jobs::id.asc()))
-        .select(JobRow::as_select());
+        .select(JobRow::as_select())
+        .into_boxed();
+    if let Some(ids) = only {
+        running = running.filter(jobs::id.eq_any(ids));
+    }
     let rows = match scope {
         RescueScope::Expired => running
             .filter(

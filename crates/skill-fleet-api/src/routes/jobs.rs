@@ -464,17 +464,8 @@ pub async fn heartbeat(
 ) -> Result<Response, ApiError> {
     let fence = Fence::from_fields(Some(request.attempt), Some(request.lease_token))?
         .ok_or_else(|| ApiError::Internal("a heartbeat without a fence".to_owned()))?;
-    let beat = state.service().heartbeat(&id, fence).await?;
-    let stop = !beat.renewed;
-    Ok(Json(HeartbeatAck {
-        job_id: beat.job.id,
-        attempt: beat.job.attempt,
-        status: beat.job.status,
-        stop,
-        reason: if stop { beat.job.error } else { None },
-        lease_expires_at: beat.job.lease.map(|lease| lease.expires_at),
-    })
-    .into_response())
+    let ack = state.service().heartbeat(&id, fence).await?;
+    Ok(Json(ack).into_response())
 }
 
 /// `POST /api/v1/jobs/{id}/events`: progress from an external worker.

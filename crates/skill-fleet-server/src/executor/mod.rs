@@ -238,7 +238,7 @@ impl Executor {
         loop {
             ticker.tick().await;
             match service.heartbeat(&job_id, fence.clone()).await {
-                Ok(beat) if beat.renewed => last_ack = tokio::time::Instant::now(),
+                Ok(beat) if !beat.stop => last_ack = tokio::time::Instant::now(),
                 // Ended from outside: the feed stops the child.
                 Ok(_) => return,
                 Err(err) if err.lease_lost() => {
