@@ -439,7 +439,7 @@ pub async fn claim(
     post,
     path = "/api/v1/jobs/{id}/heartbeat",
     operation_id = "heartbeat",
-    description = "Renews the lease of the attempt that owns the job for another `lease_ttl_seconds`. When the job was cancelled (by a user, a budget or a time limit) the answer is 200 with `stop: true` and the reason: stop the run and report nothing more. When the attempt no longer owns the job (its lease expired and the job was rescued, or another attempt holds it) the answer is 409 `lease_lost` with the job's current `attempt` and `status`.",
+    description = "Renews the lease of the attempt that owns the job for another `lease_ttl_seconds` (checked before the answer, written with the next flush; while the database is failing, written before the answer, 503 when it cannot be). When the job was cancelled (by a user, a budget or a time limit) the answer is 200 with `stop: true` and the reason: stop the run and report nothing more. When the attempt no longer owns the job (its lease expired and the job was rescued, or another attempt holds it) the answer is 409 `lease_lost` with the job's current `attempt` and `status`.",
     tag = "workers",
     summary = "Renew a lease",
     params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
