@@ -26,8 +26,13 @@
 //! (checkpoint kept, not claimable before its back-off) or, when its type is not resumable
 //! or it has been rescued [`RescuePolicy::max_rescues`] times already, to `failed`.
 //!
+//! On PostgreSQL several servers sweep at once: the sweep's read locks the rows it takes
+//! (`FOR UPDATE SKIP LOCKED`), so two sweeps never rescue one job twice, and a row another
+//! write holds (a completion, a heartbeat) is left to the next sweep, which re-reads it.
+//!
 //! Times come from the database's clock: on SQLite that is this machine's clock, which the
-//! one process owning the file also writes with.
+//! one process owning the file also writes with; on PostgreSQL the database server's, which
+//! every server sharing it writes with ([`crate::backend`]).
 
 use std::time::Duration;
 
@@ -35,7 +40,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use skill_fleet_types::{Fence, Job, JobStatus};
 
-use crate::backend::{Active, Backend, Conn};
+use crate::backend::{Active, Conn};
 use crate::error::{Result, StoreError};
 use crate::lifecycle::{Change, apply};
 use crate::models::job_progress::{FLAG_EVENT, HistoryInsert};
@@ -293,7 +298,7 @@ impl JobStore {
         let writer = Writer::Owner(fence.clone());
         self.write_if(
             |conn| {
-                let mut row = JobRow::find(conn, id)?;
+                let mut row = JobRow::find_for_write(conn, id)?;
                 let status = row.job_status()?;
                 let attempt = u32::try_from(row.attempt).unwrap_or(0);
                 admits(
@@ -309,7 +314,7 @@ impl JobStore {
                         renewed: false,
                     });
                 }
-                let stamp = self.stamp();
+                let stamp = self.stamp(conn)?;
                 row.lease_expires_at = Some(stamp.lease_until);
                 row.lease_renewed_at = Some(stamp.now);
                 row.updated_at = stamp.now;
@@ -331,7 +336,7 @@ impl JobStore {
     pub fn rescue(&self, scope: &RescueScope, policy: &RescuePolicy) -> Result<RescueReport> {
         self.write_if(
             |conn| {
-                let stamp = self.stamp();
+                let stamp = self.stamp(conn)?;
                 let rows = rescuable(conn, scope, stamp.now)?;
                 let mut report = RescueReport::default();
                 for mut row in rows {
@@ -435,22 +440,35 @@ impl JobStore {
     }
 }
 
-/// The running jobs `scope` names, oldest first, read inside the rescue's transaction.
+/// The running jobs `scope` names, oldest first, read inside the rescue's transaction. On
+/// PostgreSQL the rows are locked as they are read, skipping rows another write holds:
+/// another server's sweep (which takes them), a completion or a heartbeat (after which the
+/// job is no longer rescuable, or is again on the next sweep).
 fn rescuable(conn: &mut Conn, scope: &RescueScope, now: NaiveDateTime) -> Result<Vec<JobRow>> {
     let running = jobs::table
         .filter(jobs::status.eq(JobStatus::Running.as_str()))
-        .order((jobs::created_at.asc(), jobs::id.asc()))
-        .select(JobRow::as_select());
+        .order((jobs::created_at.asc(), jobs::id.asc()));
+    // One query per backend: `as_select` is typed by the backend it runs on.
+    macro_rules! load {
+        ($query:expr) => {
+            match conn {
+                Conn::Postgres(pg) => $query
+                    .select(JobRow::as_select())
+                    .for_update()
+                    .skip_locked()
+                    .load(pg)?,
+                Conn::Sqlite(sqlite) => $query.select(JobRow::as_select()).load(sqlite)?,
+            }
+        };
+    }
     let rows = match scope {
-        RescueScope::Expired => running
-            .filter(
-                jobs::lease_expires_at
-                    .is_null()
-                    .or(jobs::lease_expires_at.le(now)),
-            )
-            .load(conn)?,
-        RescueScope::EarlierRuns { current } => running
-            .filter(
+        RescueScope::Expired => load!(running.filter(
+            jobs::lease_expires_at
+                .is_null()
+                .or(jobs::lease_expires_at.le(now)),
+        )),
+        RescueScope::EarlierRuns { current } => load!(
+            running.filter(
                 jobs::lease_expires_at
                     .is_null()
                     .or(jobs::lease_open.eq(1))
@@ -458,7 +476,7 @@ fn rescuable(conn: &mut Conn, scope: &RescueScope, now: NaiveDateTime) -> Result
                         .like(format!("{SERVER_OWNER_PREFIX}%"))
                         .and(jobs::lease_owner.ne(current))),
             )
-            .load(conn)?,
+        ),
     };
     Ok(rows)
 }

@@ -9,7 +9,7 @@ use skill_fleet_types::{
     validate_metadata,
 };
 
-use crate::backend::{Active, Backend, ClaimWrite, Conn};
+use crate::backend::{Active, ClaimWrite, Conn};
 use crate::error::{Result, StoreError};
 use crate::lease::{HeldLease, Writer, admits};
 use crate::models::job_progress::{
@@ -367,7 +367,7 @@ impl JobStore {
                     reason: "it has a different type or metadata".into(),
                 });
             }
-            let stamp = self.stamp();
+            let stamp = self.stamp(conn)?;
             let row = JobRow {
                 id: id.clone(),
                 job_type: new.job_type.clone(),
@@ -414,7 +414,7 @@ impl JobStore {
     /// retried by the owner whose first try landed returns the job as it is.
     pub(crate) fn change(&self, id: &str, change: Change<'_>, writer: &Writer) -> Result<Job> {
         self.write(|conn| {
-            let mut row = JobRow::find(conn, id)?;
+            let mut row = JobRow::find_for_write(conn, id)?;
             let status = row.job_status()?;
             let attempt = u32::try_from(row.attempt).unwrap_or(0);
             admits(
@@ -432,7 +432,7 @@ impl JobStore {
             if repeat {
                 return row.into_job();
             }
-            let stamp = self.stamp();
+            let stamp = self.stamp(conn)?;
             if let Some(history_rows) = apply(conn, &mut row, change, &stamp)? {
                 self.cap_history(conn, &row.id, history_rows)?;
             }
@@ -452,7 +452,7 @@ impl JobStore {
         let token = crate::lease::new_token();
         self.write_if(
             |conn| {
-                let stamp = self.stamp();
+                let stamp = self.stamp(conn)?;
                 let claim = ClaimWrite {
                     filter,
                     status: STARTED.as_str(),
