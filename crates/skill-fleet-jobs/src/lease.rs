@@ -462,11 +462,13 @@ fn rescuable(conn: &mut Conn, scope: &RescueScope, now: NaiveDateTime) -> Result
         };
     }
     let rows = match scope {
-        RescueScope::Expired => load!(running.filter(
-            jobs::lease_expires_at
-                .is_null()
-                .or(jobs::lease_expires_at.le(now)),
-        )),
+        RescueScope::Expired => load!(
+            running.filter(
+                jobs::lease_expires_at
+                    .is_null()
+                    .or(jobs::lease_expires_at.le(now)),
+            )
+        ),
         RescueScope::EarlierRuns { current } => load!(
             running.filter(
                 jobs::lease_expires_at

@@ -83,8 +83,12 @@ impl TestPostgres {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut admin = PgConnection::establish(&self.admin_url)
-            .unwrap_or_else(|err| panic!("cannot connect to the test PostgreSQL ({}): {err}", self.origin));
+        let mut admin = PgConnection::establish(&self.admin_url).unwrap_or_else(|err| {
+            panic!(
+                "cannot connect to the test PostgreSQL ({}): {err}",
+                self.origin
+            )
+        });
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap_or_else(|err| panic!("cannot create database `{name}`: {err}"));
@@ -109,12 +113,15 @@ impl Drop for PostgresDatabase {
             eprintln!("cannot connect to drop test database `{}`", self.name);
             return;
         };
-        let dropped = admin.batch_execute(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = '{name}' AND pid <> pg_backend_pid(); \
-             DROP DATABASE IF EXISTS {name}",
-            name = self.name
-        ));
+        // Two statements, two round trips: `DROP DATABASE` refuses to run in the implicit
+        // transaction of a multi-statement query.
+        let dropped = admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                self.name
+            ))
+            .and_then(|()| admin.batch_execute(&format!("DROP DATABASE IF EXISTS {}", self.name)));
         if let Err(err) = dropped {
             eprintln!("cannot drop test database `{}`: {err}", self.name);
         }
@@ -123,7 +130,9 @@ impl Drop for PostgresDatabase {
 
 /// `url` with its database name replaced by `name` (the query string kept).
 pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let authority_end = base[scheme_end..]
         .find('/')
@@ -178,7 +187,8 @@ fn with_connect_timeout(url: &str) -> String {
 
 /// Whether a PostgreSQL answers at `url`, and if not, why.
 fn answers(url: &str) -> Result<(), String> {
-    let mut conn = PgConnection::establish(&with_connect_timeout(url)).map_err(|e| e.to_string())?;
+    let mut conn =
+        PgConnection::establish(&with_connect_timeout(url)).map_err(|e| e.to_string())?;
     conn.batch_execute("SELECT 1").map_err(|e| e.to_string())
 }
 
@@ -216,9 +226,8 @@ fn find() -> Result<TestPostgres, String> {
 /// The directory of PostgreSQL's server programs: `initdb` on `PATH`, else
 /// `pg_config --bindir`.
 fn server_bin_dir() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).find(|dir| dir.join("initdb").is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).find(|dir| dir.join("initdb").is_file()));
     if on_path.is_some() {
         return on_path;
     }
@@ -257,7 +266,16 @@ fn throwaway_cluster() -> Result<TestPostgres, String> {
     let data_arg = data.display().to_string();
     run(
         &bin.join("initdb"),
-        &["-D", &data_arg, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"],
+        &[
+            "-D",
+            &data_arg,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ],
     )?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

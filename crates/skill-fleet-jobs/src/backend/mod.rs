@@ -489,8 +489,7 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// Takes the oldest queued job (by `created_at`, then id) that `claim.filter` allows and
     /// writes `claim` into it, in one statement; the row as written, `None` when no job
     /// matches. Two concurrent claims never take the same job.
-    fn claim(conn: &mut Self::Connection, claim: &ClaimWrite<'_>)
-    -> QueryResult<Option<JobRow>>;
+    fn claim(conn: &mut Self::Connection, claim: &ClaimWrite<'_>) -> QueryResult<Option<JobRow>>;
 
     /// Locks the rows of the jobs `ids` (those that exist) for the rest of the write, in id
     /// order, before the write takes its version (PostgreSQL; on SQLite the write holds the

@@ -163,7 +163,8 @@ impl Backend for Postgres {
             Err(err) => {
                 // A lost connection cannot roll back; the pool then drops it (diesel marks a
                 // connection left in a transaction broken). The caller needs the first error.
-                if let Err(rollback) = AnsiTransactionManager::rollback_transaction(inner(&mut conn))
+                if let Err(rollback) =
+                    AnsiTransactionManager::rollback_transaction(inner(&mut conn))
                 {
                     tracing::debug!(error = %rollback, "rollback after a failed write");
                 }
@@ -355,31 +356,58 @@ impl Backend for Postgres {
     /// read through diesel's kinds (connection loss, read-only), not through these.
     fn fault_of_message(message: &str) -> Option<StorageFault> {
         const PHRASES: [(&str, StorageFault); 19] = [
-            ("terminating connection due to administrator command", StorageFault::Unavailable),
-            ("terminating connection because of crash", StorageFault::Unavailable),
-            ("the database system is starting up", StorageFault::Unavailable),
-            ("the database system is shutting down", StorageFault::Unavailable),
-            ("the database system is in recovery mode", StorageFault::Unavailable),
-            ("server closed the connection unexpectedly", StorageFault::Unavailable),
+            (
+                "terminating connection due to administrator command",
+                StorageFault::Unavailable,
+            ),
+            (
+                "terminating connection because of crash",
+                StorageFault::Unavailable,
+            ),
+            (
+                "the database system is starting up",
+                StorageFault::Unavailable,
+            ),
+            (
+                "the database system is shutting down",
+                StorageFault::Unavailable,
+            ),
+            (
+                "the database system is in recovery mode",
+                StorageFault::Unavailable,
+            ),
+            (
+                "server closed the connection unexpectedly",
+                StorageFault::Unavailable,
+            ),
             ("connection refused", StorageFault::Unavailable),
             ("no connection to the server", StorageFault::Unavailable),
             ("could not connect to server", StorageFault::Unavailable),
             ("could not send data to server", StorageFault::Unavailable),
-            ("could not receive data from server", StorageFault::Unavailable),
+            (
+                "could not receive data from server",
+                StorageFault::Unavailable,
+            ),
             ("no space left on device", StorageFault::Full),
             ("could not extend file", StorageFault::Full),
             ("in a read-only transaction", StorageFault::ReadOnly),
-            ("canceling statement due to lock timeout", StorageFault::Busy),
-            ("canceling statement due to statement timeout", StorageFault::Busy),
+            (
+                "canceling statement due to lock timeout",
+                StorageFault::Busy,
+            ),
+            (
+                "canceling statement due to statement timeout",
+                StorageFault::Busy,
+            ),
             ("deadlock detected", StorageFault::Busy),
             ("too many clients already", StorageFault::Busy),
-            ("remaining connection slots are reserved", StorageFault::Busy),
+            (
+                "remaining connection slots are reserved",
+                StorageFault::Busy,
+            ),
         ];
         let message = message.to_ascii_lowercase();
-        if let Some(&(_, fault)) = PHRASES
-            .iter()
-            .find(|(phrase, _)| message.contains(phrase))
-        {
+        if let Some(&(_, fault)) = PHRASES.iter().find(|(phrase, _)| message.contains(phrase)) {
             return Some(fault);
         }
         // libpq: `connection to server at "127.0.0.1", port 5432 failed: …`.

@@ -274,7 +274,8 @@ impl Backend for Sqlite {
             Err(err) => {
                 // SQLite may have rolled back already (disk full, i/o error); the caller
                 // needs the first error either way, not the rollback's.
-                if let Err(rollback) = AnsiTransactionManager::rollback_transaction(inner(&mut conn))
+                if let Err(rollback) =
+                    AnsiTransactionManager::rollback_transaction(inner(&mut conn))
                 {
                     tracing::debug!(error = %rollback, "rollback after a failed write");
                 }
