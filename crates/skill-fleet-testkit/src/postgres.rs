@@ -53,8 +53,7 @@ impl TestPostgres {
     /// The PostgreSQL of this test process, found on first use (see the module docs); `None`
     /// with the reason printed when there is none. Panics under `CI` when there is none.
     pub fn get() -> Option<&'static TestPostgres> {
-        static FOUND: OnceLock<Result<TestPostgres, String>> = OnceLock::new();
-        match FOUND.get_or_init(find) {
+        match TestPostgres::find() {
             Ok(found) => Some(found),
             Err(reason) if std::env::var_os("CI").is_some() => {
                 panic!("no PostgreSQL for the tests under CI: {reason}")
@@ -64,6 +63,14 @@ impl TestPostgres {
                 None
             }
         }
+    }
+
+    /// The PostgreSQL of this process, found on first use, or why there is none; never
+    /// panics (for tools such as `cargo xtask schema` that decide themselves what a missing
+    /// PostgreSQL means).
+    pub fn find() -> Result<&'static TestPostgres, &'static str> {
+        static FOUND: OnceLock<Result<TestPostgres, String>> = OnceLock::new();
+        FOUND.get_or_init(find).as_ref().map_err(String::as_str)
     }
 
     /// Where this server came from (`SKILL_FLEET_TEST_POSTGRES_URL`, the default url, a
