@@ -352,6 +352,20 @@ impl JobStore {
             None => uuid::Uuid::now_v7().to_string(),
         };
         let body = create_body(&new.job_type, &new.metadata);
+        // On a shared database two servers may create one id at once: both find no row, one
+        // inserts, the other's insert waits for it and then violates the key. Run once more:
+        // the second run finds the row and answers as for any repeated create.
+        match self.create_once(&id, new, &body) {
+            Err(StoreError::Database(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ))) => self.create_once(&id, new, &body),
+            other => other,
+        }
+    }
+
+    fn create_once(&self, id: &str, new: &NewJob, body: &Value) -> Result<(Job, Created)> {
+        let id = id.to_owned();
         self.write(|conn| {
             let existing = jobs::table
                 .find(&id)
@@ -359,7 +373,7 @@ impl JobStore {
                 .first(conn)
                 .optional()?;
             if let Some(existing) = existing {
-                if existing.same_create_body(&body) {
+                if existing.same_create_body(body) {
                     return Ok((existing.into_job()?, Created::Existing));
                 }
                 return Err(StoreError::Conflict {

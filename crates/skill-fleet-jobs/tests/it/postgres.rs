@@ -364,3 +364,36 @@ fn leases_run_on_the_database_clock() {
     assert!(report.is_empty(), "{report:?}");
     drop(store);
 }
+
+#[test]
+fn one_id_created_on_several_servers_at_once_is_one_job() {
+    let Some(db) = TestDb::postgres() else {
+        return;
+    };
+    let stores = servers(&db, Duration::from_secs(90));
+    for round in 0..20 {
+        let id = format!("same-{round:02}");
+        let barrier = Barrier::new(SERVERS);
+        let results: Vec<skill_fleet_jobs::Created> = std::thread::scope(|scope| {
+            let creates: Vec<_> = stores
+                .iter()
+                .map(|store| {
+                    let (barrier, id) = (&barrier, &id);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        store
+                            .create(&crate::support::new_job(id, "optimization"))
+                            .unwrap()
+                            .1
+                    })
+                })
+                .collect();
+            creates.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        let new = results
+            .iter()
+            .filter(|c| **c == skill_fleet_jobs::Created::New)
+            .count();
+        assert_eq!(new, 1, "round {round}: {results:?}");
+    }
+}
