@@ -243,8 +243,25 @@ fn server_bin_dir() -> Option<PathBuf> {
     dir.join("initdb").is_file().then_some(dir)
 }
 
-fn run(program: &Path, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(program)
+/// Whether this process runs as root, which PostgreSQL's server programs refuse.
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Runs a program, as `user` (through `runuser`) when one is given.
+fn run(program: &Path, args: &[&str], user: Option<&str>) -> Result<(), String> {
+    let mut command = match user {
+        Some(user) => {
+            let mut command = Command::new("runuser");
+            command.args(["-u", user, "--"]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    };
+    let output = command
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -261,7 +278,8 @@ fn run(program: &Path, args: &[&str]) -> Result<(), String> {
 }
 
 /// Starts a cluster of its own in a temporary directory on a free 127.0.0.1 port, and a
-/// watcher that stops it and removes the directory when this process exits.
+/// watcher that stops it and removes the directory when this process exits. As root (which
+/// PostgreSQL's programs refuse) the cluster runs as the `postgres` user.
 fn throwaway_cluster() -> Result<TestPostgres, String> {
     let bin = server_bin_dir().ok_or("initdb is neither on PATH nor in `pg_config --bindir`")?;
     let dir = tempfile::Builder::new()
@@ -269,43 +287,47 @@ fn throwaway_cluster() -> Result<TestPostgres, String> {
         .tempdir()
         .map_err(|err| format!("no temporary directory: {err}"))?
         .keep();
+    let started = start_cluster(&bin, &dir);
+    if started.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    started
+}
+
+fn start_cluster(bin: &Path, dir: &Path) -> Result<TestPostgres, String> {
+    let user = is_root().then_some("postgres");
+    let dir_arg = dir.display().to_string();
+    if let Some(user) = user {
+        run(Path::new("chown"), &[user, &dir_arg], None)?;
+    }
     let data = dir.join("data");
     let data_arg = data.display().to_string();
-    run(
-        &bin.join("initdb"),
-        &[
-            "-D",
-            &data_arg,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-locale",
-        ],
-    )?;
+    let initdb_args = [
+        "-D",
+        &data_arg,
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-locale",
+    ];
+    run(&bin.join("initdb"), &initdb_args, user)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map_err(|err| format!("no free port: {err}"))?
         .port();
-    let options = format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-        dir.display()
-    );
+    let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {dir_arg} -c fsync=off");
     let log = dir.join("server.log").display().to_string();
-    let pg_ctl = bin.join("pg_ctl");
-    run(
-        &pg_ctl,
-        &["-D", &data_arg, "-o", &options, "-l", &log, "-w", "start"],
-    )?;
-    // Stopped when this process ends, however it ends.
+    let start_args = ["-D", &data_arg, "-o", &options, "-l", &log, "-w", "start"];
+    run(&bin.join("pg_ctl"), &start_args, user)?;
+    // Stopped when this process ends, however it ends: SIGQUIT is the postmaster's immediate
+    // shutdown, and needs no `pg_ctl` (which refuses to run as root).
     let watcher = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-         '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
+         kill -QUIT \"$(head -n 1 '{data_arg}/postmaster.pid')\" 2>/dev/null; sleep 2; \
+         rm -rf '{dir_arg}'",
         pid = std::process::id(),
-        pg_ctl = pg_ctl.display(),
-        data = data.display(),
-        dir = dir.display(),
     );
     Command::new("sh")
         .args(["-c", &watcher])
@@ -327,7 +349,7 @@ fn throwaway_cluster() -> Result<TestPostgres, String> {
     }
     Ok(TestPostgres {
         admin_url: url,
-        origin: format!("a throwaway cluster in {}", dir.display()),
+        origin: format!("a throwaway cluster in {dir_arg}"),
     })
 }
 
