@@ -397,3 +397,92 @@ fn one_id_created_on_several_servers_at_once_is_one_job() {
         assert_eq!(new, 1, "round {round}: {results:?}");
     }
 }
+
+#[test]
+fn refused_writes_are_storage_faults_and_the_pool_recovers() {
+    use skill_fleet_jobs::StorageFault;
+    let Some(db) = TestDb::postgres() else {
+        return;
+    };
+    let store = db.open_with(StoreOptions {
+        pool_size: 2,
+        busy_timeout: Duration::from_millis(300),
+        ..StoreOptions::default()
+    });
+    create(&store, "faulty", "optimization");
+
+    // A row another transaction holds past the busy timeout (`lock_timeout`): busy.
+    let mut holder = raw(&db.url);
+    holder
+        .batch_execute("BEGIN; SELECT id FROM jobs WHERE id = 'faulty' FOR UPDATE;")
+        .unwrap();
+    let err = store.cancel("faulty", None).unwrap_err();
+    assert_eq!(err.storage_fault(), Some(StorageFault::Busy), "{err}");
+    holder.batch_execute("ROLLBACK").unwrap();
+
+    // Every connection of the store terminated (a server restart, an administrator): the
+    // next write is refused as unavailable, or reconnects at once; either way the store
+    // writes again without being reopened.
+    holder
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    match store.cancel("faulty", None) {
+        Ok(job) => assert_eq!(job.status, JobStatus::Cancelled),
+        Err(err) => {
+            assert_eq!(
+                err.storage_fault(),
+                Some(StorageFault::Unavailable),
+                "{err}"
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match store.cancel("faulty", None) {
+                    Ok(_) => break,
+                    Err(err) => {
+                        assert!(err.storage_fault().is_some(), "{err}");
+                        assert!(Instant::now() < deadline, "no recovery: {err}");
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(db.get("faulty").unwrap().status, JobStatus::Cancelled);
+
+    // A server that does not answer (nothing listens on port 1): unavailable.
+    let err = JobStore::open("postgres://postgres@127.0.0.1:1/postgres").unwrap_err();
+    assert_eq!(
+        err.storage_fault(),
+        Some(StorageFault::Unavailable),
+        "{err}"
+    );
+
+    // A read-only database (a standby, `default_transaction_read_only`): read-only.
+    create(&store, "read-only", "optimization");
+    holder
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', \
+             current_database()); END $$; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid();",
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        let err = store.cancel("read-only", None).unwrap_err();
+        if err.storage_fault() == Some(StorageFault::ReadOnly) || Instant::now() > deadline {
+            break err;
+        }
+    };
+    assert_eq!(err.storage_fault(), Some(StorageFault::ReadOnly), "{err}");
+    assert!(err.to_string().contains("read-only transaction"), "{err}");
+    holder
+        .batch_execute(
+            "SET default_transaction_read_only = off; \
+             DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET default_transaction_read_only', \
+             current_database()); END $$;",
+        )
+        .unwrap();
+}
