@@ -1,4 +1,5 @@
-//! Rebuilds the crate when a migration changes, so `embed_migrations!` picks it up.
+//! Rebuilds the crate when a migration of either backend changes, so `embed_migrations!`
+//! picks it up.
 
 fn main() {
     println!("cargo:rerun-if-changed=../../migrations");

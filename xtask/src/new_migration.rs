@@ -1,4 +1,5 @@
-//! `cargo xtask new-migration NAME`: creates `migrations/<YYYY-MM-DD-HHMMSS>_<name>/`.
+//! `cargo xtask new-migration NAME`: creates `migrations/{sqlite,postgres}/<YYYY-MM-DD-HHMMSS>_<name>/`,
+//! one migration per backend under the same name (each backend embeds its own folder).
 
 use std::fs;
 use std::process::ExitCode;
@@ -18,13 +19,26 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         return Err(format!("invalid migration name `{name}`: use a-z, 0-9 and `_`").into());
     }
     let stamp = chrono::Utc::now().format("%Y-%m-%d-%H%M%S");
-    let dir = project_root()
-        .join("migrations")
-        .join(format!("{stamp}_{name}"));
-    if dir.exists() {
+    let dirs = ["sqlite", "postgres"].map(|backend| {
+        project_root()
+            .join("migrations")
+            .join(backend)
+            .join(format!("{stamp}_{name}"))
+    });
+    if let Some(dir) = dirs.iter().find(|dir| dir.exists()) {
         return Err(format!("`{}` already exists", dir.display()).into());
     }
-    fs::create_dir_all(&dir).map_err(|err| format!("cannot create `{}`: {err}", dir.display()))?;
+    for dir in &dirs {
+        create(dir)?;
+    }
+    println!(
+        "write both, so that they make the same tables; then run `cargo xtask schema` and commit"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create(dir: &std::path::Path) -> Result {
+    fs::create_dir_all(dir).map_err(|err| format!("cannot create `{}`: {err}", dir.display()))?;
     for (file, text) in [
         ("up.sql", "-- Your SQL goes here\n"),
         (
@@ -37,6 +51,5 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             .map_err(|err| format!("cannot write `{}`: {err}", path.display()))?;
         println!("created {}", path.display());
     }
-    println!("then run `cargo xtask schema` and commit");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -388,18 +388,26 @@ fn copy(from: &Path, to: &Path) -> Result {
 }
 
 /// The store embeds its migrations at build time, so its package must carry every one of
-/// them (`crates/skill-fleet-jobs/migrations` links to the root `migrations/`).
+/// them, for each backend (`crates/skill-fleet-jobs/migrations` links to the root
+/// `migrations/`, which holds `sqlite/` and `postgres/`).
 fn check_migrations_packaged(root: &Path, listed: &str) -> Result {
-    for entry in std::fs::read_dir(root.join("migrations"))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        for file in ["up.sql", "down.sql"] {
-            let path = format!("migrations/{name}/{file}");
-            if !listed.lines().any(|line| line.trim() == path) {
-                return Err(format!(
-                    "skill-fleet-jobs would be packaged without `{path}`: check the \
-                     crates/skill-fleet-jobs/migrations link"
-                )
-                .into());
+    for backend in std::fs::read_dir(root.join("migrations"))? {
+        let backend = backend?;
+        if !backend.file_type()?.is_dir() {
+            continue;
+        }
+        let backend_name = backend.file_name().to_string_lossy().into_owned();
+        for entry in std::fs::read_dir(backend.path())? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            for file in ["up.sql", "down.sql"] {
+                let path = format!("migrations/{backend_name}/{name}/{file}");
+                if !listed.lines().any(|line| line.trim() == path) {
+                    return Err(format!(
+                        "skill-fleet-jobs would be packaged without `{path}`: check the \
+                         crates/skill-fleet-jobs/migrations link"
+                    )
+                    .into());
+                }
             }
         }
     }

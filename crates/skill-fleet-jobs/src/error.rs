@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use skill_fleet_types::{JobStatus, ValidationError};
 
-use crate::backend::{Active, Backend};
+use crate::backend::Active;
 use crate::lifecycle::Action;
 
 /// Everything the store can fail with. Messages are lowercase and name the job id or path.
@@ -115,21 +115,29 @@ pub enum StoreError {
 
 /// A storage condition outside the program that refused a query: the operator (or time) fixes
 /// it, the server does not. Nothing the refused call tried to write was committed. Which
-/// database errors are which fault is the backend's to say (`backend/`); the
-/// variants name SQLite's result codes.
+/// database errors are which fault is the backend's to say (`backend/`); each variant names
+/// the SQLite result codes and PostgreSQL conditions behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageFault {
-    /// The disk (or the file system holding the database) is full: `SQLITE_FULL`.
+    /// The disk (or the file system holding the database) is full: `SQLITE_FULL`;
+    /// PostgreSQL's `53100` (disk full).
     Full,
     /// The database cannot be written: a read-only file system or file, or the database
-    /// file was moved (`SQLITE_READONLY`).
+    /// file was moved (`SQLITE_READONLY`); on PostgreSQL a read-only transaction (`25006`,
+    /// a standby or `default_transaction_read_only`).
     ReadOnly,
     /// Another connection holds the write lock past the busy timeout (`SQLITE_BUSY`,
-    /// `SQLITE_LOCKED`).
+    /// `SQLITE_LOCKED`); on PostgreSQL a row lock held past the busy timeout (`55P03`), a
+    /// statement timeout (`57014`), a deadlock (`40P01`), too many connections (`53300`).
     Busy,
     /// The operating system failed a read or write (`SQLITE_IOERR`, `SQLITE_CANTOPEN`), e.g.
     /// a file system that went read-only under the open database.
     Io,
+    /// The database server cannot be reached or is going away (PostgreSQL): connection
+    /// refused or lost (class `08`), administrator or crash shutdown, starting up or in
+    /// recovery (`57P01`, `57P02`, `57P03`). Writes work again once it answers; the pool
+    /// reconnects by itself.
+    Unavailable,
 }
 
 impl StorageFault {
@@ -140,6 +148,7 @@ impl StorageFault {
             StorageFault::ReadOnly => "database is read-only",
             StorageFault::Busy => "database is busy",
             StorageFault::Io => "database i/o error",
+            StorageFault::Unavailable => "database is unavailable",
         }
     }
 }

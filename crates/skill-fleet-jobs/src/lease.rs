@@ -26,8 +26,13 @@
 //! (checkpoint kept, not claimable before its back-off) or, when its type is not resumable
 //! or it has been rescued [`RescuePolicy::max_rescues`] times already, to `failed`.
 //!
+//! On PostgreSQL several servers sweep at once: the sweep's read locks the rows it takes
+//! (`FOR UPDATE SKIP LOCKED`), so two sweeps never rescue one job twice, and a row another
+//! write holds (a completion, a heartbeat) is left to the next sweep, which re-reads it.
+//!
 //! Times come from the database's clock: on SQLite that is this machine's clock, which the
-//! one process owning the file also writes with.
+//! one process owning the file also writes with; on PostgreSQL the database server's, which
+//! every server sharing it writes with ([`crate::backend`]).
 
 use std::time::Duration;
 
@@ -35,7 +40,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use skill_fleet_types::{Fence, Job, JobStatus};
 
-use crate::backend::{Active, Backend, Conn};
+use crate::backend::{Active, Conn};
 use crate::error::{Result, StoreError};
 use crate::lifecycle::{Change, apply};
 use crate::models::job_progress::{FLAG_EVENT, HistoryInsert};
@@ -293,7 +298,7 @@ impl JobStore {
         let writer = Writer::Owner(fence.clone());
         self.write_if(
             |conn| {
-                let mut row = JobRow::find(conn, id)?;
+                let mut row = JobRow::find_for_write(conn, id)?;
                 let status = row.job_status()?;
                 let attempt = u32::try_from(row.attempt).unwrap_or(0);
                 admits(
@@ -309,7 +314,7 @@ impl JobStore {
                         renewed: false,
                     });
                 }
-                let stamp = self.stamp();
+                let stamp = self.stamp(conn)?;
                 row.lease_expires_at = Some(stamp.lease_until);
                 row.lease_renewed_at = Some(stamp.now);
                 row.updated_at = stamp.now;
@@ -334,7 +339,12 @@ impl JobStore {
         }
         self.write_if(
             |conn| {
-                let stamp = self.stamp();
+                // Job rows before the version (the store's lock order, see `backend`).
+                let mut ids: Vec<&str> = renewals.iter().map(|(id, _)| id.as_str()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                Active::lock_jobs(conn, &ids)?;
+                let stamp = self.stamp(conn)?;
                 let version = stamp.version(conn)?;
                 let mut renewed = Vec::with_capacity(renewals.len());
                 for (id, fence) in renewals {
@@ -367,7 +377,9 @@ impl JobStore {
     /// server takes hold of (its live state of each) before [`JobStore::rescue_these`]
     /// re-reads and rescues them.
     pub fn rescue_candidates(&self, scope: &RescueScope) -> Result<Vec<(Job, Option<HeldLease>)>> {
-        let rows = rescuable(&mut *self.conn()?, scope, self.stamp().now, None)?;
+        let mut conn = self.conn()?;
+        let now = self.stamp(&mut conn)?.now;
+        let rows = rescuable(&mut conn, scope, now, None)?;
         rows.into_iter()
             .map(|row| {
                 let held = HeldLease::of_row(&row);
@@ -402,7 +414,7 @@ impl JobStore {
     ) -> Result<RescueReport> {
         self.write_if(
             |conn| {
-                let stamp = self.stamp();
+                let stamp = self.stamp(conn)?;
                 let rows = rescuable(conn, scope, stamp.now, only)?;
                 let mut report = RescueReport::default();
                 for mut row in rows {
@@ -506,31 +518,51 @@ impl JobStore {
     }
 }
 
-/// The running jobs `scope` names (among `only`, when given), oldest first.
+/// The running jobs `scope` names (among `only`, when given), oldest first, read inside the
+/// rescue's transaction. On PostgreSQL the rows are locked as they are read, skipping rows
+/// another write holds: another server's sweep (which takes them), a completion or a
+/// heartbeat (after which the job is no longer rescuable, or is again on the next sweep).
 fn rescuable(
     conn: &mut Conn,
     scope: &RescueScope,
     now: NaiveDateTime,
     only: Option<&[String]>,
 ) -> Result<Vec<JobRow>> {
-    let mut running = jobs::table
+    let running = jobs::table
         .filter(jobs::status.eq(JobStatus::Running.as_str()))
-        .order((jobs::created_at.asc(), jobs::id.asc()))
-        .select(JobRow::as_select())
-        .into_boxed();
-    if let Some(ids) = only {
-        running = running.filter(jobs::id.eq_any(ids));
+        .order((jobs::created_at.asc(), jobs::id.asc()));
+    // One query per backend (`as_select` is typed by the backend it runs on), with or
+    // without the id restriction.
+    macro_rules! load_all {
+        ($query:expr) => {
+            match conn {
+                Conn::Postgres(pg) => $query
+                    .select(JobRow::as_select())
+                    .for_update()
+                    .skip_locked()
+                    .load(pg)?,
+                Conn::Sqlite(sqlite) => $query.select(JobRow::as_select()).load(sqlite)?,
+            }
+        };
+    }
+    macro_rules! load {
+        ($query:expr) => {
+            match only {
+                Some(ids) => load_all!($query.filter(jobs::id.eq_any(ids))),
+                None => load_all!($query),
+            }
+        };
     }
     let rows = match scope {
-        RescueScope::Expired => running
-            .filter(
+        RescueScope::Expired => load!(
+            running.filter(
                 jobs::lease_expires_at
                     .is_null()
                     .or(jobs::lease_expires_at.le(now)),
             )
-            .load(conn)?,
-        RescueScope::EarlierRuns { current } => running
-            .filter(
+        ),
+        RescueScope::EarlierRuns { current } => load!(
+            running.filter(
                 jobs::lease_expires_at
                     .is_null()
                     .or(jobs::lease_open.eq(1))
@@ -538,7 +570,7 @@ fn rescuable(
                         .like(format!("{SERVER_OWNER_PREFIX}%"))
                         .and(jobs::lease_owner.ne(current))),
             )
-            .load(conn)?,
+        ),
     };
     Ok(rows)
 }

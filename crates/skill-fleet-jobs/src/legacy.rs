@@ -344,7 +344,7 @@ impl JobStore {
     pub fn import_legacy(&self, path: &Path) -> Result<ImportReport> {
         let records = read_records(path)?;
         self.write(|conn| {
-            let stamp = self.stamp();
+            let stamp = self.stamp(conn)?;
             let mut report = ImportReport::default();
             for record in records {
                 let row = record

@@ -26,6 +26,6 @@ pub use owner::{DatabaseOwner, OwnerRecord, Ownership, lock_path, owner_of};
 pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, ProgressWrite};
 pub use recovery::{INTERRUPTED_ERROR, PruneReport};
 pub use store::{
-    DEFAULT_MAX_HISTORY_ROWS_PER_JOB, JobStore, MIGRATIONS, MigrationStatus, StoreOptions,
-    migration_status, run_migrations,
+    DEFAULT_MAX_HISTORY_ROWS_PER_JOB, JobStore, MIGRATIONS, MigrationStatus, POSTGRES_MIGRATIONS,
+    StoreOptions, migration_status, run_migrations,
 };

@@ -9,7 +9,7 @@ use skill_fleet_types::{
     validate_metadata,
 };
 
-use crate::backend::{Active, Backend, ClaimWrite, Conn};
+use crate::backend::{Active, ClaimWrite, Conn};
 use crate::error::{Result, StoreError};
 use crate::lease::{HeldLease, Writer, admits};
 use crate::models::job_progress::{
@@ -352,6 +352,20 @@ impl JobStore {
             None => uuid::Uuid::now_v7().to_string(),
         };
         let body = create_body(&new.job_type, &new.metadata);
+        // On a shared database two servers may create one id at once: both find no row, one
+        // inserts, the other's insert waits for it and then violates the key. Run once more:
+        // the second run finds the row and answers as for any repeated create.
+        match self.create_once(&id, new, &body) {
+            Err(StoreError::Database(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ))) => self.create_once(&id, new, &body),
+            other => other,
+        }
+    }
+
+    fn create_once(&self, id: &str, new: &NewJob, body: &Value) -> Result<(Job, Created)> {
+        let id = id.to_owned();
         self.write(|conn| {
             let existing = jobs::table
                 .find(&id)
@@ -359,7 +373,7 @@ impl JobStore {
                 .first(conn)
                 .optional()?;
             if let Some(existing) = existing {
-                if existing.same_create_body(&body) {
+                if existing.same_create_body(body) {
                     return Ok((existing.into_job()?, Created::Existing));
                 }
                 return Err(StoreError::Conflict {
@@ -367,7 +381,7 @@ impl JobStore {
                     reason: "it has a different type or metadata".into(),
                 });
             }
-            let stamp = self.stamp();
+            let stamp = self.stamp(conn)?;
             let row = JobRow {
                 id: id.clone(),
                 job_type: new.job_type.clone(),
@@ -414,7 +428,7 @@ impl JobStore {
     /// retried by the owner whose first try landed returns the job as it is.
     pub(crate) fn change(&self, id: &str, change: Change<'_>, writer: &Writer) -> Result<Job> {
         self.write(|conn| {
-            let mut row = JobRow::find(conn, id)?;
+            let mut row = JobRow::find_for_write(conn, id)?;
             let status = row.job_status()?;
             let attempt = u32::try_from(row.attempt).unwrap_or(0);
             admits(
@@ -432,7 +446,7 @@ impl JobStore {
             if repeat {
                 return row.into_job();
             }
-            let stamp = self.stamp();
+            let stamp = self.stamp(conn)?;
             if let Some(history_rows) = apply(conn, &mut row, change, &stamp)? {
                 self.cap_history(conn, &row.id, history_rows)?;
             }
@@ -452,7 +466,7 @@ impl JobStore {
         let token = crate::lease::new_token();
         self.write_if(
             |conn| {
-                let stamp = self.stamp();
+                let stamp = self.stamp(conn)?;
                 let claim = ClaimWrite {
                     filter,
                     status: STARTED.as_str(),

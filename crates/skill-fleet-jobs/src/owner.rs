@@ -6,6 +6,10 @@
 //! so a lock file left by a killed server never blocks the next one. The lock file itself is
 //! never deleted: its lock, not its existence, marks ownership. In-memory databases are never
 //! shared and take no lock.
+//!
+//! A PostgreSQL database takes no lock either: several servers share it by design (claims,
+//! leases and the rescue sweep are safe across servers, see [`crate::lease`]), so
+//! [`DatabaseOwner::acquire`] always succeeds and [`owner_of`] says [`Ownership::Free`].
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -43,7 +47,8 @@ impl std::fmt::Display for OwnerRecord {
 /// Who holds a database's lock right now, as [`owner_of`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
-    /// Nobody: the lock is free (or the database is in memory and cannot be shared).
+    /// Nobody: the lock is free (or the database is in memory and cannot be shared, or it is
+    /// a PostgreSQL database, which servers share and nobody owns).
     Free,
     /// A process holds the lock; `record` is what it wrote, `None` when the lock file is
     /// empty or cannot be read as a record (the holder is still writing it, or it is not
@@ -57,10 +62,11 @@ pub enum Ownership {
 }
 
 /// The exclusive right to a database for the life of this value: dropping it releases the
-/// lock. One process at a time can hold it; see the module docs.
+/// lock. One process at a time can hold it; see the module docs. For a PostgreSQL url it
+/// holds nothing: any number of servers share that database.
 #[derive(Debug)]
 pub struct DatabaseOwner {
-    /// `None` for in-memory databases, which take no lock.
+    /// `None` for in-memory and PostgreSQL databases, which take no lock.
     held: Option<HeldLock>,
 }
 
@@ -207,9 +213,13 @@ pub(crate) fn describe(owner: &Option<Box<OwnerRecord>>) -> String {
 }
 
 /// The lock file of a database url: `<path>.lock` beside the database file, `None` for an
-/// in-memory database. Accepts what [`crate::JobStore::open`] accepts: a plain path,
-/// `sqlite://path`, `sqlite:path` and `file:path?query` URIs.
+/// in-memory database and for PostgreSQL (shared, no lock). Accepts what
+/// [`crate::JobStore::open`] accepts: a plain path, `sqlite://path`, `sqlite:path` and
+/// `file:path?query` URIs, `postgres://` and `postgresql://` urls.
 pub fn lock_path(database: &str) -> Result<Option<PathBuf>> {
+    if crate::backend::Kind::of(database) == crate::backend::Kind::Postgres {
+        return Ok(None);
+    }
     let path = crate::backend::sqlite::database_path(database)?;
     let Some(file) = database_file(path) else {
         return Ok(None);

@@ -37,7 +37,7 @@ use skill_fleet_types::{
     validate_progress,
 };
 
-use crate::backend::{Active, Backend, Conn, FenceBind, LatestProgress};
+use crate::backend::{Active, Conn, FenceBind, LatestProgress};
 use crate::error::{Result, StoreError};
 use crate::lease::Writer;
 use crate::lifecycle::{Change, apply};
@@ -231,7 +231,14 @@ impl JobStore {
             return Ok(BatchReport::default());
         }
         let batch = |conn: &mut Conn| {
-            let stamp = self.stamp();
+            // The batch's jobs are locked first, in id order, and only then the version (the
+            // lock order of crate::backend): on PostgreSQL a batch never holds the version
+            // while it waits for a job another write holds.
+            let mut ids: Vec<&str> = writes.iter().map(|w| w.job_id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            Active::lock_jobs(conn, &ids)?;
+            let stamp = self.stamp(conn)?;
             let version = stamp.version(conn)?;
             let mut report = BatchReport::default();
             let mut history = Vec::with_capacity(writes.len());
@@ -258,7 +265,7 @@ impl JobStore {
                     && !matches!(write.writer, Writer::Owner(_))
                     && JobRow::find_status(conn, &write.job_id)? == Some(JobStatus::Queued)
                 {
-                    let mut row = JobRow::find(conn, &write.job_id)?;
+                    let mut row = JobRow::find_for_write(conn, &write.job_id)?;
                     apply(conn, &mut row, Change::Start, &stamp)?;
                     attempt = Active::update_latest(conn, &latest)?;
                 }

@@ -3,6 +3,7 @@
 
 use diesel::prelude::*;
 
+use crate::backend::{Active, Conn};
 use crate::error::{Result, StoreError};
 use crate::schema::{job_progress, jobs};
 use crate::store::JobStore;
@@ -32,7 +33,8 @@ impl JobStore {
     /// Deletes finished (completed, failed, cancelled) jobs whose `completed_at` is older
     /// than `older_than` ago, with their progress history.
     pub fn prune(&self, older_than: chrono::Duration) -> Result<PruneReport> {
-        let cutoff = crate::models::now()
+        // An age out of range is refused before any write.
+        crate::models::now()
             .checked_sub_signed(older_than)
             .ok_or_else(|| {
                 StoreError::InvalidInput(format!("prune age {older_than} is out of range"))
@@ -42,21 +44,31 @@ impl JobStore {
         let mut report = PruneReport::default();
         loop {
             let batch = self.write(|conn| {
-                // In one transaction, so the ids read are exactly the rows deleted.
-                let ids: Vec<String> = jobs::table
+                // The database's clock, as `completed_at` was written with.
+                let cutoff = Active::now(conn)?
+                    .checked_sub_signed(older_than)
+                    .ok_or_else(|| {
+                        StoreError::InvalidInput(format!("prune age {older_than} is out of range"))
+                    })?;
+                // In one transaction, so the ids read are exactly the rows deleted (on
+                // PostgreSQL locked as read, in id order, as every multi-row lock is taken).
+                let doomed = jobs::table
                     .filter(jobs::status.eq_any(TERMINAL))
                     .filter(jobs::completed_at.lt(cutoff))
                     .select(jobs::id)
                     .order(jobs::id.asc())
-                    .limit(PRUNE_BATCH)
-                    .load(conn)?;
+                    .limit(PRUNE_BATCH);
+                let ids: Vec<String> = match conn {
+                    Conn::Postgres(pg) => doomed.for_update().load(pg)?,
+                    Conn::Sqlite(sqlite) => doomed.load(sqlite)?,
+                };
                 let progress_rows =
                     diesel::delete(job_progress::table.filter(job_progress::job_id.eq_any(&ids)))
                         .execute(conn)?;
                 let jobs =
                     diesel::delete(jobs::table.filter(jobs::id.eq_any(&ids))).execute(conn)?;
                 if jobs > 0 {
-                    self.stamp().version(conn)?;
+                    self.stamp(conn)?.version(conn)?;
                 }
                 Ok(PruneReport {
                     jobs,

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{Active, Backend, Conn, Pooled};
+use crate::backend::{Active, Conn, Pooled};
 use crate::error::Result;
 use crate::lease::LeasePolicy;
 use crate::models::store_state::{self, Stamp};
 use crate::progress::HistoryCap;
 
+pub use crate::backend::postgres::POSTGRES_MIGRATIONS;
 pub use crate::backend::sqlite::MIGRATIONS;
 
 /// Default of [`StoreOptions::max_history_rows_per_job`].
@@ -18,9 +19,12 @@ pub const DEFAULT_MAX_HISTORY_ROWS_PER_JOB: u64 = 10_000;
 /// How the store's pool is set up, and its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Most connections open at once (readers run in parallel, writers queue on SQLite's lock).
+    /// Most connections open at once (readers run in parallel; on SQLite writers queue on
+    /// its lock, on PostgreSQL they write in parallel). Per server: N servers on one
+    /// PostgreSQL open up to N × `pool_size` connections.
     pub pool_size: u32,
-    /// How long a connection waits for SQLite's write lock before giving up.
+    /// How long a write waits for SQLite's write lock, or for a PostgreSQL row lock
+    /// (`lock_timeout`) or a pooled connection, before giving up with a busy storage fault.
     pub busy_timeout: Duration,
     /// Most progress history rows kept per job (at least 1). When a write takes a job past
     /// it, the job's older history is thinned in the same transaction; see
@@ -50,7 +54,8 @@ pub struct MigrationStatus {
     pub pending: Vec<String>,
 }
 
-/// The durable job store: a pool of SQLite connections. Cheap to clone; clones share the pool.
+/// The durable job store: a pool of SQLite or PostgreSQL connections. Cheap to clone; clones
+/// share the pool.
 ///
 /// Every method is blocking; async callers run them on a blocking thread.
 #[derive(Clone)]
@@ -84,7 +89,9 @@ pub fn migration_status(url: &str) -> Result<MigrationStatus> {
 
 impl JobStore {
     /// Opens (creating it if needed) the database at `url` with default options and applies
-    /// pending migrations. `url` is a file path, `sqlite://path` or a `file:` URI.
+    /// pending migrations. `url` is a `postgres://…` or `postgresql://…` url (PostgreSQL,
+    /// which several servers may share), or a file path, `sqlite://path` or a `file:` URI
+    /// (SQLite, created if missing).
     pub fn open(url: &str) -> Result<JobStore> {
         JobStore::open_with(url, StoreOptions::default())
     }
@@ -126,9 +133,9 @@ impl JobStore {
 
     /// Whether other server processes may write this database too (then one of them may
     /// rescue a job whose lease this one could not renew). False on SQLite: one process owns
-    /// the file ([`crate::DatabaseOwner`]).
+    /// the file ([`crate::DatabaseOwner`]); true on PostgreSQL.
     pub fn is_shared(&self) -> bool {
-        Active::SHARED
+        self.backend.is_shared()
     }
 
     /// How long leases last.
@@ -136,9 +143,9 @@ impl JobStore {
         self.lease
     }
 
-    /// The stamp of a write transaction starting now.
-    pub(crate) fn stamp(&self) -> Stamp {
-        Stamp::new(self.lease.ttl)
+    /// The stamp of a write transaction, at the database's time now.
+    pub(crate) fn stamp(&self, conn: &mut Conn) -> Result<Stamp> {
+        Ok(Stamp::at(Active::now(conn)?, self.lease.ttl))
     }
 
     /// The history cap and what it remembers of jobs over it.
@@ -151,9 +158,10 @@ impl JobStore {
         self.backend.read()
     }
 
-    /// Runs `work` in one write transaction that holds the right to write from its start
-    /// (SQLite: `BEGIN IMMEDIATE`), so read-then-write work cannot be invalidated; commits
-    /// when `work` succeeds.
+    /// Runs `work` in one write transaction in which read-then-write work cannot be
+    /// invalidated (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: rows read to be written are read
+    /// with [`crate::models::jobs::JobRow::find_for_write`] and stay locked); commits when
+    /// `work` succeeds.
     pub(crate) fn write<T>(&self, work: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
         self.backend.write(work, |_| true)
     }

@@ -1,7 +1,8 @@
 //! What skill-fleet's test suites share, in one place instead of copies and `#[path]`
 //! includes: the real `skill-fleet-server` binary on 127.0.0.1:0 ([`server`]), one blocking
 //! HTTP client ([`http`]), waits with a deadline ([`wait`]), a seeded random generator
-//! ([`rng`]), temporary databases ([`temp`]) and the SIGKILL loop behind
+//! ([`rng`]), temporary databases ([`temp`]), a PostgreSQL with a database per test
+//! ([`postgres`]) and the SIGKILL loop behind
 //! `cargo xtask soak kill-loop` ([`kill_loop`]).
 //!
 //! Test support only (`publish = false`): helpers here panic with a message naming what they
@@ -12,6 +13,7 @@
 mod error;
 pub mod http;
 pub mod kill_loop;
+pub mod postgres;
 pub mod rng;
 pub mod server;
 pub mod temp;
@@ -19,6 +21,7 @@ pub mod wait;
 
 pub use error::TestkitError;
 pub use http::{agent, call};
+pub use postgres::{PostgresDatabase, TestPostgres};
 pub use rng::Rng;
 pub use server::TestServer;
 pub use temp::{TempDatabase, temp_db};

@@ -8,7 +8,8 @@
 //! - Statements: the claim, the version stamp and the flush's batch statements, each one
 //!   statement, the batch ones prepared once per connection.
 //! - Faults: SQLite's fixed error texts, read back into [`StorageFault`]s.
-//! - Migrations: `migrations/` at the repository root, embedded as [`MIGRATIONS`].
+//! - Clock: this machine's, which the one process owning the file writes with.
+//! - Migrations: `migrations/sqlite/` at the repository root, embedded as [`MIGRATIONS`].
 
 use std::time::Duration;
 
@@ -16,27 +17,42 @@ use chrono::NaiveDateTime;
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{CustomizeConnection, PooledConnection};
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamp};
 use diesel::sqlite::{Sqlite as SqliteDb, SqliteConnection};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{Backend, ClaimWrite, Conn, LatestProgress, Pooled};
+use super::{
+    Backend, ClaimWrite, Conn, Kind, LatestProgress, Manager, Pool, Pooled, apply_migrations,
+    status_of,
+};
 use crate::error::{Result, StorageFault, StoreError};
 use crate::models::job_progress::HistoryInsert;
 use crate::models::jobs::{JOB_ROW_COLUMNS, JobRow};
 use crate::schema::store_state;
 use crate::store::{MigrationStatus, StoreOptions};
 
-/// The SQL migrations of `migrations/` at the repository root (linked into this crate as
-/// `migrations`, so a packaged crate carries them), embedded at build time. They are
-/// SQLite's: a second backend embeds a folder of its own.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// SQLite's SQL migrations, `migrations/sqlite/` at the repository root (linked into this
+/// crate as `migrations`, so a packaged crate carries them), embedded at build time.
+/// PostgreSQL's are [`crate::POSTGRES_MIGRATIONS`], the same migrations by name.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+fn migrations() -> EmbeddedMigrations {
+    MIGRATIONS
+}
 
 /// The SQLite backend: the pool and this process's write gate.
 pub(crate) struct Sqlite {
-    pool: Pool<ConnectionManager<SqliteConnection>>,
+    pool: Pool,
     writes: WriteGate,
+}
+
+/// The SQLite connection inside a pooled [`Conn`] of an SQLite pool.
+fn inner(conn: &mut Conn) -> &mut SqliteConnection {
+    match conn {
+        Conn::Sqlite(conn) => conn,
+        Conn::Postgres(_) => unreachable!("an SQLite pool holds SQLite connections"),
+    }
 }
 
 /// Marks a pooled connection that has started a write transaction: SQLite opened it
@@ -114,9 +130,10 @@ impl ConnectionSetup {
     }
 }
 
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for ConnectionSetup {
-    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        self.apply(conn).map_err(diesel::r2d2::Error::QueryError)
+impl CustomizeConnection<Conn, diesel::r2d2::Error> for ConnectionSetup {
+    fn on_acquire(&self, conn: &mut Conn) -> Result<(), diesel::r2d2::Error> {
+        self.apply(inner(conn))
+            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -151,48 +168,6 @@ fn connect(url: &str, setup: ConnectionSetup) -> Result<SqliteConnection> {
     Ok(conn)
 }
 
-fn migration_error(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Migration(err.to_string())
-}
-
-/// Applies the embedded migrations the database lacks; returns their names, oldest first.
-fn apply_migrations(conn: &mut SqliteConnection) -> Result<Vec<String>> {
-    let pending = MigrationHarness::<SqliteDb>::pending_migrations(conn, MIGRATIONS)
-        .map_err(migration_error)?;
-    let names = pending.iter().map(|m| m.name().to_string()).collect();
-    conn.run_migrations(&pending).map_err(migration_error)?;
-    Ok(names)
-}
-
-fn status_of(conn: &mut SqliteConnection) -> Result<MigrationStatus> {
-    let pending: Vec<String> = MigrationHarness::<SqliteDb>::pending_migrations(conn, MIGRATIONS)
-        .map_err(migration_error)?
-        .iter()
-        .map(|m| m.name().to_string())
-        .collect();
-    let applied = conn
-        .applied_migrations()
-        .map_err(migration_error)?
-        .into_iter()
-        .map(|version| version.to_string())
-        .collect::<Vec<_>>();
-    let embedded = diesel::migration::MigrationSource::<SqliteDb>::migrations(&MIGRATIONS)
-        .map_err(migration_error)?;
-    // Name applied versions after the embedded migration they belong to when there is one.
-    let mut applied: Vec<String> = applied
-        .into_iter()
-        .map(|version| {
-            embedded
-                .iter()
-                .map(|m| m.name().to_string())
-                .find(|name| name.replace('-', "").starts_with(&format!("{version}_")))
-                .unwrap_or(version)
-        })
-        .collect();
-    applied.sort();
-    Ok(MigrationStatus { applied, pending })
-}
-
 impl Sqlite {
     /// A pooled connection in a `BEGIN IMMEDIATE` transaction, known to be writable.
     ///
@@ -204,7 +179,7 @@ impl Sqlite {
         let mut discarded = 0;
         loop {
             let mut conn = self.pool.get()?;
-            AnsiTransactionManager::begin_transaction_sql(&mut *conn, "BEGIN IMMEDIATE")?;
+            AnsiTransactionManager::begin_transaction_sql(inner(&mut conn), "BEGIN IMMEDIATE")?;
             if PooledConnection::extensions(&conn)
                 .get::<Writable>()
                 .is_some()
@@ -220,7 +195,7 @@ impl Sqlite {
                     return Ok(conn);
                 }
                 Err(err) => {
-                    let _ = AnsiTransactionManager::rollback_transaction(&mut *conn);
+                    let _ = AnsiTransactionManager::rollback_transaction(inner(&mut conn));
                     if Sqlite::fault_of(&err) != Some(StorageFault::ReadOnly)
                         || discarded >= self.pool.max_size()
                     {
@@ -228,7 +203,7 @@ impl Sqlite {
                     }
                     // The pool closes a connection handed back inside a transaction
                     // (diesel's `is_broken`): open a deferred one (no lock) so this one goes.
-                    let _ = AnsiTransactionManager::begin_transaction(&mut *conn);
+                    let _ = AnsiTransactionManager::begin_transaction(inner(&mut conn));
                     discarded += 1;
                 }
             }
@@ -237,18 +212,20 @@ impl Sqlite {
 }
 
 impl Backend for Sqlite {
+    type Connection = SqliteConnection;
+
     const SHARED: bool = false;
 
     fn open(url: &str, options: &StoreOptions) -> Result<Sqlite> {
         let setup = ConnectionSetup::from(options);
         // WAL is a property of the database file: set it once, before the pool exists.
         let mut conn = connect(url, setup)?;
-        let applied = apply_migrations(&mut conn)?;
+        let applied = apply_migrations(&mut conn, migrations)?;
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied database migrations");
         }
         drop(conn);
-        let manager = ConnectionManager::<SqliteConnection>::new(database_path(url)?);
+        let manager = Manager::new(database_path(url)?, Kind::Sqlite);
         let pool = Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(1))
@@ -262,16 +239,16 @@ impl Backend for Sqlite {
 
     fn run_migrations(url: &str) -> Result<Vec<String>> {
         let mut conn = connect(url, ConnectionSetup::from(&StoreOptions::default()))?;
-        apply_migrations(&mut conn)
+        apply_migrations(&mut conn, migrations)
     }
 
     fn migration_status(url: &str) -> Result<MigrationStatus> {
         let mut conn = connect(url, ConnectionSetup::from(&StoreOptions::default()))?;
-        status_of(&mut conn)
+        status_of(&mut conn, migrations)
     }
 
-    fn migration_status_on(conn: &mut Conn) -> Result<MigrationStatus> {
-        status_of(conn)
+    fn migration_status_on(conn: &mut SqliteConnection) -> Result<MigrationStatus> {
+        status_of(conn, migrations)
     }
 
     fn read(&self) -> Result<Pooled> {
@@ -287,17 +264,19 @@ impl Backend for Sqlite {
         let mut conn = self.begin_write()?;
         match work(&mut conn) {
             Ok(value) if keep(&value) => {
-                AnsiTransactionManager::commit_transaction(&mut *conn)?;
+                AnsiTransactionManager::commit_transaction(inner(&mut conn))?;
                 Ok(value)
             }
             Ok(value) => {
-                AnsiTransactionManager::rollback_transaction(&mut *conn)?;
+                AnsiTransactionManager::rollback_transaction(inner(&mut conn))?;
                 Ok(value)
             }
             Err(err) => {
                 // SQLite may have rolled back already (disk full, i/o error); the caller
                 // needs the first error either way, not the rollback's.
-                if let Err(rollback) = AnsiTransactionManager::rollback_transaction(&mut *conn) {
+                if let Err(rollback) =
+                    AnsiTransactionManager::rollback_transaction(inner(&mut conn))
+                {
                     tracing::debug!(error = %rollback, "rollback after a failed write");
                 }
                 Err(err)
@@ -305,14 +284,19 @@ impl Backend for Sqlite {
         }
     }
 
-    fn next_version(conn: &mut Conn) -> QueryResult<i64> {
+    /// This machine's clock: the one process that owns the file stamps every write with it.
+    fn now(_conn: &mut SqliteConnection) -> QueryResult<NaiveDateTime> {
+        Ok(crate::models::now())
+    }
+
+    fn next_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
         diesel::update(store_state::table.find(1_i64))
             .set(store_state::change_counter.eq(store_state::change_counter + 1))
             .returning(store_state::change_counter)
             .get_result(conn)
     }
 
-    fn claim(conn: &mut Conn, claim: &ClaimWrite<'_>) -> QueryResult<Option<JobRow>> {
+    fn claim(conn: &mut SqliteConnection, claim: &ClaimWrite<'_>) -> QueryResult<Option<JobRow>> {
         // Type lists go in as JSON arrays: one statement text whatever their lengths, so its
         // prepared form is reused. PostgreSQL adds `FOR UPDATE SKIP LOCKED` to the subquery.
         let json = |types: &[String]| {
@@ -343,12 +327,20 @@ impl Backend for Sqlite {
         .optional()
     }
 
-    fn update_latest(conn: &mut Conn, latest: &LatestProgress<'_>) -> QueryResult<Option<i32>> {
+    /// Nothing to lock: the write holds the database's one write lock (`BEGIN IMMEDIATE`).
+    fn lock_jobs(_conn: &mut SqliteConnection, _ids: &[&str]) -> QueryResult<()> {
+        Ok(())
+    }
+
+    fn update_latest(
+        conn: &mut SqliteConnection,
+        latest: &LatestProgress<'_>,
+    ) -> QueryResult<Option<i32>> {
         UpdateLatest(latest).get_result(conn).optional()
     }
 
     fn insert_history(
-        conn: &mut Conn,
+        conn: &mut SqliteConnection,
         rows: &[HistoryInsert<'_>],
         created_at: NaiveDateTime,
     ) -> QueryResult<()> {
@@ -374,7 +366,11 @@ impl Backend for Sqlite {
         Ok(())
     }
 
-    fn jobs_over_cap(conn: &mut Conn, ids: &[&str], cap: i64) -> QueryResult<Vec<(String, i64)>> {
+    fn jobs_over_cap(
+        conn: &mut SqliteConnection,
+        ids: &[&str],
+        cap: i64,
+    ) -> QueryResult<Vec<(String, i64)>> {
         let ids = serde_json::to_string(ids)
             .map_err(|err| diesel::result::Error::SerializationError(Box::new(err)))?;
         let rows: Vec<OverCap> = diesel::sql_query(

@@ -5,7 +5,6 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Integer, Text};
-use diesel::sqlite::Sqlite;
 use skill_fleet_types::{Progress, ProgressRecord};
 
 use crate::backend::Conn;
@@ -20,7 +19,7 @@ pub(crate) const FLAG_EVENT: i32 = 4;
 
 /// One history row as read back.
 #[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = job_progress, check_for_backend(Sqlite))]
+#[diesel(table_name = job_progress, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(crate) struct ProgressRow {
     seq: i64,
     step: Option<String>,
@@ -117,11 +116,12 @@ const MAX_IDS_PER_DELETE: usize = 500;
 
 impl HistoryEntry {
     /// Every history row of one job, oldest first. Uses the `(job_id, seq)` index; the step
-    /// comparison is a window over the same rows, so no step text leaves SQLite.
+    /// comparison is a window over the same rows, so no step text leaves the database. (`$1`
+    /// is a placeholder both SQLite and PostgreSQL read.)
     pub(crate) fn load(conn: &mut Conn, job_id: &str) -> QueryResult<Vec<Self>> {
         diesel::sql_query(
             "SELECT seq, flags, step IS DISTINCT FROM lag(step) OVER (ORDER BY seq) AS step_change \
-             FROM job_progress WHERE job_id = ? ORDER BY seq",
+             FROM job_progress WHERE job_id = $1 ORDER BY seq",
         )
         .bind::<Text, _>(job_id)
         .load(conn)

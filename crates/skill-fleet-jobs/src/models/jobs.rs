@@ -2,7 +2,6 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sqlite::Sqlite;
 use serde_json::{Map, Value};
 use skill_fleet_types::{Job, JobLease, JobStatus, Progress};
 
@@ -13,7 +12,7 @@ use crate::schema::jobs;
 /// One `jobs` row, as stored (every column but `history_rows`, which only the history cap
 /// reads).
 #[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Insertable)]
-#[diesel(table_name = jobs, check_for_backend(Sqlite))]
+#[diesel(table_name = jobs, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(crate) struct JobRow {
     pub(crate) id: String,
     pub(crate) job_type: String,
@@ -55,7 +54,11 @@ pub(crate) const JOB_ROW_COLUMNS: &str = "id, job_type, status, metadata, source
 
 /// The columns a lifecycle change may touch; `None` writes NULL.
 #[derive(Debug, AsChangeset)]
-#[diesel(table_name = jobs, check_for_backend(Sqlite), treat_none_as_null = true)]
+#[diesel(
+    table_name = jobs,
+    check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg),
+    treat_none_as_null = true
+)]
 struct JobChanges<'a> {
     status: &'a str,
     progress: f64,
@@ -95,6 +98,19 @@ impl JobRow {
             .select(JobRow::as_select())
             .first(conn)
             .or_not_found(id)
+    }
+
+    /// Loads one job to change it, inside a write transaction: on PostgreSQL the row stays
+    /// locked (`FOR UPDATE`) until the write ends, so no other server changes it between
+    /// this read and the write's own; on SQLite the write holds the database already.
+    pub(crate) fn find_for_write(conn: &mut Conn, id: &str) -> Result<JobRow> {
+        // One query per backend: `as_select` is typed by the backend it runs on.
+        let query = jobs::table.find(id);
+        match conn {
+            Conn::Postgres(pg) => query.select(JobRow::as_select()).for_update().first(pg),
+            Conn::Sqlite(sqlite) => query.select(JobRow::as_select()).first(sqlite),
+        }
+        .or_not_found(id)
     }
 
     /// The status of one job, `None` if there is no such job.

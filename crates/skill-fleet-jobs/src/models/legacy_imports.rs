@@ -8,7 +8,7 @@ use crate::schema::legacy_imports;
 
 /// A new `legacy_imports` row.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = legacy_imports, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = legacy_imports, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(crate) struct NewLegacyImport<'a> {
     pub(crate) path: &'a str,
     pub(crate) imported: i32,

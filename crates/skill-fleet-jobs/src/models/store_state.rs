@@ -6,12 +6,12 @@ use std::cell::Cell;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use crate::backend::{Active, Backend, Conn};
+use crate::backend::{Active, Conn};
 use crate::schema::store_state;
 
 /// The version and time every change in one write transaction is stamped with.
 ///
-/// The version is taken on first use, by [`Backend::next_version`]: one statement that
+/// The version is taken on first use, by [`Active::next_version`]: one statement that
 /// increments the store-wide change counter and returns it, inside the transaction. A
 /// transaction that changes no job never asks for it, so it leaves the counter alone (or
 /// rolls back, see [`crate::store::JobStore::write_if`]). There is no read-then-write, so
@@ -27,10 +27,9 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
-    /// A stamp for a write transaction that starts now, whose leases last `lease_ttl`; no
-    /// version taken yet.
-    pub(crate) fn new(lease_ttl: std::time::Duration) -> Stamp {
-        let now = super::now();
+    /// A stamp for a write transaction at `now` (the database's clock, [`Active::now`]),
+    /// whose leases last `lease_ttl`; no version taken yet.
+    pub(crate) fn at(now: NaiveDateTime, lease_ttl: std::time::Duration) -> Stamp {
         let ttl = chrono::Duration::from_std(lease_ttl).unwrap_or(chrono::Duration::MAX);
         Stamp {
             now,

@@ -7,14 +7,12 @@ use std::sync::Barrier;
 use skill_fleet_jobs::{ClaimFilter, JobStore, ProgressWrite, StoreOptions};
 use skill_fleet_types::{JobStatus, Progress, ProgressUpdate};
 
-use crate::support::{TestDb, create};
+use crate::support::{TestDb, both_backends, create};
 
 const THREADS: usize = 8;
 const ROUNDS: usize = 25;
 
-#[test]
-fn eight_threads_write_without_lock_errors() {
-    let db = TestDb::new();
+fn eight_threads_write_without_lock_errors(db: TestDb) {
     let barrier = Barrier::new(THREADS);
     std::thread::scope(|scope| {
         for t in 0..THREADS {
@@ -63,11 +61,9 @@ fn eight_threads_write_without_lock_errors() {
     assert_eq!(history.records.len(), 2);
 }
 
-#[test]
-fn versions_are_distinct_and_increasing_across_store_handles() {
+fn versions_are_distinct_and_increasing_across_store_handles(db: TestDb) {
     const HANDLES: usize = 4;
     const WRITES: usize = 10;
-    let db = TestDb::new();
     let counter_at_start = db.change_counter().unwrap();
     // One store per thread: separate pools and write gates, so only the database orders the
     // writers (as it would for several processes). A long busy timeout keeps a loaded
@@ -136,3 +132,8 @@ fn versions_are_distinct_and_increasing_across_store_handles() {
     assert_eq!(all.first().copied(), Some(counter_at_start + 1));
     assert_eq!(all.last().copied(), Some(counter));
 }
+
+both_backends!(
+    eight_threads_write_without_lock_errors,
+    versions_are_distinct_and_increasing_across_store_handles,
+);

@@ -12,27 +12,25 @@ use diesel::sql_types::BigInt;
 use serde_json::json;
 use skill_fleet_jobs::{JobStore, NewJob, ProgressWrite, StoreOptions};
 use skill_fleet_types::{Progress, ProgressRecord, ProgressUpdate};
-use tempfile::TempDir;
+
+use crate::support::{TestDb, both_backends, raw};
 
 /// A store with a history cap of `cap` rows per job on a fresh database.
 struct Capped {
     store: JobStore,
     url: String,
-    _dir: TempDir,
+    _db: TestDb,
 }
 
-fn capped(cap: u64) -> Capped {
-    let dir = tempfile::tempdir().unwrap();
-    let url = dir.path().join("jobs.db").display().to_string();
+fn capped(db: TestDb, cap: u64) -> Capped {
     let options = StoreOptions {
         max_history_rows_per_job: cap,
         ..StoreOptions::default()
     };
-    let store = JobStore::open_with(&url, options).unwrap();
     Capped {
-        store,
-        url,
-        _dir: dir,
+        store: db.open_with(options),
+        url: db.url.clone(),
+        _db: db,
     }
 }
 
@@ -83,7 +81,7 @@ fn history(store: &JobStore, id: &str) -> Vec<ProgressRecord> {
     }
 }
 
-/// `jobs.history_rows` and the real row count, read straight from the database file.
+/// `jobs.history_rows` and the real row count, read straight from the database.
 fn counts(url: &str, id: &str) -> (i64, i64) {
     #[derive(QueryableByName)]
     struct Counts {
@@ -92,11 +90,11 @@ fn counts(url: &str, id: &str) -> (i64, i64) {
         #[diesel(sql_type = BigInt)]
         actual: i64,
     }
-    let mut conn = SqliteConnection::establish(url).unwrap();
+    let mut conn = raw(url);
     let counts: Counts = diesel::sql_query(
         "SELECT history_rows AS stored, \
          (SELECT count(*) FROM job_progress WHERE job_id = jobs.id) AS actual \
-         FROM jobs WHERE id = ?",
+         FROM jobs WHERE id = $1",
     )
     .bind::<diesel::sql_types::Text, _>(id)
     .get_result(&mut conn)
@@ -104,10 +102,9 @@ fn counts(url: &str, id: &str) -> (i64, i64) {
     (counts.stored, counts.actual)
 }
 
-#[test]
-fn a_long_history_is_thinned_to_the_cap_keeping_what_matters() {
+fn a_long_history_is_thinned_to_the_cap_keeping_what_matters(db: TestDb) {
     let cap = 100;
-    let db = capped(cap);
+    let db = capped(db, cap);
     create(&db.store, "j");
     create(&db.store, "other");
     let total = 1000;
@@ -199,10 +196,9 @@ fn a_long_history_is_thinned_to_the_cap_keeping_what_matters() {
     assert_eq!(counts(&db.url, "other"), (100, 100));
 }
 
-#[test]
-fn many_writes_of_one_job_in_one_batch_are_capped_too() {
+fn many_writes_of_one_job_in_one_batch_are_capped_too(db: TestDb) {
     let cap = 10;
-    let db = capped(cap);
+    let db = capped(db, cap);
     create(&db.store, "a");
     create(&db.store, "b");
     let writes: Vec<ProgressWrite> = (0..50)
@@ -226,10 +222,9 @@ fn many_writes_of_one_job_in_one_batch_are_capped_too() {
     }
 }
 
-#[test]
-fn durable_single_writes_and_terminal_states_are_capped_and_kept() {
+fn durable_single_writes_and_terminal_states_are_capped_and_kept(db: TestDb) {
     let cap = 20;
-    let db = capped(cap);
+    let db = capped(db, cap);
     create(&db.store, "j");
     let report = |i: usize, checkpoint: bool| ProgressUpdate {
         progress: Some(i as f64 / 10_000.0),
@@ -269,9 +264,8 @@ fn durable_single_writes_and_terminal_states_are_capped_and_kept() {
     assert_eq!(stored, actual);
 }
 
-#[test]
-fn a_cursor_on_a_thinned_row_still_pages_on() {
-    let db = capped(10);
+fn a_cursor_on_a_thinned_row_still_pages_on(db: TestDb) {
+    let db = capped(db, 10);
     create(&db.store, "j");
     let write = |i: usize| {
         db.store
@@ -312,10 +306,9 @@ fn a_cursor_on_a_thinned_row_still_pages_on() {
     assert!(!rest.is_empty());
 }
 
-#[test]
-fn protected_rows_are_never_deleted_even_past_the_cap() {
+fn protected_rows_are_never_deleted_even_past_the_cap(db: TestDb) {
     let cap = 10;
-    let db = capped(cap);
+    let db = capped(db, cap);
     create(&db.store, "j");
     // 30 step changes: more protected rows than the cap.
     for i in 0..30 {
@@ -373,7 +366,7 @@ fn a_cap_of_zero_is_refused() {
 }
 
 #[test]
-fn the_migration_counts_existing_history_and_marks_terminal_rows() {
+fn sqlite_migration_counts_existing_history_and_marks_terminal_rows() {
     use diesel::connection::SimpleConnection;
     use diesel_migrations::MigrationHarness;
 
@@ -448,3 +441,11 @@ fn the_migration_counts_existing_history_and_marks_terminal_rows() {
     assert_eq!(kept, [0, 2]);
     assert_eq!(counts(&url, "run"), (2, 2));
 }
+
+both_backends!(
+    a_long_history_is_thinned_to_the_cap_keeping_what_matters,
+    many_writes_of_one_job_in_one_batch_are_capped_too,
+    durable_single_writes_and_terminal_states_are_capped_and_kept,
+    a_cursor_on_a_thinned_row_still_pages_on,
+    protected_rows_are_never_deleted_even_past_the_cap,
+);

@@ -10,7 +10,7 @@ use skill_fleet_jobs::{
 };
 use skill_fleet_types::{Fence, JobStatus, Progress, ProgressUpdate};
 
-use crate::support::{TestDb, create, start_as};
+use crate::support::{TestDb, both_backends, create, start_as};
 
 fn policy(resumable: &[&str], max_rescues: u32, backoff: Duration) -> RescuePolicy {
     RescuePolicy {
@@ -70,9 +70,7 @@ fn lost(err: StoreError) -> (u32, JobStatus) {
     }
 }
 
-#[test]
-fn a_claim_owns_the_job_and_only_its_fence_writes() {
-    let db = TestDb::new();
+fn a_claim_owns_the_job_and_only_its_fence_writes(db: TestDb) {
     create(&db, "j", "evaluation");
     let claimed = start_as(&db, "j", "gpu-box-3");
     let lease = claimed
@@ -131,9 +129,7 @@ fn a_claim_owns_the_job_and_only_its_fence_writes() {
     );
 }
 
-#[test]
-fn a_heartbeat_renews_and_hears_a_cancel() {
-    let db = TestDb::new();
+fn a_heartbeat_renews_and_hears_a_cancel(db: TestDb) {
     create(&db, "j", "evaluation");
     let claimed = start_as(&db, "j", "w");
     let fence = claimed.lease.fence();
@@ -164,9 +160,7 @@ fn a_heartbeat_renews_and_hears_a_cancel() {
     );
 }
 
-#[test]
-fn an_expired_lease_is_rescued_with_its_checkpoint_and_the_late_worker_is_fenced() {
-    let db = TestDb::new();
+fn an_expired_lease_is_rescued_with_its_checkpoint_and_the_late_worker_is_fenced(db: TestDb) {
     let store = store_with_ttl(&db, Duration::from_millis(20));
     create(&store, "j", "evaluation");
     let (id, first) = claim(&store, "w1");
@@ -256,9 +250,7 @@ fn an_expired_lease_is_rescued_with_its_checkpoint_and_the_late_worker_is_fenced
     assert!(history.iter().all(|r| r.attempt == Some(1)));
 }
 
-#[test]
-fn the_back_off_keeps_a_rescued_job_from_being_claimed_at_once() {
-    let db = TestDb::new();
+fn the_back_off_keeps_a_rescued_job_from_being_claimed_at_once(db: TestDb) {
     let store = store_with_ttl(&db, Duration::from_millis(5));
     create(&store, "j", "evaluation");
     claim(&store, "w");
@@ -272,9 +264,7 @@ fn the_back_off_keeps_a_rescued_job_from_being_claimed_at_once() {
     assert_eq!(store.get("j").unwrap().status, JobStatus::Queued);
 }
 
-#[test]
-fn max_rescues_fails_the_job_and_a_non_resumable_type_fails_at_once() {
-    let db = TestDb::new();
+fn max_rescues_fails_the_job_and_a_non_resumable_type_fails_at_once(db: TestDb) {
     let store = store_with_ttl(&db, Duration::from_millis(5));
     let policy = policy(&["evaluation"], 2, Duration::ZERO);
     create(&store, "loops", "evaluation");
@@ -309,9 +299,7 @@ fn max_rescues_fails_the_job_and_a_non_resumable_type_fails_at_once() {
     );
 }
 
-#[test]
-fn a_token_less_event_starts_an_open_lease_that_token_less_writes_keep() {
-    let db = TestDb::new();
+fn a_token_less_event_starts_an_open_lease_that_token_less_writes_keep(db: TestDb) {
     create(&db, "j", "evaluation");
     let job = db
         .record_progress("j", &progress(0.1), None, &Writer::Unfenced)
@@ -336,9 +324,7 @@ fn a_token_less_event_starts_an_open_lease_that_token_less_writes_keep() {
     assert_eq!(done.status, JobStatus::Completed);
 }
 
-#[test]
-fn a_rescue_never_touches_a_job_that_completed_or_renewed_first() {
-    let db = TestDb::new();
+fn a_rescue_never_touches_a_job_that_completed_or_renewed_first(db: TestDb) {
     let store = store_with_ttl(&db, Duration::from_millis(30));
     let policy = policy(&["evaluation"], 3, Duration::ZERO);
     for round in 0..20 {
@@ -393,3 +379,13 @@ fn a_rescue_never_touches_a_job_that_completed_or_renewed_first() {
         }
     }
 }
+
+both_backends!(
+    a_claim_owns_the_job_and_only_its_fence_writes,
+    a_heartbeat_renews_and_hears_a_cancel,
+    an_expired_lease_is_rescued_with_its_checkpoint_and_the_late_worker_is_fenced,
+    the_back_off_keeps_a_rescued_job_from_being_claimed_at_once,
+    max_rescues_fails_the_job_and_a_non_resumable_type_fails_at_once,
+    a_token_less_event_starts_an_open_lease_that_token_less_writes_keep,
+    a_rescue_never_touches_a_job_that_completed_or_renewed_first,
+);

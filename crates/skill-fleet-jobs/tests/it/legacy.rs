@@ -5,7 +5,7 @@ use serde_json::json;
 use skill_fleet_jobs::{IMPORTED_RUNNING_ERROR, LEGACY_SOURCE, StoreError};
 use skill_fleet_types::JobStatus;
 
-use crate::support::{TestDb, fixtures};
+use crate::support::{TestDb, both_backends, fixtures, raw};
 
 fn import_rows(url: &str) -> Vec<(String, i32, i32, i32)> {
     use diesel::sql_types::{Integer, Text};
@@ -20,7 +20,7 @@ fn import_rows(url: &str) -> Vec<(String, i32, i32, i32)> {
         #[diesel(sql_type = Integer)]
         failed: i32,
     }
-    let mut conn = SqliteConnection::establish(url).unwrap();
+    let mut conn = raw(url);
     diesel::sql_query("SELECT path, imported, skipped, failed FROM legacy_imports ORDER BY id")
         .load::<Row>(&mut conn)
         .unwrap()
@@ -29,9 +29,7 @@ fn import_rows(url: &str) -> Vec<(String, i32, i32, i32)> {
         .collect()
 }
 
-#[test]
-fn a_json_export_is_imported_once_with_bad_records_reported() {
-    let db = TestDb::new();
+fn a_json_export_is_imported_once_with_bad_records_reported(db: TestDb) {
     let path = fixtures().join("legacy_export.json");
     let report = db.import_legacy(&path).unwrap();
     assert_eq!(
@@ -91,9 +89,7 @@ fn a_json_export_is_imported_once_with_bad_records_reported() {
     );
 }
 
-#[test]
-fn a_session_directory_is_imported_and_a_broken_file_skipped() {
-    let db = TestDb::new();
+fn a_session_directory_is_imported_and_a_broken_file_skipped(db: TestDb) {
     let dir = fixtures().join("legacy_sessions");
     let report = db.import_legacy(&dir).unwrap();
     assert_eq!(
@@ -144,9 +140,7 @@ fn a_session_directory_is_imported_and_a_broken_file_skipped() {
     assert_eq!(import_rows(&db.url).len(), 2);
 }
 
-#[test]
-fn unreadable_sources_are_errors() {
-    let db = TestDb::new();
+fn unreadable_sources_are_errors(db: TestDb) {
     let missing = fixtures().join("no-such-export.json");
     assert!(matches!(
         db.import_legacy(&missing),
@@ -159,3 +153,9 @@ fn unreadable_sources_are_errors() {
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err}");
     assert!(import_rows(&db.url).is_empty());
 }
+
+both_backends!(
+    a_json_export_is_imported_once_with_bad_records_reported,
+    a_session_directory_is_imported_and_a_broken_file_skipped,
+    unreadable_sources_are_errors,
+);

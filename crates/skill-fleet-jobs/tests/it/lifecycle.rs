@@ -5,7 +5,7 @@ use skill_fleet_jobs::Writer;
 use skill_fleet_jobs::{Action, ClaimFilter, Created, NewJob, StoreError, transition};
 use skill_fleet_types::{Job, JobStatus, ProgressUpdate};
 
-use crate::support::{TestDb, create, metadata, new_job, start};
+use crate::support::{TestDb, both_backends, create, metadata, new_job, start};
 
 use Action as A;
 use JobStatus as S;
@@ -91,9 +91,7 @@ fn the_transition_table_is_exactly_the_documented_one() {
     }
 }
 
-#[test]
-fn every_transition_is_applied_or_refused_without_writing() {
-    let db = TestDb::new();
+fn every_transition_is_applied_or_refused_without_writing(db: TestDb) {
     let mut n = 0;
     for from in JobStatus::ALL {
         for action in Action::ALL {
@@ -135,9 +133,7 @@ fn every_transition_is_applied_or_refused_without_writing() {
     }
 }
 
-#[test]
-fn lifecycle_effects_are_recorded() {
-    let db = TestDb::new();
+fn lifecycle_effects_are_recorded(db: TestDb) {
     create(&db, "a", "optimization");
     let started = start(&db, "a");
     assert_eq!(started.attempt, 1);
@@ -184,9 +180,7 @@ fn lifecycle_effects_are_recorded() {
     assert_eq!(failed.checkpoint, Some(json!({"trial": 4})));
 }
 
-#[test]
-fn refusals_and_missing_jobs_have_readable_messages() {
-    let db = TestDb::new();
+fn refusals_and_missing_jobs_have_readable_messages(db: TestDb) {
     job_in(&db, "abc", S::Completed);
     let err = db.cancel("abc", None).unwrap_err();
     assert_eq!(err.to_string(), "job `abc` is completed, cannot cancel");
@@ -206,9 +200,7 @@ fn refusals_and_missing_jobs_have_readable_messages() {
     ));
 }
 
-#[test]
-fn create_is_idempotent_for_the_same_body_and_conflicts_otherwise() {
-    let db = TestDb::new();
+fn create_is_idempotent_for_the_same_body_and_conflicts_otherwise(db: TestDb) {
     let body = NewJob {
         metadata: metadata(json!({"model": "gpt-4o-mini", "trials": 20})),
         ..new_job("same", "optimization")
@@ -248,9 +240,7 @@ fn create_is_idempotent_for_the_same_body_and_conflicts_otherwise() {
     assert_eq!(db.get("same").unwrap(), first);
 }
 
-#[test]
-fn create_generates_sortable_ids_and_validates_input() {
-    let db = TestDb::new();
+fn create_generates_sortable_ids_and_validates_input(db: TestDb) {
     let generated = NewJob {
         id: None,
         ..new_job("unused", "optimization")
@@ -278,9 +268,7 @@ fn create_generates_sortable_ids_and_validates_input() {
     }
 }
 
-#[test]
-fn every_change_bumps_the_version_and_the_change_counter() {
-    let db = TestDb::new();
+fn every_change_bumps_the_version_and_the_change_counter(db: TestDb) {
     let counter_at_start = db.change_counter().unwrap();
     let mut versions = vec![create(&db, "v", "optimization").version];
     let update = ProgressUpdate {
@@ -313,9 +301,7 @@ fn every_change_bumps_the_version_and_the_change_counter() {
     assert_eq!(db.get("v").unwrap().version, *versions.last().unwrap());
 }
 
-#[test]
-fn claim_takes_the_oldest_queued_job_of_the_given_types() {
-    let db = TestDb::new();
+fn claim_takes_the_oldest_queued_job_of_the_given_types(db: TestDb) {
     create(&db, "eval-1", "evaluation");
     create(&db, "opt-1", "optimization");
     create(&db, "opt-2", "optimization");
@@ -359,9 +345,7 @@ fn claim_takes_the_oldest_queued_job_of_the_given_types() {
     );
 }
 
-#[test]
-fn claim_skips_excluded_types_and_an_empty_claim_writes_nothing() {
-    let db = TestDb::new();
+fn claim_skips_excluded_types_and_an_empty_claim_writes_nothing(db: TestDb) {
     create(&db, "opt-1", "optimization");
     create(&db, "eval-1", "evaluation");
     let not_optimizations = ClaimFilter {
@@ -411,18 +395,14 @@ fn claim_skips_excluded_types_and_an_empty_claim_writes_nothing() {
     assert!(again.version > requeued.version);
 }
 
-#[test]
-fn boot_epoch_increases_across_reopens() {
-    let db = TestDb::new();
+fn boot_epoch_increases_across_reopens(db: TestDb) {
     assert_eq!(db.bump_boot_epoch().unwrap(), 1);
     assert_eq!(db.bump_boot_epoch().unwrap(), 2);
     let db = db.reopen();
     assert_eq!(db.bump_boot_epoch().unwrap(), 3);
 }
 
-#[test]
-fn migrations_are_applied_on_open_and_urls_are_accepted() {
-    let db = TestDb::new();
+fn migrations_are_applied_on_open(db: TestDb) {
     let status = db.migration_status().unwrap();
     assert!(status.pending.is_empty(), "{status:?}");
     assert_eq!(status.applied.len(), 6, "{status:?}");
@@ -433,7 +413,10 @@ fn migrations_are_applied_on_open_and_urls_are_accepted() {
             .unwrap()
             .is_empty()
     );
+}
 
+#[test]
+fn sqlite_urls_are_accepted_and_a_fresh_file_migrates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("via-url.db").display().to_string();
     for url in [
@@ -450,3 +433,16 @@ fn migrations_are_applied_on_open_and_urls_are_accepted() {
     assert_eq!((status.applied.len(), status.pending.len()), (0, 6));
     assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 6);
 }
+
+both_backends!(
+    every_transition_is_applied_or_refused_without_writing,
+    lifecycle_effects_are_recorded,
+    refusals_and_missing_jobs_have_readable_messages,
+    create_is_idempotent_for_the_same_body_and_conflicts_otherwise,
+    create_generates_sortable_ids_and_validates_input,
+    every_change_bumps_the_version_and_the_change_counter,
+    claim_takes_the_oldest_queued_job_of_the_given_types,
+    claim_skips_excluded_types_and_an_empty_claim_writes_nothing,
+    boot_epoch_increases_across_reopens,
+    migrations_are_applied_on_open,
+);

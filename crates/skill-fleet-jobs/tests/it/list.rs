@@ -4,11 +4,10 @@ use skill_fleet_jobs::Writer;
 use skill_fleet_jobs::{ListFilter, StoreError};
 use skill_fleet_types::JobStatus;
 
-use crate::support::{TestDb, create, start};
+use crate::support::{TestDb, both_backends, create, start};
 
 /// Jobs `job-00` … `job-09`: even ones `optimization`, odd ones `evaluation`; 0..3 running.
-fn seeded() -> TestDb {
-    let db = TestDb::new();
+fn seeded(db: TestDb) -> TestDb {
     for n in 0..10 {
         let job_type = if n % 2 == 0 {
             "optimization"
@@ -32,9 +31,8 @@ fn ids(db: &TestDb, filter: &ListFilter) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn pages_walk_every_job_newest_first_exactly_once() {
-    let db = seeded();
+fn pages_walk_every_job_newest_first_exactly_once(db: TestDb) {
+    let db = seeded(db);
     let mut seen = Vec::new();
     let mut filter = ListFilter {
         limit: 3,
@@ -65,9 +63,8 @@ fn pages_walk_every_job_newest_first_exactly_once() {
     assert_eq!((page.jobs.len(), page.next_cursor), (10, None));
 }
 
-#[test]
-fn filters_combine_with_paging() {
-    let db = seeded();
+fn filters_combine_with_paging(db: TestDb) {
+    let db = seeded(db);
     let running = ListFilter {
         status: Some(JobStatus::Running),
         ..Default::default()
@@ -98,9 +95,8 @@ fn filters_combine_with_paging() {
     assert_eq!(db.list(&second).unwrap().next_cursor, None);
 }
 
-#[test]
-fn limits_are_defaulted_and_capped_and_bad_cursors_refused() {
-    let db = seeded();
+fn limits_are_defaulted_and_capped_and_bad_cursors_refused(db: TestDb) {
+    let db = seeded(db);
     let zero = ListFilter {
         limit: 0,
         ..Default::default()
@@ -124,9 +120,8 @@ fn limits_are_defaulted_and_capped_and_bad_cursors_refused() {
     }
 }
 
-#[test]
-fn counts_cover_every_status() {
-    let db = seeded();
+fn counts_cover_every_status(db: TestDb) {
+    let db = seeded(db);
     db.fail("job-09", "x", &Writer::Operator).unwrap();
     let counts = db.counts_by_status().unwrap();
     assert_eq!(
@@ -140,3 +135,10 @@ fn counts_cover_every_status() {
         ]
     );
 }
+
+both_backends!(
+    pages_walk_every_job_newest_first_exactly_once,
+    filters_combine_with_paging,
+    limits_are_defaulted_and_capped_and_bad_cursors_refused,
+    counts_cover_every_status,
+);

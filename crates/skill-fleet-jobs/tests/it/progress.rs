@@ -5,11 +5,9 @@ use skill_fleet_jobs::Writer;
 use skill_fleet_jobs::{ProgressWrite, StoreError};
 use skill_fleet_types::{JobStatus, Progress, ProgressUpdate};
 
-use crate::support::{TestDb, create, start};
+use crate::support::{TestDb, both_backends, create, start};
 
-#[test]
-fn the_first_event_starts_a_queued_job_and_updates_merge() {
-    let db = TestDb::new();
+fn the_first_event_starts_a_queued_job_and_updates_merge(db: TestDb) {
     create(&db, "p", "optimization");
     let first = ProgressUpdate {
         step: Some("bootstrapping".into()),
@@ -54,9 +52,7 @@ fn the_first_event_starts_a_queued_job_and_updates_merge() {
     assert_eq!(history.next_after, None);
 }
 
-#[test]
-fn bad_updates_are_refused_and_write_nothing() {
-    let db = TestDb::new();
+fn bad_updates_are_refused_and_write_nothing(db: TestDb) {
     let before = create(&db, "p", "optimization");
     for update in [
         ProgressUpdate {
@@ -84,9 +80,7 @@ fn bad_updates_are_refused_and_write_nothing() {
     ));
 }
 
-#[test]
-fn history_pages_by_seq() {
-    let db = TestDb::new();
+fn history_pages_by_seq(db: TestDb) {
     create(&db, "h", "optimization");
     create(&db, "other", "optimization");
     for n in 1..=5 {
@@ -138,9 +132,7 @@ fn write(job_id: &str, progress: f64) -> ProgressWrite {
     }
 }
 
-#[test]
-fn the_batch_writes_live_jobs_and_skips_the_rest() {
-    let db = TestDb::new();
+fn the_batch_writes_live_jobs_and_skips_the_rest(db: TestDb) {
     create(&db, "running", "optimization");
     start(&db, "running");
     create(&db, "done", "optimization");
@@ -206,9 +198,7 @@ fn the_batch_writes_live_jobs_and_skips_the_rest() {
     assert_eq!(db.write_progress_batch(&[]).unwrap().written, 0);
 }
 
-#[test]
-fn large_batches_write_one_history_row_per_job_in_order() {
-    let db = TestDb::new();
+fn large_batches_write_one_history_row_per_job_in_order(db: TestDb) {
     let ids: Vec<String> = (0..103).map(|n| format!("job-{n:03}")).collect();
     for id in &ids {
         create(&db, id, "optimization");
@@ -230,3 +220,11 @@ fn large_batches_write_one_history_row_per_job_in_order() {
         "rows follow the batch order"
     );
 }
+
+both_backends!(
+    the_first_event_starts_a_queued_job_and_updates_merge,
+    bad_updates_are_refused_and_write_nothing,
+    history_pages_by_seq,
+    the_batch_writes_live_jobs_and_skips_the_rest,
+    large_batches_write_one_history_row_per_job_in_order,
+);

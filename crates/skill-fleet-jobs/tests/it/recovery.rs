@@ -10,7 +10,7 @@ use skill_fleet_jobs::{
 };
 use skill_fleet_types::{JobStatus, ProgressUpdate};
 
-use crate::support::{TestDb, create, start, start_as};
+use crate::support::{TestDb, both_backends, create, start, start_as};
 
 /// What the server does at start-up: every job an earlier run of it owned is lost.
 fn recover(db: &TestDb, resumable: &[String]) -> RescueReport {
@@ -30,9 +30,7 @@ fn ids(rescued: &[skill_fleet_jobs::Rescued]) -> Vec<&str> {
     rescued.iter().map(|r| r.job.id.as_str()).collect()
 }
 
-#[test]
-fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
-    let db = TestDb::new();
+fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest(db: TestDb) {
     create(&db, "opt", "optimization");
     create(&db, "eval", "evaluation");
     create(&db, "shell", "shell");
@@ -108,9 +106,7 @@ fn a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest() {
     assert!(db.rescue(&scope, &policy).unwrap().failed.is_empty());
 }
 
-#[test]
-fn prune_removes_old_finished_jobs_with_their_history() {
-    let db = TestDb::new();
+fn prune_removes_old_finished_jobs_with_their_history(db: TestDb) {
     // In this order so that claiming takes done, failed and running.
     for id in ["done", "failed", "running", "cancelled", "queued"] {
         create(&db, id, "optimization");
@@ -171,9 +167,7 @@ fn prune_removes_old_finished_jobs_with_their_history() {
     );
 }
 
-#[test]
-fn prune_takes_many_jobs_in_batches_and_reports_each_once() {
-    let db = TestDb::new();
+fn prune_takes_many_jobs_in_batches_and_reports_each_once(db: TestDb) {
     for i in 0..1203 {
         let id = format!("j{i:04}");
         create(&db, &id, "sweep");
@@ -194,3 +188,9 @@ fn prune_takes_many_jobs_in_batches_and_reports_each_once() {
         PruneReport::default()
     );
 }
+
+both_backends!(
+    a_crash_requeues_resumable_jobs_with_their_checkpoint_and_fails_the_rest,
+    prune_removes_old_finished_jobs_with_their_history,
+    prune_takes_many_jobs_in_batches_and_reports_each_once,
+);

@@ -1,0 +1,10 @@
+DROP INDEX jobs_status_lease_expires_at;
+ALTER TABLE job_progress DROP COLUMN event;
+ALTER TABLE job_progress DROP COLUMN attempt;
+ALTER TABLE jobs DROP COLUMN not_before;
+ALTER TABLE jobs DROP COLUMN rescues;
+ALTER TABLE jobs DROP COLUMN lease_renewed_at;
+ALTER TABLE jobs DROP COLUMN lease_expires_at;
+ALTER TABLE jobs DROP COLUMN lease_open;
+ALTER TABLE jobs DROP COLUMN lease_owner;
+ALTER TABLE jobs DROP COLUMN lease_token;
