@@ -197,6 +197,15 @@ pub fn admits(
     }
 }
 
+impl JobRow {
+    /// Whether `writer` may write to this row as it is ([`admits`]).
+    pub(crate) fn admits(&self, writer: &Writer) -> Result<()> {
+        let attempt = u32::try_from(self.attempt).unwrap_or(0);
+        let held = HeldLease::of_row(self);
+        admits(&self.id, self.job_status()?, attempt, held.as_ref(), writer)
+    }
+}
+
 /// A fresh lease token: 128 random bits from the operating system, as 32 hex digits.
 pub(crate) fn new_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -299,15 +308,8 @@ impl JobStore {
         self.write_if(
             |conn| {
                 let mut row = JobRow::find_for_write(conn, id)?;
+                row.admits(&writer)?;
                 let status = row.job_status()?;
-                let attempt = u32::try_from(row.attempt).unwrap_or(0);
-                admits(
-                    id,
-                    status,
-                    attempt,
-                    HeldLease::of_row(&row).as_ref(),
-                    &writer,
-                )?;
                 if status != JobStatus::Running {
                     return Ok(Heartbeat {
                         job: row.into_job()?,

@@ -11,7 +11,7 @@ use skill_fleet_types::{
 
 use crate::backend::{Active, ClaimWrite, Conn};
 use crate::error::{Result, StoreError};
-use crate::lease::{HeldLease, Writer, admits};
+use crate::lease::{HeldLease, Writer};
 use crate::models::job_progress::{
     FLAG_CHECKPOINT, FLAG_TERMINAL, HistoryInsert, count_history_row,
 };
@@ -429,15 +429,8 @@ impl JobStore {
     pub(crate) fn change(&self, id: &str, change: Change<'_>, writer: &Writer) -> Result<Job> {
         self.write(|conn| {
             let mut row = JobRow::find_for_write(conn, id)?;
+            row.admits(writer)?;
             let status = row.job_status()?;
-            let attempt = u32::try_from(row.attempt).unwrap_or(0);
-            admits(
-                id,
-                status,
-                attempt,
-                HeldLease::of_row(&row).as_ref(),
-                writer,
-            )?;
             let repeat = matches!(
                 (writer, status, change.action()),
                 (Writer::Owner(_), JobStatus::Completed, Action::Complete)

@@ -11,21 +11,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use support::{
-    Server, server_command_with_config, server_command_with_defaults, temp_db, wait_for,
+    Server, job, server_command_with_config, server_command_with_defaults, temp_db, wait_for,
+    wait_status,
 };
-
-fn job(server: &Server, id: &str) -> Value {
-    let (status, body) = server.get(&format!("/api/v1/jobs/{id}"));
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn wait_status(server: &Server, id: &str, want: &str, seconds: u64) -> Value {
-    wait_for(&format!("job {id} to be {want}"), seconds, || {
-        let job = job(server, id);
-        (job["status"] == want).then_some(job)
-    })
-}
 
 /// The child's pid, from the toy optimizer's `pid=` log line.
 fn child_pid(server: &Server, id: &str) -> u32 {

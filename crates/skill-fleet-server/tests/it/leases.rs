@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Server, temp_db, wait_for};
+use crate::support::{self, Server, job, temp_db, wait_for, wait_status};
 
 /// Leases of one second renewed every quarter second, swept every tenth.
 const SHORT_LEASES: &str = "lease_ttl_seconds = 1.0\n\
@@ -19,19 +19,6 @@ const SHORT_LEASES: &str = "lease_ttl_seconds = 1.0\n\
 fn lease_server(db: &Path, extra: &str) -> Server {
     let config = format!("{SHORT_LEASES}{extra}\n[executors]\n");
     Server::start_with(support::server_command_with_config(db, &config))
-}
-
-fn job(server: &Server, id: &str) -> Value {
-    let (status, body) = server.get(&format!("/api/v1/jobs/{id}"));
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn wait_status(server: &Server, id: &str, want: &str, seconds: u64) -> Value {
-    wait_for(&format!("job {id} to be {want}"), seconds, || {
-        let job = job(server, id);
-        (job["status"] == want).then_some(job)
-    })
 }
 
 /// Claims a job of `job_type` as `worker`, waiting out a rescue back-off.

@@ -32,6 +32,21 @@ pub fn server_command_with_defaults(database: &Path) -> Command {
     command(Path::new(BINARY), database)
 }
 
+/// The job `id` as the server has it (asserting a 200).
+pub fn job(server: &Server, id: &str) -> serde_json::Value {
+    let (status, body) = server.get(&format!("/api/v1/jobs/{id}"));
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Waits up to `seconds` for job `id` to be in status `want`; the job then.
+pub fn wait_status(server: &Server, id: &str, want: &str, seconds: u64) -> serde_json::Value {
+    wait_for(&format!("job {id} to be {want}"), seconds, || {
+        let job = job(server, id);
+        (job["status"] == want).then_some(job)
+    })
+}
+
 /// A running server (the kit's [`TestServer`]); killed on drop.
 pub struct Server(TestServer);
 
