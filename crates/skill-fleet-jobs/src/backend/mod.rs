@@ -71,7 +71,7 @@ pub(crate) mod sqlite;
 
 use chrono::NaiveDateTime;
 use diesel::QueryResult;
-use diesel::connection::Connection;
+use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 use diesel::migration::MigrationSource;
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ManageConnection, PooledConnection, R2D2Connection};
@@ -528,4 +528,33 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
 
     /// Connections open and idle, for `Debug`.
     fn pool_state(&self) -> r2d2::State;
+}
+
+/// Ends a write transaction both backends began: commits when `outcome` succeeded and
+/// `keep` says it changed something, rolls back otherwise. On failure the caller gets the
+/// write's own error, not the rollback's (which is only logged).
+pub(crate) fn end_write<C, T>(
+    conn: &mut C,
+    outcome: Result<T>,
+    keep: impl FnOnce(&T) -> bool,
+) -> Result<T>
+where
+    C: Connection<TransactionManager = AnsiTransactionManager>,
+{
+    match outcome {
+        Ok(value) if keep(&value) => {
+            AnsiTransactionManager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Ok(value) => {
+            AnsiTransactionManager::rollback_transaction(conn)?;
+            Ok(value)
+        }
+        Err(err) => {
+            if let Err(rollback) = AnsiTransactionManager::rollback_transaction(conn) {
+                tracing::debug!(error = %rollback, "rollback after a failed write");
+            }
+            Err(err)
+        }
+    }
 }

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::r2d2::CustomizeConnection;
@@ -28,7 +28,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{
     Backend, ClaimWrite, Conn, Kind, LatestProgress, Manager, Pool, Pooled, apply_migrations,
-    status_of,
+    end_write, status_of,
 };
 use crate::error::{Result, StorageFault};
 use crate::models::job_progress::HistoryInsert;
@@ -151,26 +151,10 @@ impl Backend for Postgres {
             inner(&mut conn),
             "BEGIN ISOLATION LEVEL READ COMMITTED",
         )?;
-        match work(&mut conn) {
-            Ok(value) if keep(&value) => {
-                AnsiTransactionManager::commit_transaction(inner(&mut conn))?;
-                Ok(value)
-            }
-            Ok(value) => {
-                AnsiTransactionManager::rollback_transaction(inner(&mut conn))?;
-                Ok(value)
-            }
-            Err(err) => {
-                // A lost connection cannot roll back; the pool then drops it (diesel marks a
-                // connection left in a transaction broken). The caller needs the first error.
-                if let Err(rollback) =
-                    AnsiTransactionManager::rollback_transaction(inner(&mut conn))
-                {
-                    tracing::debug!(error = %rollback, "rollback after a failed write");
-                }
-                Err(err)
-            }
-        }
+        let outcome = work(&mut conn);
+        // A lost connection cannot roll back; the pool then drops it (diesel marks a
+        // connection left in a transaction broken).
+        end_write(inner(&mut conn), outcome, keep)
     }
 
     /// The database server's clock, not this process's: every server sharing the database

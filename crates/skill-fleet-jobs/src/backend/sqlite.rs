@@ -24,7 +24,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{
     Backend, ClaimWrite, Conn, Kind, LatestProgress, Manager, Pool, Pooled, apply_migrations,
-    status_of,
+    end_write, status_of,
 };
 use crate::error::{Result, StorageFault, StoreError};
 use crate::models::job_progress::HistoryInsert;
@@ -262,26 +262,9 @@ impl Backend for Sqlite {
     ) -> Result<T> {
         let _turn = self.writes.enter()?;
         let mut conn = self.begin_write()?;
-        match work(&mut conn) {
-            Ok(value) if keep(&value) => {
-                AnsiTransactionManager::commit_transaction(inner(&mut conn))?;
-                Ok(value)
-            }
-            Ok(value) => {
-                AnsiTransactionManager::rollback_transaction(inner(&mut conn))?;
-                Ok(value)
-            }
-            Err(err) => {
-                // SQLite may have rolled back already (disk full, i/o error); the caller
-                // needs the first error either way, not the rollback's.
-                if let Err(rollback) =
-                    AnsiTransactionManager::rollback_transaction(inner(&mut conn))
-                {
-                    tracing::debug!(error = %rollback, "rollback after a failed write");
-                }
-                Err(err)
-            }
-        }
+        let outcome = work(&mut conn);
+        // SQLite may have rolled back already (disk full, i/o error).
+        end_write(inner(&mut conn), outcome, keep)
     }
 
     /// This machine's clock: the one process that owns the file stamps every write with it.
