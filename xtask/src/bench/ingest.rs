@@ -2,11 +2,10 @@
 //! `POST /_bench/noop` with the same bodies under the same load generator.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use serde_json::json;
 
-use super::http::{self, Load, LoadResult, Response};
+use super::http::{self, LoadResult};
 use super::report::{Row, Section};
 use super::stats::{Latencies, median};
 use super::{Ctx, alternate};
@@ -36,16 +35,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     let addr = server.addr;
     let ids = create_jobs(addr, "ingest", "bench_ingest", JOBS).await?;
     // The first event of a queued job starts it (a durable write): do that before measuring.
-    for id in &ids {
-        let response = http::once(
-            addr,
-            &http::post_json(&format!("/api/v1/jobs/{id}/events"), &event_body(0, 0)),
-        )
-        .await?;
-        if response.status != 202 {
-            return Err(format!("first event of `{id}`: status {}", response.status).into());
-        }
-    }
+    start_with_first_event(addr, &ids).await?;
     let mut events = Vec::new();
     let mut noops = Vec::new();
     for variant in 0..VARIANTS {
@@ -56,15 +46,8 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         }
     }
     let body_bytes = event_body(0, 0).len();
-    let load = |requests: Vec<Vec<u8>>, expect: fn(&Response) -> bool| Load {
-        connections: ctx.connections(),
-        duration: ctx.round_duration(),
-        max_per_connection: 2_000_000,
-        requests: Arc::new(requests),
-        expect,
-    };
-    let target = load(events, |r| r.status == 202);
-    let baseline = load(noops, |r| r.status == 200);
+    let target = ctx.closed_loop(events, |r| r.status == 202);
+    let baseline = ctx.closed_loop(noops, |r| r.status == 200);
     let rounds = alternate(ctx, &server, &[("noop", &baseline), ("events", &target)]).await?;
     let cpu = server.cpu_time();
 
@@ -190,4 +173,20 @@ pub async fn create_jobs(
         ids.push(id);
     }
     Ok(ids)
+}
+
+/// Starts each queued job with a token-less first event (a durable write, so done before a
+/// measurement): the jobs then run under open leases.
+pub async fn start_with_first_event(addr: SocketAddr, ids: &[String]) -> Result<()> {
+    for id in ids {
+        let response = http::once(
+            addr,
+            &http::post_json(&format!("/api/v1/jobs/{id}/events"), &event_body(0, 0)),
+        )
+        .await?;
+        if response.status != 202 {
+            return Err(format!("first event of `{id}`: status {}", response.status).into());
+        }
+    }
+    Ok(())
 }

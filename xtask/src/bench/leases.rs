@@ -6,12 +6,13 @@
 //! connections, rounds and alternation.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::http::{self, Load, LoadResult, Response};
-use super::ingest::{JOBS, VARIANTS, client_share, create_jobs, event_body};
+use super::http::{self, LoadResult};
+use super::ingest::{
+    JOBS, VARIANTS, client_share, create_jobs, event_body, start_with_first_event,
+};
 use super::report::{Row, Section};
 use super::stats::{Latencies, median};
 use super::{Ctx, alternate};
@@ -52,16 +53,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     let addr = server.addr;
     // Unfenced: started by a token-less first event (an open lease), as in `ingest`.
     let open = create_jobs(addr, "open", "bench_open", JOBS).await?;
-    for id in &open {
-        let response = http::once(
-            addr,
-            &http::post_json(&format!("/api/v1/jobs/{id}/events"), &event_body(0, 0)),
-        )
-        .await?;
-        if response.status != 202 {
-            return Err(format!("first event of `{id}`: status {}", response.status).into());
-        }
-    }
+    start_with_first_event(addr, &open).await?;
     // Fenced: claimed by a worker, every write carrying the claim's attempt and token.
     create_jobs(addr, "fenced", FENCED_TYPE, JOBS).await?;
     let claimed = claim_all(addr, JOBS).await?;
@@ -112,17 +104,10 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         event_body(0, 0).len(),
         fenced_body(&claimed[0], 0, 0).len(),
     );
-    let load = |requests: Vec<Vec<u8>>, expect: fn(&Response) -> bool| Load {
-        connections: ctx.connections(),
-        duration: ctx.round_duration(),
-        max_per_connection: 2_000_000,
-        requests: Arc::new(requests),
-        expect,
-    };
-    let noop = load(noops, |r| r.status == 200);
-    let heartbeat = load(heartbeats, |r| r.status == 200);
-    let unfenced = load(unfenced, |r| r.status == 202);
-    let fenced = load(fenced, |r| r.status == 202);
+    let noop = ctx.closed_loop(noops, |r| r.status == 200);
+    let heartbeat = ctx.closed_loop(heartbeats, |r| r.status == 200);
+    let unfenced = ctx.closed_loop(unfenced, |r| r.status == 202);
+    let fenced = ctx.closed_loop(fenced, |r| r.status == 202);
     // Two pairs, each alternated as `ingest` alternates its pair, so that in each pair either
     // load runs first equally often.
     let mut rounds =

@@ -163,6 +163,18 @@ impl Ctx {
         })
     }
 
+    /// A closed-loop load of one round: `requests` round robin over [`Ctx::connections`]
+    /// keep-alive connections for [`Ctx::round_duration`], `expect` telling a good answer.
+    pub fn closed_loop(&self, requests: Vec<Vec<u8>>, expect: fn(&http::Response) -> bool) -> Load {
+        Load {
+            connections: self.connections(),
+            duration: self.round_duration(),
+            max_per_connection: 2_000_000,
+            requests: std::sync::Arc::new(requests),
+            expect,
+        }
+    }
+
     pub fn connections(&self) -> usize {
         CONNECTIONS
     }

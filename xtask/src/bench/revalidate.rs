@@ -1,11 +1,9 @@
 //! Section `revalidate`: `GET /api/v1/jobs/{id}` answered from the response cache, as a 304
 //! (matching `If-None-Match`) and as a cached 200 (`X-Cache: HIT`), against `GET /_bench/noop`.
 
-use std::sync::Arc;
-
 use serde_json::json;
 
-use super::http::{self, Load, LoadResult, Response};
+use super::http::{self, LoadResult};
 use super::ingest::{client_share, create_jobs};
 use super::report::{Row, Section};
 use super::stats::{Latencies, median};
@@ -35,16 +33,9 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         noops.push(http::get("/_bench/noop", &[]));
     }
     let body_bytes = http::once(addr, &hits[0]).await?.body.len();
-    let load = |requests: Vec<Vec<u8>>, expect: fn(&Response) -> bool| Load {
-        connections: ctx.connections(),
-        duration: ctx.round_duration(),
-        max_per_connection: 2_000_000,
-        requests: Arc::new(requests),
-        expect,
-    };
-    let noop = load(noops, |r| r.status == 200);
-    let revalidated = load(not_modified, |r| r.status == 304);
-    let cached = load(hits, |r| r.status == 200 && r.cache_hit);
+    let noop = ctx.closed_loop(noops, |r| r.status == 200);
+    let revalidated = ctx.closed_loop(not_modified, |r| r.status == 304);
+    let cached = ctx.closed_loop(hits, |r| r.status == 200 && r.cache_hit);
     let rounds = alternate(
         ctx,
         &server,
