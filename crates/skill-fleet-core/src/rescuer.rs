@@ -38,7 +38,7 @@ pub async fn run_rescuer(
             _ = ticker.tick() => {
                 let healthy = service.healthy_for();
                 if healthy < ttl {
-                    if !paused && healthy < settings.interval.max(Duration::from_secs(1)) {
+                    if !paused {
                         tracing::debug!(
                             healthy_ms = healthy.as_millis() as u64,
                             "rescue paused: the database was unavailable less than one lease ago"

@@ -38,9 +38,9 @@ pub struct JobService {
     runner: OnceLock<Arc<dyn Runner>>,
     /// The lease owner of the jobs this server run's runner claims: `server:<boot epoch>`.
     server_owner: String,
-    /// When a store call last failed because the database could not be used (or when the
-    /// service started): the rescue sweep's outage guard counts from it.
-    unhealthy_at: Mutex<Instant>,
+    /// When the service started: the rescue sweep's outage guard counts from it until a
+    /// store call fails.
+    started_at: Instant,
     /// When a store call last failed because the database could not be used, if ever.
     faulted_at: Mutex<Option<Instant>>,
     /// How often workers are told to send heartbeats.
@@ -79,7 +79,7 @@ impl JobService {
             store_calls: AtomicU64::new(0),
             runner: OnceLock::new(),
             server_owner: format!("{SERVER_OWNER_PREFIX}{}", event_id_base >> 32),
-            unhealthy_at: Mutex::new(Instant::now()),
+            started_at: Instant::now(),
             faulted_at: Mutex::new(None),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
         }
@@ -109,30 +109,26 @@ impl JobService {
     /// How long the database has been usable without a break: since the last store call
     /// that failed for a storage fault or a lost connection, or since the service started.
     pub fn healthy_for(&self) -> Duration {
-        self.unhealthy_at
+        self.last_fault().unwrap_or(self.started_at).elapsed()
+    }
+
+    fn last_fault(&self) -> Option<Instant> {
+        *self
+            .faulted_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .elapsed()
     }
 
     /// Whether a store call failed because the database could not be used within `window`.
     pub(crate) fn faulted_within(&self, window: Duration) -> bool {
-        self.faulted_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < window)
+        self.last_fault().is_some_and(|at| at.elapsed() < window)
     }
 
     fn note_outage(&self) {
-        let now = Instant::now();
-        *self
-            .unhealthy_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = now;
         *self
             .faulted_at
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(now);
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 
     /// The job store.
