@@ -44,8 +44,8 @@ pub struct Committed {
     pub job_id: String,
     /// What changed.
     pub kind: ChangeKind,
-    /// The job's `version` after the change, when known (a coalesced batch, a deletion and an
-    /// uncertain write do not say).
+    /// The job's `version` after the change, when known (a deletion and an uncertain write do
+    /// not say).
     pub version: Option<u64>,
     /// The job's status after the change, when known.
     pub status: Option<JobStatus>,
@@ -54,6 +54,10 @@ pub struct Committed {
     pub job: Option<Arc<Job>>,
     /// What the change says to watchers: an end's reason, `requeued: server stopping`.
     pub message: Option<String>,
+    /// Whether another server committed it (PostgreSQL): this server read the job back from
+    /// the database after that server's notification, so `job` holds the whole row as
+    /// committed there, and nothing of it went through this server's live set or hub yet.
+    pub remote: bool,
 }
 
 impl Committed {
@@ -66,6 +70,7 @@ impl Committed {
             status: Some(job.status),
             job: Some(Arc::new(job)),
             message,
+            remote: false,
         }
     }
 
@@ -79,6 +84,7 @@ impl Committed {
             status: None,
             job: None,
             message: None,
+            remote: false,
         }
     }
 }

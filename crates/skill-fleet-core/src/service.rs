@@ -308,13 +308,20 @@ impl JobService {
         let result = self
             .blocking(move |store| store.write_progress_batch(&writes))
             .await;
-        let kind = match &result {
-            Ok(_) => ChangeKind::Progress,
+        match &result {
+            Ok(report) => {
+                for (id, version) in &report.versions {
+                    let mut change = Committed::bare(ChangeKind::Progress, id);
+                    change.version = Some(*version);
+                    self.emit(change);
+                }
+            }
             // A partly failed batch must not leave stale cache entries.
-            Err(_) => ChangeKind::Uncertain,
-        };
-        for write in &retry {
-            self.emit(Committed::bare(kind, &write.job_id));
+            Err(_) => {
+                for write in &retry {
+                    self.emit(Committed::bare(ChangeKind::Uncertain, &write.job_id));
+                }
+            }
         }
         match result {
             Ok(report) => {
