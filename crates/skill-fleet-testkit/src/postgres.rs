@@ -11,6 +11,9 @@
 //! 4. none: [`TestPostgres::get`] prints why and returns `None` (the test skips), except
 //!    under `CI`, where it panics: CI must test PostgreSQL.
 //!
+//! A test that restarts PostgreSQL gets a [`PostgresCluster`] of its own instead (never the
+//! shared server).
+//!
 //! Tests never connect outside 127.0.0.0/8. [`TestPostgres::database`] creates
 //! `sf_t_<random>` and drops it (terminating its leftover connections first) when the
 //! [`PostgresDatabase`] is dropped.
@@ -32,7 +35,7 @@ pub const URL_VAR: &str = "SKILL_FLEET_TEST_POSTGRES_URL";
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A PostgreSQL server tests may create databases on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TestPostgres {
     /// A url of the server's maintenance database, as a role that may create databases.
     admin_url: String,
@@ -277,80 +280,176 @@ fn run(program: &Path, args: &[&str], user: Option<&str>) -> Result<(), String> 
     }
 }
 
-/// Starts a cluster of its own in a temporary directory on a free 127.0.0.1 port, and a
-/// watcher that stops it and removes the directory when this process exits. As root (which
-/// PostgreSQL's programs refuse) the cluster runs as the `postgres` user.
+/// The process-wide throwaway cluster: started once, stopped and removed by its watcher when
+/// this process exits (tests never stop it themselves).
 fn throwaway_cluster() -> Result<TestPostgres, String> {
-    let bin = server_bin_dir().ok_or("initdb is neither on PATH nor in `pg_config --bindir`")?;
-    let dir = tempfile::Builder::new()
-        .prefix("sf-test-pg-")
-        .tempdir()
-        .map_err(|err| format!("no temporary directory: {err}"))?
-        .keep();
-    let started = start_cluster(&bin, &dir);
-    if started.is_err() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    started
+    PostgresCluster::start().map(PostgresCluster::keep_until_exit)
 }
 
-fn start_cluster(bin: &Path, dir: &Path) -> Result<TestPostgres, String> {
-    let user = is_root().then_some("postgres");
-    let dir_arg = dir.display().to_string();
-    if let Some(user) = user {
-        run(Path::new("chown"), &[user, &dir_arg], None)?;
+/// A PostgreSQL cluster of its own (`initdb`, `pg_ctl`) in a temporary directory, on a free
+/// 127.0.0.1 port, that a test may stop and start again (a PostgreSQL restart, never the
+/// machine's shared server). Dropping it stops it at once and removes its directory; a
+/// watcher does the same if this process ends without dropping it. As root (which
+/// PostgreSQL's programs refuse) the cluster runs as the `postgres` user.
+#[derive(Debug)]
+pub struct PostgresCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    data: PathBuf,
+    /// The `postgres` options: port, address, socket directory, no fsync.
+    options: String,
+    user: Option<&'static str>,
+    port: u16,
+    postgres: TestPostgres,
+}
+
+impl PostgresCluster {
+    /// A new cluster, started; or why there is none (no `initdb`, it failed, it does not
+    /// answer).
+    pub fn start() -> Result<PostgresCluster, String> {
+        let bin =
+            server_bin_dir().ok_or("initdb is neither on PATH nor in `pg_config --bindir`")?;
+        let dir = tempfile::Builder::new()
+            .prefix("sf-test-pg-")
+            .tempdir()
+            .map_err(|err| format!("no temporary directory: {err}"))?
+            .keep();
+        let started = PostgresCluster::init(bin, dir.clone());
+        if started.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        started
     }
-    let data = dir.join("data");
-    let data_arg = data.display().to_string();
-    let initdb_args = [
-        "-D",
-        &data_arg,
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "-E",
-        "UTF8",
-        "--no-locale",
-    ];
-    run(&bin.join("initdb"), &initdb_args, user)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|err| format!("no free port: {err}"))?
-        .port();
-    let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {dir_arg} -c fsync=off");
-    let log = dir.join("server.log").display().to_string();
-    let start_args = ["-D", &data_arg, "-o", &options, "-l", &log, "-w", "start"];
-    run(&bin.join("pg_ctl"), &start_args, user)?;
-    // Stopped when this process ends, however it ends: SIGQUIT is the postmaster's immediate
-    // shutdown, and needs no `pg_ctl` (which refuses to run as root).
-    let watcher = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-         kill -QUIT \"$(head -n 1 '{data_arg}/postmaster.pid')\" 2>/dev/null; sleep 2; \
-         rm -rf '{dir_arg}'",
-        pid = std::process::id(),
-    );
-    Command::new("sh")
-        .args(["-c", &watcher])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|err| format!("cannot start the cluster's watcher: {err}"))?;
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match answers(&url) {
-            Ok(()) => break,
-            Err(err) if std::time::Instant::now() > deadline => {
-                return Err(format!("the throwaway cluster does not answer: {err}"));
+
+    /// A new cluster for a test that must restart PostgreSQL; `None` with the reason printed
+    /// when PostgreSQL's server programs are missing (the test skips), except under `CI`,
+    /// where it panics.
+    pub fn for_test() -> Option<PostgresCluster> {
+        match PostgresCluster::start() {
+            Ok(cluster) => Some(cluster),
+            Err(reason) if std::env::var_os("CI").is_some() => {
+                panic!("no throwaway PostgreSQL cluster under CI: {reason}")
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            Err(reason) => {
+                eprintln!("skipping this test, it needs a PostgreSQL of its own: {reason}");
+                None
+            }
         }
     }
-    Ok(TestPostgres {
-        admin_url: url,
-        origin: format!("a throwaway cluster in {dir_arg}"),
-    })
+
+    fn init(bin: PathBuf, dir: PathBuf) -> Result<PostgresCluster, String> {
+        let user = is_root().then_some("postgres");
+        let dir_arg = dir.display().to_string();
+        if let Some(user) = user {
+            run(Path::new("chown"), &[user, &dir_arg], None)?;
+        }
+        let data = dir.join("data");
+        let data_arg = data.display().to_string();
+        let initdb_args = [
+            "-D",
+            &data_arg,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ];
+        run(&bin.join("initdb"), &initdb_args, user)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|err| format!("no free port: {err}"))?
+            .port();
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let cluster = PostgresCluster {
+            options: format!("-p {port} -c listen_addresses=127.0.0.1 -k {dir_arg} -c fsync=off"),
+            bin,
+            dir,
+            data,
+            user,
+            port,
+            postgres: TestPostgres {
+                admin_url: url,
+                origin: format!("a throwaway cluster in {dir_arg}"),
+            },
+        };
+        cluster.start_again()?;
+        cluster.watch_this_process()?;
+        Ok(cluster)
+    }
+
+    /// Stopped and removed when this process ends, however it ends: SIGQUIT is the
+    /// postmaster's immediate shutdown, and needs no `pg_ctl` (which refuses to run as root).
+    fn watch_this_process(&self) -> Result<(), String> {
+        let watcher = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             kill -QUIT \"$(head -n 1 '{data}/postmaster.pid')\" 2>/dev/null; sleep 2; \
+             rm -rf '{dir}'",
+            pid = std::process::id(),
+            data = self.data.display(),
+            dir = self.dir.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &watcher])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(drop)
+            .map_err(|err| format!("cannot start the cluster's watcher: {err}"))
+    }
+
+    /// Kept running for the rest of this process (its watcher removes it).
+    fn keep_until_exit(self) -> TestPostgres {
+        let cluster = std::mem::ManuallyDrop::new(self);
+        cluster.postgres.clone()
+    }
+
+    /// The cluster as the PostgreSQL of a test: [`TestPostgres::database`] makes databases
+    /// on it.
+    pub fn postgres(&self) -> &TestPostgres {
+        &self.postgres
+    }
+
+    /// The port it listens on (the same after a restart).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: connections are cut, nothing is
+    /// checkpointed, the next start recovers from the WAL, as after a crash) and waits until
+    /// it is down.
+    pub fn stop(&self) -> Result<(), String> {
+        let data = self.data.display().to_string();
+        let args = ["-D", &data, "-m", "immediate", "-w", "stop"];
+        run(&self.bin.join("pg_ctl"), &args, self.user)
+    }
+
+    /// Starts the (stopped) server again on the same port and waits until it answers.
+    pub fn start_again(&self) -> Result<(), String> {
+        let data = self.data.display().to_string();
+        let log = self.dir.join("server.log").display().to_string();
+        let args = ["-D", &data, "-o", &self.options, "-l", &log, "-w", "start"];
+        run(&self.bin.join("pg_ctl"), &args, self.user)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match answers(&self.postgres.admin_url) {
+                Ok(()) => return Ok(()),
+                Err(err) if std::time::Instant::now() > deadline => {
+                    return Err(format!("the throwaway cluster does not answer: {err}"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for PostgresCluster {
+    fn drop(&mut self) {
+        // Already stopped is fine: the directory goes either way.
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[cfg(test)]
