@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod changes;
 mod error;
 mod lease;
 mod legacy;
@@ -14,6 +15,7 @@ mod recovery;
 mod schema;
 mod store;
 
+pub use changes::{CHANGE_CHANNEL, ChangeNotifications, Doorbell, MAX_DOORBELL_BYTES};
 pub use error::{Result, StorageFault, StoreError};
 pub use lease::{
     ANONYMOUS_OWNER, Heartbeat, HeldLease, LEASE_EXPIRED_ERROR, LEASE_EXPIRED_EVENT, LeasePolicy,

@@ -153,6 +153,11 @@ impl JobStore {
         &self.history
     }
 
+    /// The backend the store runs on.
+    pub(crate) fn backend(&self) -> &Active {
+        &self.backend
+    }
+
     /// A pooled connection for reads.
     pub(crate) fn conn(&self) -> Result<Pooled> {
         self.backend.read()
