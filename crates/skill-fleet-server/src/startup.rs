@@ -12,7 +12,7 @@
 use std::io::Write;
 
 use skill_fleet_api::{ApiConfig, AppState};
-use skill_fleet_core::{JobService, RescueSettings};
+use skill_fleet_core::{ClusterSettings, JobService, RescueSettings};
 use skill_fleet_jobs::{
     DatabaseOwner, JobStore, LeasePolicy, Ownership, RescuePolicy, RescueScope, StoreError,
 };
@@ -78,16 +78,21 @@ pub async fn serve_until(
     // Start-up recovery is a rescue: the jobs an earlier run of this server ran (and any
     // running job that holds no lease) are lost by definition. Remote workers' leases are
     // left alone: the sweep looks at them once the server has been up for a full lease.
-    let scope = RescueScope::EarlierRuns {
-        current: service.server_owner().to_owned(),
-    };
-    let recovery = service.rescue(scope, rescue_policy.clone()).await?;
-    if !recovery.is_empty() {
-        tracing::info!(
-            requeued = recovery.requeued.len(),
-            failed = recovery.failed.len(),
-            "recovered jobs left running by the previous server"
-        );
+    // On a shared database (PostgreSQL) the other servers' jobs are alive, and this run
+    // cannot tell its own earlier runs from them: their leases expire and the sweep (of any
+    // server) takes them back.
+    if !service.store().is_shared() {
+        let scope = RescueScope::EarlierRuns {
+            current: service.server_owner().to_owned(),
+        };
+        let recovery = service.rescue(scope, rescue_policy.clone()).await?;
+        if !recovery.is_empty() {
+            tracing::info!(
+                requeued = recovery.requeued.len(),
+                failed = recovery.failed.len(),
+                "recovered jobs left running by the previous server"
+            );
+        }
     }
     let state = AppState::new(
         service,
@@ -100,6 +105,12 @@ pub async fn serve_until(
             ..ApiConfig::default()
         },
     );
+    // Read before any state is loaded: the cluster feed brings every later change of other
+    // servers, so nothing changes unseen between the seeds and the feed.
+    let since = {
+        let store = state.service().store().clone();
+        blocking(move || store.change_counter()).await?
+    };
     let seeded = state.service().seed_running().await?;
     let executor = Executor::new(
         state.clone(),
@@ -147,6 +158,21 @@ pub async fn serve_until(
             skill_fleet_core::run_rescuer(state.service(), settings, stop).await;
         })
     };
+    // Stopped last, after the shutdown's own writes (requeued jobs), so its final doorbell
+    // tells the other servers about them.
+    let (cluster_stop_tx, cluster_stop_rx) = watch::channel(false);
+    let cluster = {
+        let state = state.clone();
+        let stop = stopped(cluster_stop_rx);
+        let settings = ClusterSettings {
+            run: epoch,
+            tick: config.emit_interval,
+            since,
+        };
+        tokio::spawn(async move {
+            skill_fleet_core::run_cluster_feed(state.service(), settings, stop).await;
+        })
+    };
     let retention = config.retention.map(|keep| {
         tokio::spawn(crate::retention::run(
             state.clone(),
@@ -179,6 +205,8 @@ pub async fn serve_until(
     }
     // Anything that arrived while connections drained.
     state.service().shutdown().await;
+    let _ = cluster_stop_tx.send(true);
+    let _ = cluster.await;
     tracing::info!("stopped");
     // Held to the end: the next server may start once this one has written everything.
     drop(owner);
