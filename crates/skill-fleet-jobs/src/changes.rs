@@ -23,6 +23,9 @@ use skill_fleet_types::Job;
 /// notifications to the database they were sent in).
 pub const CHANGE_CHANNEL: &str = "skill_fleet_changes";
 
+/// The `application_name` of a server's listener connection, as `pg_stat_activity` shows it.
+pub const LISTENER_APPLICATION_NAME: &str = "skill-fleet-listener";
+
 /// The longest payload a doorbell sends; PostgreSQL refuses 8000 bytes and more.
 pub const MAX_DOORBELL_BYTES: usize = 7999;
 
@@ -138,6 +141,10 @@ impl JobStore {
             return Ok(None);
         };
         let mut conn = crate::backend::postgres::connect(postgres.url())?;
+        diesel::sql_query(format!(
+            "SET application_name = '{LISTENER_APPLICATION_NAME}'"
+        ))
+        .execute(&mut conn)?;
         diesel::sql_query(format!("LISTEN {CHANGE_CHANNEL}")).execute(&mut conn)?;
         Ok(Some(ChangeNotifications { conn }))
     }

@@ -15,7 +15,9 @@ mod recovery;
 mod schema;
 mod store;
 
-pub use changes::{CHANGE_CHANNEL, ChangeNotifications, Doorbell, MAX_DOORBELL_BYTES};
+pub use changes::{
+    CHANGE_CHANNEL, ChangeNotifications, Doorbell, LISTENER_APPLICATION_NAME, MAX_DOORBELL_BYTES,
+};
 pub use error::{Result, StorageFault, StoreError};
 pub use lease::{
     ANONYMOUS_OWNER, Heartbeat, HeldLease, LEASE_EXPIRED_ERROR, LEASE_EXPIRED_EVENT, LeasePolicy,
