@@ -1,6 +1,7 @@
 //! Several servers on one PostgreSQL database, in one process: what one commits reaches the
 //! others' response caches, live sets and listings within about a tick, also after the
 //! listener's connection is killed. Skips, saying why, without PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
