@@ -325,6 +325,7 @@ async fn wait_for_signal() {
 fn store_options(config: &Config) -> skill_fleet_jobs::StoreOptions {
     skill_fleet_jobs::StoreOptions {
         busy_timeout: config.busy_timeout,
+        pool_size: config.pool_size,
         max_history_rows_per_job: config.max_history_rows_per_job,
         lease: LeasePolicy {
             ttl: config.lease_ttl,
