@@ -2,12 +2,14 @@
 //!
 //! Start-up order: take the database's lock (`<database>.lock`: one server per SQLite file;
 //! a second one fails here, before it touches a row), open the store (runs migrations),
-//! import legacy jobs if configured, take a new boot epoch (so SSE ids never go backwards),
+//! import legacy jobs if configured, take a new boot epoch (this run's number), on SQLite
 //! rescue the jobs an earlier run left `running` (one mechanism with the lease sweep, which
-//! then runs every `rescue_interval`), seed the hub with running jobs, then listen, write the
-//! address into the lock file (and, with `retention_days`, prune old finished jobs). On
-//! SIGINT/SIGTERM: stop accepting, end every SSE stream, write pending progress, exit 0; the
-//! lock is released when the process exits.
+//! then runs every `rescue_interval`; on PostgreSQL other servers' jobs are alive, and the
+//! sweep takes back what expired), seed the hub with running jobs, start the cluster feed
+//! (PostgreSQL), then listen, write the address into the lock file (and, with
+//! `retention_days`, prune old finished jobs). On SIGINT/SIGTERM: stop accepting, end every
+//! SSE stream, write pending progress, tell the other servers, exit 0; the lock is released
+//! when the process exits.
 
 use std::io::Write;
 
