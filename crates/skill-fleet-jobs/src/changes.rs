@@ -162,6 +162,26 @@ impl JobStore {
         Ok(())
     }
 
+    /// How many servers listen for changes on this database now (their listener
+    /// connections in `pg_stat_activity`); `None` on SQLite.
+    pub fn listening_servers(&self) -> Result<Option<u64>> {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        if self.backend().postgres().is_none() {
+            return Ok(None);
+        }
+        let count: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind::<Text, _>(LISTENER_APPLICATION_NAME)
+        .get_result(&mut *self.conn()?)?;
+        Ok(Some(u64::try_from(count.n).unwrap_or(0)))
+    }
+
     /// The jobs whose version is above `version`, oldest change first, at most `limit`: what
     /// changed since a reader last looked (see the module documentation for why nothing
     /// committed is skipped). Each job appears once, as it is now.

@@ -31,5 +31,5 @@ pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Progre
 pub use recovery::{INTERRUPTED_ERROR, PruneReport};
 pub use store::{
     DEFAULT_MAX_HISTORY_ROWS_PER_JOB, JobStore, MIGRATIONS, MigrationStatus, POSTGRES_MIGRATIONS,
-    StoreOptions, migration_status, run_migrations,
+    StoreOptions, is_shared_url, migration_status, run_migrations,
 };

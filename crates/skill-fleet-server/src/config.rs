@@ -926,16 +926,24 @@ mod source_tests {
         )
         .unwrap();
         assert_eq!(config.database, "jobs.db", "the option's own name wins");
-        let config = resolve_env(&["--database", "x.db"], &[("SKILL_FLEET_DATABASE_URL", url)])
-            .unwrap();
+        let config = resolve_env(
+            &["--database", "x.db"],
+            &[("SKILL_FLEET_DATABASE_URL", url)],
+        )
+        .unwrap();
         assert_eq!(config.database, "x.db", "a flag wins");
     }
 
     #[test]
     fn pool_size_is_bounded() {
         assert_eq!(resolve_env(&[], &[]).unwrap().pool_size, 10);
-        assert_eq!(resolve_env(&["--pool-size", "32"], &[]).unwrap().pool_size, 32);
-        let err = resolve_env(&["--pool-size", "1"], &[]).unwrap_err().to_string();
+        assert_eq!(
+            resolve_env(&["--pool-size", "32"], &[]).unwrap().pool_size,
+            32
+        );
+        let err = resolve_env(&["--pool-size", "1"], &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pool_size") && err.contains("got 1"), "{err}");
     }
 

@@ -381,10 +381,13 @@ pub fn init_db(database: &str, import: Option<&std::path::Path>) -> Result<Strin
 /// status. It only reads, so it works beside a running server (and takes no lock).
 pub fn db_status(database: &str) -> Result<String, ServerError> {
     let mut report = format!("database: {database}\n");
-    report.push_str(&format!(
-        "owner: {}\n",
-        describe_ownership(&skill_fleet_jobs::owner_of(database)?)
-    ));
+    let shared = skill_fleet_jobs::is_shared_url(database);
+    if !shared {
+        report.push_str(&format!(
+            "owner: {}\n",
+            describe_ownership(&skill_fleet_jobs::owner_of(database)?)
+        ));
+    }
     let status = skill_fleet_jobs::migration_status(database)?;
     report.push_str(&format!(
         "schema version: {}\n",
@@ -400,6 +403,11 @@ pub fn db_status(database: &str) -> Result<String, ServerError> {
     }
     if status.pending.is_empty() {
         let store = JobStore::open(database)?;
+        if let Some(servers) = store.listening_servers()? {
+            report.push_str(&format!(
+                "servers: {servers} listening for changes (shared PostgreSQL database)\n"
+            ));
+        }
         report.push_str("jobs:\n");
         for (status, count) in store.counts_by_status()? {
             report.push_str(&format!("  {status:<10} {count}\n"));
