@@ -54,6 +54,10 @@ impl skill_fleet_core::ChangeListener for Generations {
     fn committed(&self, change: &skill_fleet_core::Committed) {
         self.bump(&change.job_id);
     }
+
+    fn resynced(&self) {
+        self.bump_all();
+    }
 }
 
 /// What a cached response was built from.
@@ -110,6 +114,15 @@ impl Generations {
     /// Marks a job (and every listing) as changed. Call after the write committed.
     pub fn bump(&self, job_id: &str) {
         self.stripes[self.stripe_of(job_id)].fetch_add(1, Ordering::AcqRel);
+        self.lists.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Marks every job and every listing as changed (another server changed more than it
+    /// could list).
+    pub fn bump_all(&self) {
+        for stripe in self.stripes.iter() {
+            stripe.fetch_add(1, Ordering::AcqRel);
+        }
         self.lists.fetch_add(1, Ordering::AcqRel);
     }
 }

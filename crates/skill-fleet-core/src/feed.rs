@@ -106,6 +106,11 @@ pub enum Audience {
 pub trait ChangeListener: Send + Sync {
     /// One change committed.
     fn committed(&self, change: &Committed);
+
+    /// Another server committed more changes than it could list (PostgreSQL): anything may
+    /// have changed, deletions included. The changes it can read back are still fed one by
+    /// one afterwards; caches forget everything here.
+    fn resynced(&self) {}
 }
 
 /// The listeners of committed changes.
@@ -136,6 +141,17 @@ impl ChangeFeed {
         // Stable: listeners of one audience keep the order they subscribed in.
         let at = listeners.partition_point(|(other, _)| *other <= audience);
         listeners.insert(at, (audience, listener));
+    }
+
+    /// Tells every listener that anything may have changed ([`ChangeListener::resynced`]).
+    pub fn resync(&self) {
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (_, listener) in listeners.iter() {
+            listener.resynced();
+        }
     }
 
     /// Tells every listener, caches first.

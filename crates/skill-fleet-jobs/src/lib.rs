@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod changes;
 mod error;
 mod lease;
 mod legacy;
@@ -14,6 +15,9 @@ mod recovery;
 mod schema;
 mod store;
 
+pub use changes::{
+    CHANGE_CHANNEL, ChangeNotifications, Doorbell, LISTENER_APPLICATION_NAME, MAX_DOORBELL_BYTES,
+};
 pub use error::{Result, StorageFault, StoreError};
 pub use lease::{
     ANONYMOUS_OWNER, Heartbeat, HeldLease, LEASE_EXPIRED_ERROR, LEASE_EXPIRED_EVENT, LeasePolicy,
@@ -27,5 +31,5 @@ pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Progre
 pub use recovery::{INTERRUPTED_ERROR, PruneReport};
 pub use store::{
     DEFAULT_MAX_HISTORY_ROWS_PER_JOB, JobStore, MIGRATIONS, MigrationStatus, POSTGRES_MIGRATIONS,
-    StoreOptions, migration_status, run_migrations,
+    StoreOptions, is_shared_url, migration_status, run_migrations,
 };

@@ -75,6 +75,12 @@ impl std::fmt::Debug for JobStore {
     }
 }
 
+/// Whether `url` names a database several servers may share (PostgreSQL), without opening
+/// it.
+pub fn is_shared_url(url: &str) -> bool {
+    crate::backend::Kind::of(url) == crate::backend::Kind::Postgres
+}
+
 /// Applies the embedded migrations to the database at `url` (creating it) and returns the
 /// names of those it applied. [`JobStore::open`] does the same; this is for `migrate` tools.
 pub fn run_migrations(url: &str) -> Result<Vec<String>> {
@@ -151,6 +157,11 @@ impl JobStore {
     /// The history cap and what it remembers of jobs over it.
     pub(crate) fn history_cap(&self) -> &HistoryCap {
         &self.history
+    }
+
+    /// The backend the store runs on.
+    pub(crate) fn backend(&self) -> &Active {
+        &self.backend
     }
 
     /// A pooled connection for reads.

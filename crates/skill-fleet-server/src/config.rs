@@ -118,7 +118,8 @@ pub enum LogFormat {
 #[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
-    /// Database path or `sqlite://` URL [default: ./skill-fleet.db].
+    /// SQLite file (a path or `sqlite://` URL) or a PostgreSQL `postgres://` URL, which several
+    /// servers may share [default: ./skill-fleet.db].
     #[arg(long, global = true, value_name = "PATH")]
     pub database: Option<String>,
     /// Address to listen on [default: 127.0.0.1:8000]; a non-loopback one requires a token.
@@ -163,6 +164,10 @@ pub struct Options {
     /// [default: 5000]; past it the write fails with 503 `database is busy`.
     #[arg(long, value_name = "MS")]
     pub busy_timeout_ms: Option<u64>,
+    /// Most database connections this server opens (readers, writers, the flush) [default:
+    /// 10]; on PostgreSQL N servers open up to N times this, plus one listener each.
+    #[arg(long, value_name = "N")]
+    pub pool_size: Option<u32>,
     /// Largest request body, in bytes; larger ones get 413 [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -281,6 +286,10 @@ pub fn option_names() -> Vec<OptionNames> {
     }));
     names
 }
+
+/// Second environment variables of some options, read when the first is unset:
+/// `SKILL_FLEET_DATABASE_URL`, the name deployments of PostgreSQL-backed services expect.
+pub const ENV_ALIASES: &[(&str, &str)] = &[("database", "SKILL_FLEET_DATABASE_URL")];
 
 /// The environment variable of an option: `SKILL_FLEET_` and the key in capitals.
 fn env_var(key: &str) -> String {
@@ -418,7 +427,14 @@ fn env_layer(env: &dyn Fn(&str) -> Option<String>) -> Result<Map<String, Value>,
             continue;
         }
         let name = env_var(&key);
-        let Some(text) = env(&name).filter(|text| !text.is_empty()) else {
+        let alias = ENV_ALIASES
+            .iter()
+            .find(|(of, _)| *of == key)
+            .map(|(_, alias)| *alias);
+        let Some(text) = env(&name)
+            .filter(|text| !text.is_empty())
+            .or_else(|| alias.and_then(env).filter(|text| !text.is_empty()))
+        else {
             continue;
         };
         let number = text
@@ -513,6 +529,8 @@ pub struct Config {
     pub max_rescues: u32,
     /// How long a write waits for the database's write lock.
     pub busy_timeout: Duration,
+    /// Most database connections in the store's pool.
+    pub pool_size: u32,
     /// Job type → command; `None` means the built-in default (the bundled optimizer).
     pub executors: Option<BTreeMap<String, ExecutorConfig>>,
     /// Serve the benchmark baseline route.
@@ -591,6 +609,13 @@ impl Config {
             return Err(layered.invalid(
                 "max_concurrent_jobs",
                 "max concurrent jobs must be at least 1",
+            ));
+        }
+        let pool_size = options.pool_size.unwrap_or(10);
+        if !(2..=1000).contains(&pool_size) {
+            return Err(layered.invalid(
+                "pool_size",
+                format!("pool size must be between 2 and 1000 connections, got {pool_size}"),
             ));
         }
         let busy_timeout_ms = options.busy_timeout_ms.unwrap_or(5000);
@@ -704,6 +729,7 @@ impl Config {
                 .retention_days
                 .map(|days| Duration::from_secs(days * 24 * 60 * 60)),
             busy_timeout: Duration::from_millis(busy_timeout_ms),
+            pool_size,
             bind,
             database,
             data_dir,
@@ -884,6 +910,41 @@ mod source_tests {
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect();
         Config::resolve_with_env(&cli, &|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn the_database_url_also_comes_from_skill_fleet_database_url() {
+        let url = "postgres://postgres@127.0.0.1:5432/fleet";
+        let config = resolve_env(&[], &[("SKILL_FLEET_DATABASE_URL", url)]).unwrap();
+        assert_eq!(config.database, url);
+        let config = resolve_env(
+            &[],
+            &[
+                ("SKILL_FLEET_DATABASE_URL", url),
+                ("SKILL_FLEET_DATABASE", "jobs.db"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.database, "jobs.db", "the option's own name wins");
+        let config = resolve_env(
+            &["--database", "x.db"],
+            &[("SKILL_FLEET_DATABASE_URL", url)],
+        )
+        .unwrap();
+        assert_eq!(config.database, "x.db", "a flag wins");
+    }
+
+    #[test]
+    fn pool_size_is_bounded() {
+        assert_eq!(resolve_env(&[], &[]).unwrap().pool_size, 10);
+        assert_eq!(
+            resolve_env(&["--pool-size", "32"], &[]).unwrap().pool_size,
+            32
+        );
+        let err = resolve_env(&["--pool-size", "1"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pool_size") && err.contains("got 1"), "{err}");
     }
 
     fn file(dir: &tempfile::TempDir, text: &str) -> String {

@@ -2,17 +2,19 @@
 //!
 //! Start-up order: take the database's lock (`<database>.lock`: one server per SQLite file;
 //! a second one fails here, before it touches a row), open the store (runs migrations),
-//! import legacy jobs if configured, take a new boot epoch (so SSE ids never go backwards),
+//! import legacy jobs if configured, take a new boot epoch (this run's number), on SQLite
 //! rescue the jobs an earlier run left `running` (one mechanism with the lease sweep, which
-//! then runs every `rescue_interval`), seed the hub with running jobs, then listen, write the
-//! address into the lock file (and, with `retention_days`, prune old finished jobs). On
-//! SIGINT/SIGTERM: stop accepting, end every SSE stream, write pending progress, exit 0; the
-//! lock is released when the process exits.
+//! then runs every `rescue_interval`; on PostgreSQL other servers' jobs are alive, and the
+//! sweep takes back what expired), seed the hub with running jobs, start the cluster feed
+//! (PostgreSQL), then listen, write the address into the lock file (and, with
+//! `retention_days`, prune old finished jobs). On SIGINT/SIGTERM: stop accepting, end every
+//! SSE stream, write pending progress, tell the other servers, exit 0; the lock is released
+//! when the process exits.
 
 use std::io::Write;
 
 use skill_fleet_api::{ApiConfig, AppState};
-use skill_fleet_core::{JobService, RescueSettings};
+use skill_fleet_core::{ClusterSettings, JobService, RescueSettings};
 use skill_fleet_jobs::{
     DatabaseOwner, JobStore, LeasePolicy, Ownership, RescuePolicy, RescueScope, StoreError,
 };
@@ -78,16 +80,21 @@ pub async fn serve_until(
     // Start-up recovery is a rescue: the jobs an earlier run of this server ran (and any
     // running job that holds no lease) are lost by definition. Remote workers' leases are
     // left alone: the sweep looks at them once the server has been up for a full lease.
-    let scope = RescueScope::EarlierRuns {
-        current: service.server_owner().to_owned(),
-    };
-    let recovery = service.rescue(scope, rescue_policy.clone()).await?;
-    if !recovery.is_empty() {
-        tracing::info!(
-            requeued = recovery.requeued.len(),
-            failed = recovery.failed.len(),
-            "recovered jobs left running by the previous server"
-        );
+    // On a shared database (PostgreSQL) the other servers' jobs are alive, and this run
+    // cannot tell its own earlier runs from them: their leases expire and the sweep (of any
+    // server) takes them back.
+    if !service.store().is_shared() {
+        let scope = RescueScope::EarlierRuns {
+            current: service.server_owner().to_owned(),
+        };
+        let recovery = service.rescue(scope, rescue_policy.clone()).await?;
+        if !recovery.is_empty() {
+            tracing::info!(
+                requeued = recovery.requeued.len(),
+                failed = recovery.failed.len(),
+                "recovered jobs left running by the previous server"
+            );
+        }
     }
     let state = AppState::new(
         service,
@@ -100,6 +107,12 @@ pub async fn serve_until(
             ..ApiConfig::default()
         },
     );
+    // Read before any state is loaded: the cluster feed brings every later change of other
+    // servers, so nothing changes unseen between the seeds and the feed.
+    let since = {
+        let store = state.service().store().clone();
+        blocking(move || store.change_counter()).await?
+    };
     let seeded = state.service().seed_running().await?;
     let executor = Executor::new(
         state.clone(),
@@ -147,6 +160,21 @@ pub async fn serve_until(
             skill_fleet_core::run_rescuer(state.service(), settings, stop).await;
         })
     };
+    // Stopped last, after the shutdown's own writes (requeued jobs), so its final doorbell
+    // tells the other servers about them.
+    let (cluster_stop_tx, cluster_stop_rx) = watch::channel(false);
+    let cluster = {
+        let state = state.clone();
+        let stop = stopped(cluster_stop_rx);
+        let settings = ClusterSettings {
+            run: epoch,
+            tick: config.emit_interval,
+            since,
+        };
+        tokio::spawn(async move {
+            skill_fleet_core::run_cluster_feed(state.service(), settings, stop).await;
+        })
+    };
     let retention = config.retention.map(|keep| {
         tokio::spawn(crate::retention::run(
             state.clone(),
@@ -179,6 +207,8 @@ pub async fn serve_until(
     }
     // Anything that arrived while connections drained.
     state.service().shutdown().await;
+    let _ = cluster_stop_tx.send(true);
+    let _ = cluster.await;
     tracing::info!("stopped");
     // Held to the end: the next server may start once this one has written everything.
     drop(owner);
@@ -297,6 +327,7 @@ async fn wait_for_signal() {
 fn store_options(config: &Config) -> skill_fleet_jobs::StoreOptions {
     skill_fleet_jobs::StoreOptions {
         busy_timeout: config.busy_timeout,
+        pool_size: config.pool_size,
         max_history_rows_per_job: config.max_history_rows_per_job,
         lease: LeasePolicy {
             ttl: config.lease_ttl,
@@ -350,10 +381,13 @@ pub fn init_db(database: &str, import: Option<&std::path::Path>) -> Result<Strin
 /// status. It only reads, so it works beside a running server (and takes no lock).
 pub fn db_status(database: &str) -> Result<String, ServerError> {
     let mut report = format!("database: {database}\n");
-    report.push_str(&format!(
-        "owner: {}\n",
-        describe_ownership(&skill_fleet_jobs::owner_of(database)?)
-    ));
+    let shared = skill_fleet_jobs::is_shared_url(database);
+    if !shared {
+        report.push_str(&format!(
+            "owner: {}\n",
+            describe_ownership(&skill_fleet_jobs::owner_of(database)?)
+        ));
+    }
     let status = skill_fleet_jobs::migration_status(database)?;
     report.push_str(&format!(
         "schema version: {}\n",
@@ -369,6 +403,11 @@ pub fn db_status(database: &str) -> Result<String, ServerError> {
     }
     if status.pending.is_empty() {
         let store = JobStore::open(database)?;
+        if let Some(servers) = store.listening_servers()? {
+            report.push_str(&format!(
+                "servers: {servers} listening for changes (shared PostgreSQL database)\n"
+            ));
+        }
         report.push_str("jobs:\n");
         for (status, count) in store.counts_by_status()? {
             report.push_str(&format!("  {status:<10} {count}\n"));

@@ -115,6 +115,36 @@ impl PostgresDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Ends every connection to this database whose `application_name` is `application`, as
+    /// a restart or a failover would; how many there were.
+    pub fn terminate(&self, application: &str) -> u64 {
+        self.count(application, "pg_terminate_backend(pid)")
+    }
+
+    /// How many connections to this database have `application_name` = `application`.
+    pub fn connections(&self, application: &str) -> u64 {
+        self.count(application, "*")
+    }
+
+    fn count(&self, application: &str, what: &str) -> u64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut admin = PgConnection::establish(&self.admin_url)
+            .unwrap_or_else(|err| panic!("cannot connect to the test PostgreSQL: {err}"));
+        let counted: Count = diesel::sql_query(format!(
+            "SELECT count({what}) AS n FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = $2"
+        ))
+        .bind::<diesel::sql_types::Text, _>(&self.name)
+        .bind::<diesel::sql_types::Text, _>(application)
+        .get_result(&mut admin)
+        .unwrap_or_else(|err| panic!("cannot read pg_stat_activity: {err}"));
+        u64::try_from(counted.n).unwrap_or(0)
+    }
 }
 
 impl Drop for PostgresDatabase {

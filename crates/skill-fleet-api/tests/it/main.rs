@@ -2,6 +2,7 @@
 //! socket bound to 127.0.0.1:0, each test on its own temp database.
 
 mod caching;
+mod cluster;
 mod fuzz_router;
 mod openapi;
 mod proptest_http;

@@ -194,3 +194,49 @@ impl SseReader {
         self.events.recv_timeout(Duration::from_secs(20)).ok()
     }
 }
+
+/// Two or more apps ("servers") on one PostgreSQL database, each running the cluster feed.
+pub struct TestCluster {
+    pub servers: Vec<TestApp>,
+    pub database: skill_fleet_testkit::PostgresDatabase,
+}
+
+impl TestCluster {
+    /// `n` servers on a fresh database, or `None` (the reason printed) without PostgreSQL.
+    pub async fn new(n: usize) -> Option<TestCluster> {
+        let postgres = skill_fleet_testkit::TestPostgres::get()?;
+        let database = postgres.database();
+        let mut servers = Vec::new();
+        for run in 1..=n as u64 {
+            let store = JobStore::open(&database.url).unwrap();
+            let since = store.change_counter().unwrap();
+            let hub = Hub::new(HubConfig {
+                emit_interval: Duration::from_millis(20),
+                ..HubConfig::default()
+            });
+            let state = AppState::new(JobService::new(store, hub, run), ApiConfig::default());
+            state.set_ready(true);
+            let feed = state.clone();
+            tokio::spawn(async move {
+                let settings = skill_fleet_core::ClusterSettings {
+                    run,
+                    tick: Duration::from_millis(20),
+                    since,
+                };
+                skill_fleet_core::run_cluster_feed(
+                    feed.service(),
+                    settings,
+                    std::future::pending::<()>(),
+                )
+                .await;
+            });
+            let router = skill_fleet_api::router(state.clone());
+            servers.push(TestApp {
+                state,
+                router,
+                _dir: tempfile::tempdir().unwrap(),
+            });
+        }
+        Some(TestCluster { servers, database })
+    }
+}

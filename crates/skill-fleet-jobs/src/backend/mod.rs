@@ -192,6 +192,14 @@ impl Active {
         })
     }
 
+    /// The PostgreSQL backend, when this is one.
+    pub(crate) fn postgres(&self) -> Option<&postgres::Postgres> {
+        match self {
+            Active::Sqlite(_) => None,
+            Active::Postgres(b) => Some(b),
+        }
+    }
+
     /// See [`Backend::run_migrations`].
     pub(crate) fn run_migrations(url: &str) -> Result<Vec<String>> {
         match Kind::of(url) {

@@ -48,9 +48,11 @@ fn migrations() -> EmbeddedMigrations {
 /// The advisory lock key migrations run under (`skill-fleet` in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x736b_696c_6c66;
 
-/// The PostgreSQL backend: the pool.
+/// The PostgreSQL backend: the pool, and the url (a server's change listener opens its own
+/// connection to it).
 pub(crate) struct Postgres {
     pool: Pool,
+    url: String,
 }
 
 /// The PostgreSQL connection inside a pooled [`Conn`] of a PostgreSQL pool.
@@ -85,7 +87,7 @@ impl CustomizeConnection<Conn, diesel::r2d2::Error> for ConnectionSetup {
 }
 
 /// Opens one connection, without migrating.
-fn connect(url: &str) -> Result<PgConnection> {
+pub(crate) fn connect(url: &str) -> Result<PgConnection> {
     Ok(PgConnection::establish(url)?)
 }
 
@@ -98,6 +100,13 @@ fn migrate(conn: &mut PgConnection) -> Result<Vec<String>> {
     let applied = applied?;
     unlocked?;
     Ok(applied)
+}
+
+impl Postgres {
+    /// The database's url.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
 }
 
 impl Backend for Postgres {
@@ -122,7 +131,10 @@ impl Backend for Postgres {
                 lock_timeout: options.busy_timeout,
             }))
             .build(Manager::new(url, Kind::Postgres))?;
-        Ok(Postgres { pool })
+        Ok(Postgres {
+            pool,
+            url: url.to_owned(),
+        })
     }
 
     fn run_migrations(url: &str) -> Result<Vec<String>> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use skill_fleet_jobs::{
-    ClaimFilter, JobStore, LEASE_EXPIRED_EVENT, LeasePolicy, ProgressWrite, RescuePolicy,
+    ClaimFilter, Doorbell, JobStore, LEASE_EXPIRED_EVENT, LeasePolicy, ProgressWrite, RescuePolicy,
     RescueReport, RescueScope, StoreError, StoreOptions, Writer,
 };
 use skill_fleet_testkit::TestPostgres;
@@ -485,4 +485,92 @@ fn refused_writes_are_storage_faults_and_the_pool_recovers() {
              current_database()); END $$;",
         )
         .unwrap();
+}
+
+#[test]
+fn a_doorbell_rung_by_one_server_is_heard_by_another() {
+    let Some(db) = TestDb::postgres() else {
+        return;
+    };
+    let stores = servers(&db, Duration::from_secs(90));
+    let mut heard = stores[1].listen_for_changes().unwrap().expect("a listener");
+    let mut also = stores[2].listen_for_changes().unwrap().expect("a listener");
+    let payload = Doorbell::encode(7, &[("job-a".to_owned(), Some(3))]);
+    stores[0].ring_doorbell(&payload).unwrap();
+    for listener in [&mut heard, &mut also] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.is_empty() {
+            assert!(Instant::now() < deadline, "no doorbell heard");
+            got = listener.take().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(got, vec![payload.clone()]);
+        listener.check().unwrap();
+    }
+}
+
+#[test]
+fn changes_read_by_version_never_skip_a_commit_of_another_server() {
+    // Three "servers" write at once while a fourth reads `version > last seen` in a loop:
+    // every version any write produced is seen by the reader (as the job's state at that
+    // version or a later one), because versions become visible in the order they are given.
+    let Some(db) = TestDb::postgres() else {
+        return;
+    };
+    let stores = servers(&db, Duration::from_secs(90));
+    let reader = db.open_with(StoreOptions::default());
+    let start = reader.change_counter().unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (written, seen) = std::thread::scope(|scope| {
+        let writers: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(n, store)| {
+                scope.spawn(move || {
+                    let mut versions = Vec::new();
+                    for k in 0..40 {
+                        let job = create(store, &format!("s{n}-{k:02}"), "optimization");
+                        versions.push((job.id.clone(), job.version));
+                    }
+                    versions
+                })
+            })
+            .collect();
+        let done = &done;
+        let reader = &reader;
+        let reads = scope.spawn(move || {
+            let mut last = start;
+            let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                for job in reader.jobs_changed_since(last, 7).unwrap() {
+                    assert!(
+                        job.version > last,
+                        "{} at {} after {last}",
+                        job.id,
+                        job.version
+                    );
+                    last = job.version;
+                    seen.insert(job.id.clone(), job.version);
+                }
+                if finished && reader.jobs_changed_since(last, 1).unwrap().is_empty() {
+                    return seen;
+                }
+            }
+        });
+        let written: Vec<(String, u64)> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (written, reads.join().unwrap())
+    });
+    assert_eq!(seen.len(), written.len());
+    for (id, version) in written {
+        assert!(
+            seen.get(&id).is_some_and(|v| *v >= version),
+            "{id} at {version} never seen"
+        );
+    }
 }
