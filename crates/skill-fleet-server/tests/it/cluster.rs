@@ -609,6 +609,9 @@ fn subscribers_on_other_servers_follow_a_job_in_order_and_resume_on_any_server()
         201,
     );
     let claimed = claim(&a, "watched", "feeder", 30);
+    // The feeder's lease is kept alive apart from its events, whatever the waits take.
+    let stop = Arc::new(AtomicBool::new(false));
+    let beater = keep_alive(&a, &claimed, &stop);
     let on_b = Sse::open(&b, "watched", None);
     let on_c = Sse::open(&c, "watched", None);
     for sse in [&on_b, &on_c] {
@@ -632,7 +635,6 @@ fn subscribers_on_other_servers_follow_a_job_in_order_and_resume_on_any_server()
             with_fence(json!({"progress": progress + 0.02}), &claimed),
             202,
         );
-        a.post_ok("/api/v1/jobs/watched/heartbeat", fence(&claimed), 200);
         for sse in [&on_b, &on_c] {
             let seen = sse.wait(step, Duration::from_secs(5), |e| e["step"] == step.as_str());
             delays_ms.push(seen.at.saturating_duration_since(sent).as_millis());
@@ -646,6 +648,8 @@ fn subscribers_on_other_servers_follow_a_job_in_order_and_resume_on_any_server()
             }
         }
     }
+    stop.store(true, Ordering::SeqCst);
+    beater.join().unwrap();
     a.post_ok(
         "/api/v1/jobs/watched/complete",
         with_fence(json!({"result": {"ok": true}}), &claimed),
@@ -922,6 +926,24 @@ fn a_postgresql_restart_loses_no_acknowledged_write_and_the_servers_recover_by_t
             e["step"] == "before"
         });
     }
+    // Each server hears the other's changes about a tick later, and each such change
+    // invalidates what it cached of that job: the entries are settled once they stayed hits
+    // for a while (nothing changes `done` or `waiting` any more).
+    let mut settled_since: Option<Instant> = None;
+    wait_for("the cached answers to settle", 10, || {
+        let hits = cached
+            .iter()
+            .all(|(server, path, _)| get(server, path, None).cache.as_deref() == Some("HIT"));
+        match (hits, settled_since) {
+            (false, _) => settled_since = None,
+            (true, None) => settled_since = Some(Instant::now()),
+            (true, Some(since)) if since.elapsed() > Duration::from_millis(300) => {
+                return Some(());
+            }
+            (true, Some(_)) => {}
+        }
+        None
+    });
 
     postgres.stop().unwrap();
     let outage = Instant::now();
