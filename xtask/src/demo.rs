@@ -1,7 +1,10 @@
 //! `cargo xtask demo`: the README's quick start. Builds the server and the CLI, starts the
 //! server on the embedded SQLite default (a database under `target/demo/`), runs a real
 //! optimization job with the bundled example optimizer and shows its live progress, then
-//! stops the server.
+//! stops the server. With `--cluster`, three servers on one PostgreSQL instead, one of them
+//! killed mid-run ([`cluster`]).
+
+mod cluster;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -9,16 +12,59 @@ use std::time::Duration;
 
 use crate::project_root;
 
+const USAGE: &str = "usage: cargo xtask demo [--trials N] [--cluster [--database-url URL]]";
+
+/// What the command line asked for.
+struct Args {
+    trials: u32,
+    cluster: bool,
+    database_url: Option<String>,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut parsed = Args {
+        trials: 0,
+        cluster: false,
+        database_url: None,
+    };
+    let mut iter = args.iter().filter(|a| *a != "--");
+    while let Some(arg) = iter.next() {
+        let mut value = || iter.next().cloned().ok_or(format!("`{arg}` needs a value"));
+        match arg.as_str() {
+            "--trials" => {
+                let text = value()?;
+                parsed.trials =
+                    text.parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or(format!(
+                            "--trials needs a number from 1 to 1000, got `{text}`"
+                        ))?;
+            }
+            "--cluster" => parsed.cluster = true,
+            "--database-url" => parsed.database_url = Some(value()?),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if parsed.database_url.is_some() && !parsed.cluster {
+        return Err("--database-url goes with --cluster".to_owned());
+    }
+    if parsed.trials == 0 {
+        parsed.trials = if parsed.cluster { 24 } else { 12 };
+    }
+    Ok(parsed)
+}
+
 /// Runs the demo; the exit code is the CLI's (0 when the job completed).
 pub fn run(args: &[String]) -> crate::Result<ExitCode> {
-    let trials = match args {
-        [] => "12".to_owned(),
-        [flag, n] if flag == "--trials" => n.clone(),
-        _ => {
-            eprintln!("usage: cargo xtask demo [--trials N]");
+    let args = match parse(args) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("{err}\n{USAGE}");
             return Ok(ExitCode::from(2));
         }
     };
+    let trials = args.trials.to_string();
     let root = project_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     println!("building skill-fleet-server and skill-fleet…");
@@ -36,7 +82,10 @@ pub fn run(args: &[String]) -> crate::Result<ExitCode> {
     if !status.success() {
         return Err("cargo build failed".into());
     }
-    let bin = root.join("target").join("debug");
+    let bin = crate::bench::target_dir().join("debug");
+    if args.cluster {
+        return cluster::run(&bin, args.database_url.as_deref(), args.trials);
+    }
     let demo_dir = root.join("target").join("demo");
     std::fs::create_dir_all(&demo_dir)?;
 

@@ -21,7 +21,9 @@ pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Sen
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  demo [--trials N]        start the server, run a real optimization job, watch it live
+  demo [--trials N] [--cluster [--database-url URL]]
+                           start the server, run a real optimization job, watch it live;
+                           --cluster: three servers on one PostgreSQL, one killed mid-run
   migrate [DATABASE_URL]   apply the embedded migrations (default ./skill-fleet.db)
   new-migration NAME       create migrations/<timestamp>_NAME/{up,down}.sql
   release [--dry-run] [--skip-tests]
@@ -29,7 +31,7 @@ commands:
   schema [--check]         regenerate crates/skill-fleet-jobs/src/schema.rs, or check it
   bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
                            the benchmark suite (release build): table + target/bench/report.json;
-                           sections ingest,revalidate,sse,restart,cli,store,faults,leases
+                           sections ingest,revalidate,sse,restart,cli,store,faults,leases,cluster
   bench-store [--ticks N]  the store section alone (`bench --only store`)
   test [--rust-only | --python-only] [-- CARGO_TEST_ARGS…]
                            the whole test suite: cargo test --workspace, then python/ci.sh

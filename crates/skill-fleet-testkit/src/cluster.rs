@@ -6,7 +6,8 @@
 //! directory and the same TOML configuration. A server can be SIGKILLed ([`Cluster::kill`]),
 //! stopped ([`Cluster::terminate`]) and started again on its data directory
 //! ([`Cluster::restart`]), and more can join ([`Cluster::add`]). Dropping the cluster kills
-//! every server, then drops the database.
+//! every server, then drops the database it made ([`Cluster::spawn_on_url`] runs on one it
+//! leaves alone).
 //!
 //! The servers' stderr is captured and printed when a failing test drops them.
 
@@ -29,7 +30,10 @@ pub struct Cluster {
     /// Extra flags every server gets.
     flags: Vec<String>,
     dir: tempfile::TempDir,
-    database: PostgresDatabase,
+    /// The database's url.
+    url: String,
+    /// The database, when the cluster made it: held to be dropped with the cluster, last.
+    _database: Option<PostgresDatabase>,
 }
 
 impl Cluster {
@@ -63,6 +67,30 @@ impl Cluster {
         config: &str,
         flags: &[&str],
     ) -> Result<Cluster, TestkitError> {
+        let url = database.url.clone();
+        Cluster::spawn_inner(url, Some(database), binary, servers, config, flags)
+    }
+
+    /// Like [`Cluster::spawn`] on an existing database, which is left as it is when the
+    /// cluster is dropped.
+    pub fn spawn_on_url(
+        url: &str,
+        binary: &Path,
+        servers: usize,
+        config: &str,
+        flags: &[&str],
+    ) -> Result<Cluster, TestkitError> {
+        Cluster::spawn_inner(url.to_owned(), None, binary, servers, config, flags)
+    }
+
+    fn spawn_inner(
+        url: String,
+        database: Option<PostgresDatabase>,
+        binary: &Path,
+        servers: usize,
+        config: &str,
+        flags: &[&str],
+    ) -> Result<Cluster, TestkitError> {
         let dir = tempfile::Builder::new()
             .prefix("sf-cluster-")
             .tempdir()
@@ -81,7 +109,8 @@ impl Cluster {
             config: config_path,
             flags: flags.iter().map(|flag| (*flag).to_owned()).collect(),
             dir,
-            database,
+            url,
+            _database: database,
         };
         for _ in 0..servers {
             cluster.try_add()?;
@@ -91,12 +120,7 @@ impl Cluster {
 
     /// The database's url (`postgres://…`).
     pub fn database_url(&self) -> &str {
-        &self.database.url
-    }
-
-    /// The database's name.
-    pub fn database_name(&self) -> &str {
-        self.database.name()
+        &self.url
     }
 
     /// How many servers the cluster has had (running or not): the valid indices.
@@ -138,7 +162,7 @@ impl Cluster {
     /// The command that starts server `i`: 127.0.0.1:0, the cluster's database, configuration
     /// and flags, its own data directory.
     pub fn command(&self, i: usize) -> Command {
-        let mut command = command(&self.binary, Path::new(&self.database.url));
+        let mut command = command(&self.binary, Path::new(&self.url));
         command
             .env_remove("SKILL_FLEET_DATABASE_URL")
             .arg("--config")
