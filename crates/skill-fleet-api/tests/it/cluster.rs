@@ -196,6 +196,22 @@ async fn changes_still_arrive_after_the_listener_connection_is_killed() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // `/metrics` says what happened.
+    let start = Instant::now();
+    loop {
+        let metrics = b.get("/metrics").await.body;
+        let cluster = &metrics["cluster"];
+        assert_eq!(cluster["shared_database"], true, "{metrics}");
+        assert!(
+            cluster["remote_changes"].as_u64().unwrap() >= 6,
+            "{metrics}"
+        );
+        if cluster["listening"] == true && cluster["listener_lost"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(start.elapsed() < REACH, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
