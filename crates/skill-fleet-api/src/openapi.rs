@@ -163,8 +163,32 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     /// Store calls made since start (each one a blocking-pool task).
     pub store_calls: u64,
+    /// The cross-server change feed (PostgreSQL; zeros on SQLite).
+    pub cluster: ClusterMetrics,
     /// The streaming hub.
     pub stream: StreamMetrics,
+}
+
+/// The `cluster` part of [`Metrics`]: what this server told the others sharing its
+/// PostgreSQL database, and heard from them, since start.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterMetrics {
+    /// Whether the database is shared (PostgreSQL).
+    pub shared_database: bool,
+    /// Whether the listener connection listens now (false: changes are polled every tick).
+    pub listening: bool,
+    /// Times the listener connection was lost.
+    pub listener_lost: u64,
+    /// Doorbells (`NOTIFY`) this server sent.
+    pub doorbells_rung: u64,
+    /// Doorbells that failed (their changes go with the next).
+    pub doorbells_failed: u64,
+    /// Other servers' doorbells heard.
+    pub doorbells_heard: u64,
+    /// Reads of changes made because the listener was down.
+    pub polls: u64,
+    /// Other servers' changes fed to this server's caches, streams and executor.
+    pub remote_changes: u64,
 }
 
 /// The `cache` part of [`Metrics`].

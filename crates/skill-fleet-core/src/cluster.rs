@@ -18,6 +18,7 @@
 //!   newer live state is never replaced by an older stored one.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self as sync_mpsc, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -50,6 +51,25 @@ pub struct ClusterSettings {
     /// The change counter read before this server loaded any state (the hub's seeds): every
     /// change after it is fed, none before.
     pub since: u64,
+}
+
+/// What the cluster feed did, for `/metrics` ([`JobService::cluster_stats`]).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Whether the listener connection is listening now.
+    pub listening: AtomicBool,
+    /// Doorbells this server rang.
+    pub doorbells_rung: AtomicU64,
+    /// Doorbells that could not be rung (kept for the next).
+    pub doorbells_failed: AtomicU64,
+    /// Other servers' doorbells heard.
+    pub doorbells_heard: AtomicU64,
+    /// Reads of changed jobs made because the listener was down (one per tick).
+    pub polls: AtomicU64,
+    /// Other servers' changes fed into this server's feed.
+    pub remote_changes: AtomicU64,
+    /// Times the listener connection was lost.
+    pub listener_lost: AtomicU64,
 }
 
 /// Local commits waiting for the next doorbell.
@@ -187,6 +207,7 @@ pub async fn run_cluster_feed(
             }
             Some(event) = heard.recv() => match event {
                 Heard::Listening => {
+                    service.cluster.listening.store(true, Ordering::Relaxed);
                     if !healthy {
                         tracing::info!("listening for other servers' changes");
                     }
@@ -194,16 +215,20 @@ pub async fn run_cluster_feed(
                     seen = catch_up(service, &outbox, seen).await;
                 }
                 Heard::Lost(reason) => {
+                    service.cluster.listening.store(false, Ordering::Relaxed);
+                    service.cluster.listener_lost.fetch_add(1, Ordering::Relaxed);
                     if healthy {
                         tracing::warn!(%reason, "change listener lost; polling every tick until it is back");
                     }
                     healthy = false;
                 }
                 Heard::Rang(payload) => {
+                    service.cluster.doorbells_heard.fetch_add(1, Ordering::Relaxed);
                     seen = answer(service, &outbox, &settings, &payload, seen).await;
                 }
             },
             _ = poll.tick(), if !healthy => {
+                service.cluster.polls.fetch_add(1, Ordering::Relaxed);
                 seen = catch_up(service, &outbox, seen).await;
             }
         }
@@ -224,7 +249,16 @@ async fn ring(service: &JobService, outbox: &Outbox, run: u64) {
         .await
     {
         tracing::debug!(error = %err, "could not ring the doorbell; retrying with the next");
+        service
+            .cluster
+            .doorbells_failed
+            .fetch_add(1, Ordering::Relaxed);
         outbox.restore(changes);
+    } else {
+        service
+            .cluster
+            .doorbells_rung
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -294,6 +328,10 @@ async fn catch_up(service: &JobService, outbox: &Outbox, mut seen: u64) -> u64 {
 
 /// Feeds one job another server changed into this server's feed (and live set).
 async fn feed_remote(service: &JobService, job: Job) {
+    service
+        .cluster
+        .remote_changes
+        .fetch_add(1, Ordering::Relaxed);
     if let Some(entry) = service.live.get(&job.id) {
         let live = entry.lock().await;
         let same_run = live.status == JobStatus::Running

@@ -13,7 +13,7 @@ mod service;
 mod stream;
 mod writes;
 
-pub use cluster::{ClusterSettings, LISTEN_POLL, LISTENER_CHECK, run_cluster_feed};
+pub use cluster::{ClusterSettings, ClusterStats, LISTEN_POLL, LISTENER_CHECK, run_cluster_feed};
 pub use error::{CoreError, Result};
 pub use feed::{Audience, ChangeFeed, ChangeKind, ChangeListener, Committed};
 pub use flusher::run_flusher;

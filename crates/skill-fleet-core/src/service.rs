@@ -19,6 +19,7 @@ use skill_fleet_stream::Hub;
 use skill_fleet_types::{Job, JobList, ProgressPage};
 use tracing::Instrument;
 
+use crate::cluster::ClusterStats;
 use crate::error::{CoreError, Result};
 use crate::feed::{Audience, ChangeFeed, ChangeKind, Committed};
 use crate::live::{LiveJob, LiveSet};
@@ -45,6 +46,8 @@ pub struct JobService {
     faulted_at: Mutex<Option<Instant>>,
     /// How often workers are told to send heartbeats.
     heartbeat_interval: Duration,
+    /// What the cluster feed did (PostgreSQL), for `/metrics`.
+    pub(crate) cluster: ClusterStats,
 }
 
 /// Default of [`JobService::heartbeat_interval`]: six heartbeats per default lease.
@@ -82,6 +85,7 @@ impl JobService {
             started_at: Instant::now(),
             faulted_at: Mutex::new(None),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            cluster: ClusterStats::default(),
         }
     }
 
@@ -159,6 +163,11 @@ impl JobService {
     /// The in-process job runner, if one is registered.
     pub fn runner(&self) -> Option<&Arc<dyn Runner>> {
         self.runner.get()
+    }
+
+    /// What the cluster feed did so far (all zero on SQLite).
+    pub fn cluster_stats(&self) -> &ClusterStats {
+        &self.cluster
     }
 
     /// How many store calls this service made (each one a blocking-pool task).

@@ -332,7 +332,6 @@ fn store_options(config: &Config) -> skill_fleet_jobs::StoreOptions {
         lease: LeasePolicy {
             ttl: config.lease_ttl,
         },
-        ..skill_fleet_jobs::StoreOptions::default()
     }
 }
 

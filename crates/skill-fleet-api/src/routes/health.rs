@@ -74,6 +74,7 @@ pub async fn metrics(State(state): State<AppState>) -> Json<serde_json::Value> {
     use std::sync::atomic::Ordering::Relaxed;
     let counters = &state.cache().counters;
     let hub = state.service().hub().stats();
+    let cluster = state.service().cluster_stats();
     Json(json!({
         "cache": {
             "hits": counters.hits.load(Relaxed),
@@ -82,6 +83,16 @@ pub async fn metrics(State(state): State<AppState>) -> Json<serde_json::Value> {
             "entries": state.cache().entry_count(),
         },
         "store_calls": state.service().store_calls(),
+        "cluster": {
+            "shared_database": state.service().store().is_shared(),
+            "listening": cluster.listening.load(Relaxed),
+            "listener_lost": cluster.listener_lost.load(Relaxed),
+            "doorbells_rung": cluster.doorbells_rung.load(Relaxed),
+            "doorbells_failed": cluster.doorbells_failed.load(Relaxed),
+            "doorbells_heard": cluster.doorbells_heard.load(Relaxed),
+            "polls": cluster.polls.load(Relaxed),
+            "remote_changes": cluster.remote_changes.load(Relaxed),
+        },
         "stream": {
             "jobs": hub.jobs,
             "subscribers": hub.subscribers,

@@ -1,6 +1,7 @@
 //! Several servers on one PostgreSQL database, in one process: what one commits reaches the
 //! others' response caches, live sets and listings within about a tick, also after the
-//! listener's connection is killed. Skips, saying why, without PostgreSQL.
+//! listener's connection is killed; budgets hold on whichever server takes the events. Skips,
+//! saying why, without PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -194,5 +195,70 @@ async fn changes_still_arrive_after_the_listener_connection_is_killed() {
             "{listening} listeners after the kill"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `/metrics` says what happened.
+    let start = Instant::now();
+    loop {
+        let metrics = b.get("/metrics").await.body;
+        let cluster = &metrics["cluster"];
+        assert_eq!(cluster["shared_database"], true, "{metrics}");
+        assert!(
+            cluster["remote_changes"].as_u64().unwrap() >= 6,
+            "{metrics}"
+        );
+        if cluster["listening"] == true && cluster["listener_lost"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(start.elapsed() < REACH, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_holds_whichever_server_takes_the_events() {
+    let Some(cluster) = TestCluster::new(2).await else {
+        return;
+    };
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let created = a
+        .post(
+            "/api/v1/jobs",
+            json!({"id": "j", "type": "remote", "metadata": {"budget_usd": 1.0}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let (attempt, token) = claim(a, "remote", "w").await;
+    let under = a
+        .post(
+            "/api/v1/jobs/j/events",
+            json!({"cost_usd": 0.5, "step": "trial 1", "attempt": attempt, "lease_token": token}),
+        )
+        .await;
+    assert!(under.status.is_success(), "{:?}", under.body);
+    // The worker moves to B (its server changed): B's first event passes the budget.
+    let over = b
+        .post(
+            "/api/v1/jobs/j/events",
+            json!({"cost_usd": 1.5, "attempt": attempt, "lease_token": token}),
+        )
+        .await;
+    assert!(over.status.is_success(), "{:?}", over.body);
+    assert_eq!(over.body["status"], "cancelled", "{:?}", over.body);
+    // A, which held the job live, tells the worker to stop too.
+    let fence = json!({"attempt": attempt, "lease_token": token});
+    let start = Instant::now();
+    loop {
+        let beat = a.post("/api/v1/jobs/j/heartbeat", fence.clone()).await;
+        if beat.body["stop"] == true {
+            let reason = beat.body["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("budget"), "{:?}", beat.body);
+            break;
+        }
+        assert!(
+            start.elapsed() < REACH,
+            "A kept the job alive: {:?}",
+            beat.body
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
