@@ -11,6 +11,7 @@
 //! run (a build failed, the server did not start, a section broke); 2 for bad usage.
 
 mod cli;
+mod cluster;
 mod faults;
 mod http;
 mod ingest;
@@ -39,14 +40,14 @@ const USAGE: &str =
 
   --quick          short runs (CI; under two minutes with the binaries built)
   --only LIST      comma-separated sections: ingest,revalidate,sse,restart,cli,store,faults,
-                   leases
+                   leases,cluster (cluster needs a PostgreSQL; skipped without one)
   --out PATH       the JSON report [default: target/bench/report.json, or
                    report-SECTIONS.json when --only leaves sections out]
   --ticks N        ticks of the store section [default: 500, quick: 100]
   --no-build       use the release binaries already in target/release";
 
 /// Every section, in the order they run.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "ingest",
     "revalidate",
     "sse",
@@ -55,6 +56,7 @@ const SECTIONS: [&str; 8] = [
     "store",
     "faults",
     "leases",
+    "cluster",
 ];
 
 /// Tokio worker threads of the load generator (the machine has 2 cores; the server gets
@@ -160,6 +162,7 @@ impl Ctx {
             config: &self.config,
             bench_routes,
             log: &dir.join("server.log"),
+            args: &[],
         })
     }
 
@@ -411,6 +414,7 @@ async fn run_sections(options: &Options) -> Result<(Value, bool)> {
             "store" => store::run(&ctx).await,
             "faults" => faults::run(&ctx).await,
             "leases" => leases::run(&ctx).await,
+            "cluster" => cluster::run(&ctx).await,
             _ => unreachable!("sections are checked when parsing"),
         };
         let seconds = started.elapsed().as_secs_f64();

@@ -158,6 +158,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             config: &ctx.config,
             bench_routes: false,
             log: &dir.join(format!("server-{run}.log")),
+            args: &[],
         })?;
         wait_ready(server.addr, spawned + Duration::from_secs(60)).await?;
         let to_ready = spawned.elapsed();

@@ -42,6 +42,8 @@ pub struct ServerSpec<'a> {
     pub bench_routes: bool,
     /// Server log (its stderr).
     pub log: &'a Path,
+    /// More flags (`--data-dir` of a server on a shared database).
+    pub args: &'a [String],
 }
 
 impl Server {
@@ -60,6 +62,7 @@ impl Server {
             // not the default stream limit (which is exactly 10,000).
             .arg("--max-sse-connections")
             .arg("100000")
+            .args(spec.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);

@@ -98,20 +98,23 @@ impl Feeder {
 }
 
 /// The subscriber process and its line protocol.
-struct ClientProc {
-    child: Child,
+pub struct ClientProc {
+    pub child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
 }
 
 impl ClientProc {
-    fn spawn(
+    /// `n` subscribers to `path` on `addr`, connected in `steps`; `extra` flags of
+    /// `bench-sse-client`.
+    pub fn spawn(
         ctx: &Ctx,
         addr: SocketAddr,
         path: &str,
         n: usize,
         steps: usize,
         stall: bool,
+        extra: &[&str],
     ) -> Result<ClientProc> {
         let mut command = with_raised_fd_limit(&ctx.xtask_bin);
         command
@@ -129,6 +132,7 @@ impl ClientProc {
         if stall {
             command.arg("--stall");
         }
+        command.args(extra);
         let mut child = command
             .spawn()
             .map_err(|err| format!("cannot start the SSE client: {err}"))?;
@@ -150,14 +154,14 @@ impl ClientProc {
         })
     }
 
-    fn send(&mut self, word: &str) -> Result {
+    pub fn send(&mut self, word: &str) -> Result {
         writeln!(self.stdin, "{word}")?;
         self.stdin.flush()?;
         Ok(())
     }
 
     /// The next line starting with `prefix` (the rest of it), waiting at most `timeout`.
-    fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -200,7 +204,7 @@ async fn fed_server(ctx: &Ctx, name: &str) -> Result<(Server, String, Feeder)> {
 }
 
 /// Blocking waits (the client's lines) off the async workers that run the feeder.
-async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(call)
@@ -234,6 +238,7 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
         n,
         steps,
         false,
+        &[],
     )?;
     let mut points = vec![(0.0, rss0 as f64)];
     for step in 0..steps {
@@ -324,6 +329,7 @@ async fn stalled(ctx: &Ctx, n: usize) -> Result<Stall> {
         n,
         1,
         true,
+        &[],
     )?;
     let (line, client) = blocking(move || {
         let mut client = client;

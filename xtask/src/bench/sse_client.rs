@@ -9,7 +9,11 @@
 //!   `result {json}` (events per subscriber, event→client latency percentiles) and exit.
 //!
 //! With `--stall` the streams read their response head and first event and then never read
-//! again (receive buffer of 4 KiB, so the server's writes back up within seconds).
+//! again (receive buffer of 4 KiB, so the server's writes back up within seconds). With
+//! `--latency-from-message` an event's latency is measured from the `sent_us=MICROS` (Unix
+//! time) its `message` carries, put there by whoever posted the event, instead of from its
+//! `at` (the emitting server's time): the cluster section's subscribers are on another
+//! server than the one the events are posted to.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -27,7 +31,7 @@ use super::stats::Latencies;
 use crate::Result;
 
 const USAGE: &str = "usage: xtask bench-sse-client --addr IP:PORT --path PATH --connections N \
-                     [--steps K] [--stall] [--threads T]";
+                     [--steps K] [--stall] [--threads T] [--latency-from-message]";
 
 /// Phases of the counting window.
 const BEFORE: u8 = 0;
@@ -40,6 +44,7 @@ struct Options {
     steps: usize,
     stall: bool,
     threads: usize,
+    from_message: bool,
 }
 
 fn parse(args: &[String]) -> std::result::Result<Options, String> {
@@ -49,6 +54,7 @@ fn parse(args: &[String]) -> std::result::Result<Options, String> {
     let mut steps = 1;
     let mut stall = false;
     let mut threads = 1;
+    let mut from_message = false;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = || iter.next().cloned().ok_or(format!("{arg} needs a value"));
@@ -65,6 +71,7 @@ fn parse(args: &[String]) -> std::result::Result<Options, String> {
             "--steps" => steps = value()?.parse().map_err(|e| format!("--steps: {e}"))?,
             "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--stall" => stall = true,
+            "--latency-from-message" => from_message = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -75,6 +82,7 @@ fn parse(args: &[String]) -> std::result::Result<Options, String> {
         steps: steps.max(1),
         stall,
         threads: threads.max(1),
+        from_message,
     })
 }
 
@@ -148,6 +156,7 @@ async fn client(options: Options) -> Result {
                 addr: options.addr,
                 request: request.clone(),
                 stall: options.stall,
+                from_message: options.from_message,
                 stats,
                 phase: phase.clone(),
                 errors: errors.clone(),
@@ -202,6 +211,7 @@ struct Subscriber {
     addr: SocketAddr,
     request: Arc<Vec<u8>>,
     stall: bool,
+    from_message: bool,
     stats: Arc<Mutex<Seen>>,
     phase: Arc<AtomicU8>,
     errors: Arc<AtomicU64>,
@@ -281,7 +291,11 @@ async fn subscriber(sub: Subscriber) {
             if !counting || find(event, b"data:").is_none() {
                 continue;
             }
-            let latency = event_latency_us(event);
+            let latency = if sub.from_message {
+                message_latency_us(event)
+            } else {
+                event_latency_us(event)
+            };
             let mut stats = sub.stats.lock().unwrap_or_else(PoisonError::into_inner);
             stats.events += 1;
             if let Some(latency) = latency {
@@ -303,6 +317,19 @@ fn event_latency_us(event: &[u8]) -> Option<u32> {
     Some(u32::try_from(micros.max(0)).unwrap_or(u32::MAX))
 }
 
+/// Now minus the `sent_us=MICROS` (Unix time) in the event's message, in microseconds.
+fn message_latency_us(event: &[u8]) -> Option<u32> {
+    const KEY: &[u8] = b"sent_us=";
+    let begin = find(event, KEY)? + KEY.len();
+    let len = event[begin..].iter().position(|b| !b.is_ascii_digit())?;
+    let sent: i64 = std::str::from_utf8(&event[begin..begin + len])
+        .ok()?
+        .parse()
+        .ok()?;
+    let micros = chrono::Utc::now().timestamp_micros() - sent;
+    Some(u32::try_from(micros.max(0)).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +341,15 @@ mod tests {
         let micros = event_latency_us(event.as_bytes()).expect("latency");
         assert!((50_000..5_000_000).contains(&micros), "{micros}");
         assert_eq!(event_latency_us(b"data: {}"), None);
+    }
+
+    #[test]
+    fn latency_can_come_from_the_message() {
+        let sent = chrono::Utc::now().timestamp_micros() - 40_000;
+        let event = format!("id: 7\ndata: {{\"message\":\"sent_us={sent}\",\"at\":\"x\"}}");
+        let micros = message_latency_us(event.as_bytes()).expect("latency");
+        assert!((40_000..5_000_000).contains(&micros), "{micros}");
+        assert_eq!(message_latency_us(b"data: {\"message\":null}"), None);
     }
 
     #[test]
