@@ -604,11 +604,14 @@ async fn create_many(
     Ok(())
 }
 
+/// One claimer's share: the ids it claimed and when it claimed its last one.
+type Drained = (Vec<String>, Duration);
+
 /// Claims until the queue is empty, `CLAIMERS` workers spread over the servers; the
 /// claimed ids and the seconds from the start to the last claim.
 async fn drain(servers: &Servers<'_>, job_type: &str) -> Result<(Vec<String>, f64)> {
     let started = Instant::now();
-    let tasks: Vec<JoinHandle<Result<(Vec<String>, Duration)>>> = (0..CLAIMERS)
+    let tasks: Vec<JoinHandle<Result<Drained>>> = (0..CLAIMERS)
         .map(|w| {
             let addr = servers.addr(w);
             let body = json!({"types": [job_type], "worker": format!("bench-{w}")}).to_string();
