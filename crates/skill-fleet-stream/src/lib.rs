@@ -4,11 +4,13 @@
 mod error;
 mod eta;
 mod hub;
+mod id;
 mod subscription;
 mod update;
 
 pub use error::StreamError;
 pub use hub::{Hub, HubConfig, HubStats};
+pub use id::{VERSION_SHIFT, event_id_version, version_event_id};
 pub use subscription::Subscription;
 pub use update::Update;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use skill_fleet_api::ApiConfig;
+use skill_fleet_core::Committed;
 use support::{TestApp, open_sse, wait_until};
 
 async fn sse(
@@ -420,4 +421,65 @@ async fn streams_that_end_release_their_slot() {
     let b = raw(addr, "/api/v1/jobs/next/stream").await;
     assert_eq!((a.status, b.status), (200, 200));
     assert_refused(addr, "/api/v1/jobs/next/stream").await;
+}
+
+/// What another server's change feed delivers here: the row as committed there.
+fn remote(kind: skill_fleet_core::ChangeKind, job: &skill_fleet_types::Job) -> Committed {
+    Committed {
+        remote: true,
+        ..Committed::of(kind, job.clone(), None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_from_another_server_is_not_sent_older_states() {
+    use skill_fleet_core::ChangeKind;
+    use skill_fleet_jobs::{ClaimFilter, Writer};
+    use skill_fleet_stream::version_event_id;
+
+    let app = TestApp::new().await;
+    let addr = app.serve().await;
+    app.create("j", "optimization").await;
+    // Another server runs the job; its commits reach this one through the feed, late.
+    let store = app.store().clone();
+    let filter = ClaimFilter {
+        types: Vec::new(),
+        excluded: Vec::new(),
+    };
+    let started = store.claim(&filter, "worker").unwrap().unwrap().job;
+    let feed = app.state.service().feed();
+    feed.emit(&remote(ChangeKind::Started, &started));
+    let mut rows = Vec::new();
+    for progress in [0.1, 0.2, 0.3] {
+        let update = skill_fleet_types::ProgressUpdate {
+            progress: Some(progress),
+            ..Default::default()
+        };
+        rows.push(
+            store
+                .record_progress("j", &update, None, &Writer::Operator)
+                .unwrap(),
+        );
+    }
+    // The client followed the job through the other server up to its second write.
+    let seen = version_event_id(rows[1].version);
+    let reader = sse(addr, "/api/v1/jobs/j/stream", Some(seen.to_string())).await;
+    assert_eq!(reader.status, 200);
+    for row in &rows {
+        feed.emit(&remote(ChangeKind::Progress, row));
+    }
+    let first = next(&reader).await.expect("an event");
+    assert_eq!(
+        first.id,
+        Some(version_event_id(rows[2].version).to_string())
+    );
+    assert_eq!(first.data["progress"], 0.3, "older states are not sent");
+
+    // The end arrives, at its version's id, and ends the stream.
+    let done = store.complete("j", None, None, &Writer::Operator).unwrap();
+    feed.emit(&remote(ChangeKind::Ended, &done));
+    let last = next(&reader).await.expect("the final state");
+    assert_eq!(last.id, Some(version_event_id(done.version).to_string()));
+    assert_eq!(last.data["status"], "completed");
+    assert!(next(&reader).await.is_none());
 }
