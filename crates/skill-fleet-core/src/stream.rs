@@ -228,7 +228,7 @@ mod tests {
     }
 
     /// The subscription's next state, failing the test after ten seconds.
-    async fn next(subscription: &mut Subscription) -> Arc<StreamEvent> {
+    async fn next(subscription: &mut Subscription) -> Arc<skill_fleet_stream::Emitted> {
         tokio::time::timeout(std::time::Duration::from_secs(10), subscription.next())
             .await
             .expect("a state within ten seconds")

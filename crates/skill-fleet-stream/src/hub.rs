@@ -20,6 +20,7 @@ use skill_fleet_types::StreamEvent;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Duration, Instant, MissedTickBehavior};
 
+use crate::emitted::Emitted;
 use crate::error::StreamError;
 use crate::eta::Eta;
 use crate::id::{event_id_version, next_event_id};
@@ -91,7 +92,7 @@ struct Inner {
 /// One job.
 struct Slot {
     job_id: String,
-    tx: watch::Sender<Arc<StreamEvent>>,
+    tx: watch::Sender<Arc<Emitted>>,
     state: Mutex<SlotState>,
 }
 
@@ -125,7 +126,7 @@ impl Slot {
         state.last_emit = Some(now);
         state.unsent = false;
         let event = event(&self.job_id, state);
-        self.tx.send_replace(Arc::new(event));
+        self.tx.send_replace(Arc::new(Emitted::new(event)));
     }
 
     /// Emits if the merged state differs from the last emitted one.
@@ -293,7 +294,7 @@ impl Hub {
                     removed: false,
                     eta: Eta::default(),
                 }),
-                tx: watch::Sender::new(Arc::new(state)),
+                tx: watch::Sender::new(Arc::new(Emitted::new(state))),
             });
             shard.insert(job_id.to_owned(), Arc::clone(&slot));
             slot
@@ -338,7 +339,7 @@ impl Hub {
 
     /// The latest emitted state of a job (not updates still being coalesced); `None` if the
     /// hub does not have the job.
-    pub fn current(&self, job_id: &str) -> Option<Arc<StreamEvent>> {
+    pub fn current(&self, job_id: &str) -> Option<Arc<Emitted>> {
         let slot = lock(self.inner.shard(job_id)).get(job_id).cloned()?;
         let event = Arc::clone(&slot.tx.borrow());
         Some(event)
@@ -448,7 +449,7 @@ impl Inner {
         let first = event(job_id, &state);
         Arc::new(Slot {
             job_id: job_id.to_owned(),
-            tx: watch::Sender::new(Arc::new(first)),
+            tx: watch::Sender::new(Arc::new(Emitted::new(first))),
             state: Mutex::new(state),
         })
     }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod emitted;
 mod error;
 mod eta;
 mod hub;
@@ -8,6 +9,7 @@ mod id;
 mod subscription;
 mod update;
 
+pub use emitted::Emitted;
 pub use error::StreamError;
 pub use hub::{Hub, HubConfig, HubStats};
 pub use id::{VERSION_SHIFT, event_id_version, version_event_id};

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skill_fleet_stream::{
-    Hub, HubConfig, JobStatus, StreamError, StreamEvent, Subscription, Update, version_event_id,
+    Emitted, Hub, HubConfig, JobStatus, StreamError, StreamEvent, Subscription, Update,
+    version_event_id,
 };
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
@@ -17,7 +18,7 @@ fn hub() -> Hub {
 }
 
 /// A subscriber task that records every state it receives until the subscription ends.
-fn record(mut subscription: Subscription) -> JoinHandle<Vec<Arc<StreamEvent>>> {
+fn record(mut subscription: Subscription) -> JoinHandle<Vec<Arc<Emitted>>> {
     tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some(event) = subscription.next().await {
@@ -28,14 +29,14 @@ fn record(mut subscription: Subscription) -> JoinHandle<Vec<Arc<StreamEvent>>> {
 }
 
 /// The next state, or `None` if nothing arrives within a second of (paused) time.
-async fn next_within_a_second(subscription: &mut Subscription) -> Option<Arc<StreamEvent>> {
+async fn next_within_a_second(subscription: &mut Subscription) -> Option<Arc<Emitted>> {
     timeout(Duration::from_secs(1), subscription.next())
         .await
         .ok()
         .flatten()
 }
 
-fn assert_seqs_step_by_one(events: &[Arc<StreamEvent>]) {
+fn assert_seqs_step_by_one(events: &[Arc<Emitted>]) {
     for pair in events.windows(2) {
         assert!(pair[1].seq > pair[0].seq, "seq only increases: {pair:?}");
     }
