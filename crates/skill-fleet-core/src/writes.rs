@@ -122,6 +122,8 @@ impl JobService {
         // Kept to undo the merge if the durable write fails: an event waiting on this job's
         // lock must not see a step that was never saved.
         let before = durable.then(|| (live.progress.clone(), live.warned));
+        // The version a durable write committed the state at (the hub's event id for it).
+        let mut version = None;
         live.progress.apply(update.patch());
         let verdict = check_budget(&mut live);
         let mut message = update.message.clone();
@@ -146,6 +148,9 @@ impl JobService {
                     move |store, id| store.record_progress(id, &full, eta, &durable_writer),
                 )
                 .await;
+            if let Ok(job) = &written {
+                version = Some(job.version);
+            }
             match written {
                 Ok(job) if starts => {
                     // A token-less event started the job: an open lease, which token-less
@@ -182,6 +187,7 @@ impl JobService {
             Update {
                 status: Some(live.status),
                 message,
+                version,
                 ..Update::from(&update)
             },
         )?;

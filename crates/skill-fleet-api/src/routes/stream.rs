@@ -9,23 +9,36 @@
 //! [`StreamSlot`] for its whole life (the slot lives in the stream's body, so it is released
 //! when the stream ends for any reason: terminal state, client gone, shutdown). Past the
 //! limit a new stream is refused with `503` and `Retry-After`.
+//!
+//! Fan-out: every subscriber of a job is sent the same bytes. Each emitted state carries
+//! its `text/event-stream` frame, encoded once by the first stream that sends it
+//! ([`Emitted::sse_frame`]); the others clone a reference count. So the body is written
+//! here (the frames, the `retry:` hint on the first one, keep-alive comments, the headers
+//! axum's `Sse` would set) rather than through `Sse`, which would encode every event again
+//! for every subscriber. The keep-alive timer is re-armed only when it fires, not after every
+//! event.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
-use skill_fleet_stream::Subscription;
-use skill_fleet_types::StreamEvent;
+use skill_fleet_stream::{Emitted, Subscription};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, JobId};
 use crate::state::{AppState, StreamSlot};
 use skill_fleet_core::StreamStart;
+
+/// The keep-alive of an idle stream: an empty comment.
+const KEEP_ALIVE: Bytes = Bytes::from_static(b":\n\n");
 
 /// `Retry-After` of a stream refused because too many are open, in seconds.
 pub const STREAM_RETRY_AFTER_SECONDS: u64 = 5;
@@ -75,86 +88,143 @@ pub async fn stream(
         .or(query.last_event_id)
         .and_then(|value| value.trim().parse::<u64>().ok());
     let start = state.service().stream(&id).await?;
-    let retry = state.config().sse_retry;
-    let events = sse_events(start, slot, last_seen, retry);
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(state.config().sse_keep_alive))
-        .into_response())
+    let config = state.config();
+    let frames = sse_frames(
+        start,
+        slot,
+        last_seen,
+        config.sse_retry,
+        config.sse_keep_alive,
+    );
+    let mut response = Body::from_stream(frames).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
 enum Source {
     Live(Subscription),
-    Finished(Option<StreamEvent>),
+    Finished(Option<Arc<Emitted>>),
     Done,
 }
 
-struct Cursor {
+/// Where a stream is in the job's states.
+struct Reader {
     source: Source,
     last_seen: Option<u64>,
     /// Whether the subscription's current state was looked at yet.
     read_current: bool,
-    /// Whether an event went out yet (the first one carries the `retry:` hint).
+}
+
+struct Cursor {
+    reader: Reader,
+    /// Whether a frame went out yet (the first event carries the `retry:` hint).
     sent_any: bool,
-    retry: std::time::Duration,
+    retry: Duration,
+    keep_alive: Duration,
+    /// When the last frame (an event or a keep-alive) went out.
+    last_sent: Instant,
+    /// Fires at or after `last_sent + keep_alive`; re-armed only when it fires, so an
+    /// event costs no timer update.
+    alive: Pin<Box<Sleep>>,
     /// Held while the stream lives; dropped with the cursor when the stream ends or its
     /// body is dropped.
     _slot: StreamSlot,
 }
 
-fn sse_events(
+fn sse_frames(
     start: StreamStart,
     slot: StreamSlot,
     last_seen: Option<u64>,
-    retry: std::time::Duration,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+    retry: Duration,
+    keep_alive: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let source = match start {
         StreamStart::Live(subscription) => Source::Live(subscription),
-        StreamStart::Finished(event) => Source::Finished(Some(event)),
+        StreamStart::Finished(event) => Source::Finished(Some(Arc::new(Emitted::new(event)))),
     };
+    let now = Instant::now();
     let cursor = Cursor {
-        source,
-        last_seen,
-        read_current: false,
+        reader: Reader {
+            source,
+            last_seen,
+            read_current: false,
+        },
         sent_any: false,
         retry,
+        keep_alive,
+        last_sent: now,
+        alive: Box::pin(tokio::time::sleep_until(now + keep_alive)),
         _slot: slot,
     };
     futures_util::stream::unfold(cursor, |mut cursor| async move {
-        let state = next_state(&mut cursor).await?;
-        if state.status.is_terminal() {
-            cursor.source = Source::Done;
-        }
-        cursor.last_seen = Some(state.seq);
-        let mut event = Event::default().id(state.seq.to_string());
-        if !cursor.sent_any {
-            event = event.retry(cursor.retry);
-            cursor.sent_any = true;
-        }
-        let event = match event.json_data(&*state) {
-            Ok(event) => event,
-            Err(err) => {
-                tracing::error!(job.id = %state.job_id, error = %err, "could not encode stream event");
-                return None;
-            }
-        };
-        Some((Ok(event), cursor))
+        let frame = next_frame(&mut cursor).await?;
+        cursor.last_sent = Instant::now();
+        Some((Ok(frame), cursor))
     })
 }
 
-/// The next state worth sending: newer than what the client has seen, or terminal.
-async fn next_state(cursor: &mut Cursor) -> Option<Arc<StreamEvent>> {
+/// The next frame to write: the next state worth sending, or a keep-alive once nothing went
+/// out for `keep_alive`; `None` when the stream ends.
+async fn next_frame(cursor: &mut Cursor) -> Option<Bytes> {
     loop {
-        let state = match &mut cursor.source {
-            Source::Done => return None,
-            Source::Finished(event) => Arc::new(event.take()?),
-            Source::Live(subscription) if cursor.read_current => subscription.next().await?,
-            Source::Live(subscription) => {
-                cursor.read_current = true;
-                subscription.current()
+        let state = tokio::select! {
+            biased;
+            state = cursor.reader.next_state() => state?,
+            () = cursor.alive.as_mut() => {
+                let due = cursor.last_sent + cursor.keep_alive;
+                if Instant::now() >= due {
+                    cursor.alive.as_mut().reset(Instant::now() + cursor.keep_alive);
+                    return Some(KEEP_ALIVE);
+                }
+                // Something went out since the timer was set: wait the rest.
+                cursor.alive.as_mut().reset(due);
+                continue;
             }
         };
-        if state.status.is_terminal() || cursor.last_seen.is_none_or(|seen| state.seq > seen) {
-            return Some(state);
+        if state.status.is_terminal() {
+            cursor.reader.source = Source::Done;
+        }
+        cursor.reader.last_seen = Some(state.seq);
+        let frame = if cursor.sent_any {
+            state.sse_frame()
+        } else {
+            state.sse_frame_with_retry(cursor.retry)
+        };
+        return match frame {
+            Ok(frame) => {
+                cursor.sent_any = true;
+                Some(frame)
+            }
+            Err(err) => {
+                tracing::error!(job.id = %state.job_id, error = %err, "could not encode stream event");
+                None
+            }
+        };
+    }
+}
+
+impl Reader {
+    /// The next state worth sending: newer than what the client has seen, or terminal.
+    /// Cancel-safe (a subscription's `next` is), so the keep-alive can interrupt it.
+    async fn next_state(&mut self) -> Option<Arc<Emitted>> {
+        loop {
+            let state = match &mut self.source {
+                Source::Done => return None,
+                Source::Finished(event) => event.take()?,
+                Source::Live(subscription) if self.read_current => subscription.next().await?,
+                Source::Live(subscription) => {
+                    self.read_current = true;
+                    subscription.current()
+                }
+            };
+            if state.status.is_terminal() || self.last_seen.is_none_or(|seen| state.seq > seen) {
+                return Some(state);
+            }
         }
     }
 }
