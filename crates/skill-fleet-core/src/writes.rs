@@ -345,7 +345,14 @@ impl JobService {
             return Ok(RescueReport::default());
         }
         let mut held = Vec::with_capacity(candidates.len());
+        // Entries this sweep made only to hold them: made from a read that may be stale by
+        // now (on a shared database another server may rescue the job first), so they must
+        // not outlive the sweep.
+        let mut made = Vec::new();
         for (job, lease) in &candidates {
+            if self.live.get(&job.id).is_none() {
+                made.push(job.id.clone());
+            }
             let entry = self.live.get_or_track(job, lease.clone());
             held.push((job.id.clone(), entry.lock_owned().await));
         }
@@ -358,6 +365,11 @@ impl JobService {
             .iter()
             .filter_map(|id| self.live.take_renewal(id).map(|fence| (id.clone(), fence)))
             .collect();
+        let forget_made = |live: &crate::live::LiveSet| {
+            for id in &made {
+                live.forget(id);
+            }
+        };
         if !pending.is_empty() || !renewals.is_empty() {
             let (writes, beats) = (pending.clone(), renewals.clone());
             let written = self
@@ -376,13 +388,21 @@ impl JobService {
             if let Err(err) = written {
                 self.live.restore_pending(pending);
                 self.live.restore_renewals(renewals);
+                forget_made(&self.live);
                 return Err(err);
             }
         }
         let report = {
             let ids = ids.clone();
             self.blocking(move |store| store.rescue_these(&scope, &policy, &ids))
-                .await?
+                .await
+        };
+        let report = match report {
+            Ok(report) => report,
+            Err(err) => {
+                forget_made(&self.live);
+                return Err(err);
+            }
         };
         for (rescued, kind) in report
             .requeued
@@ -403,7 +423,9 @@ impl JobService {
                 Some(rescued.message.clone()),
             ));
         }
-        // Candidates that were not rescued (renewed in time) stay live, as they are.
+        // Candidates that were not rescued (renewed in time, or rescued by another server
+        // first) stay live as they were; entries made for the sweep go.
+        forget_made(&self.live);
         drop(held);
         Ok(report)
     }
