@@ -227,6 +227,8 @@ struct Level {
     cpu_percent: f64,
     /// Server CPU time over the window per event the subscribers received in it.
     cpu_us_per_event: f64,
+    /// The part of the server's CPU time spent in the kernel (system time).
+    kernel_share: f64,
     client_cpu_percent: f64,
     feed_rate: f64,
     data: Value,
@@ -267,14 +269,16 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
     tokio::time::sleep(ctx.warmup()).await;
     let window = ctx.sse_window();
     let client_pid = client.child.id();
-    let cpu0 = server.cpu_time();
+    let (user0, system0) = server.cpu_times();
     let client_cpu0 = cpu_time(client_pid);
     let t0 = Instant::now();
     client.send("start")?;
     tokio::time::sleep(window).await;
     client.send("stop")?;
     let elapsed = t0.elapsed();
-    let cpu = server.cpu_time().saturating_sub(cpu0);
+    let (user1, system1) = server.cpu_times();
+    let system = system1.saturating_sub(system0);
+    let cpu = user1.saturating_sub(user0) + system;
     let client_cpu = cpu_time(client_pid).saturating_sub(client_cpu0);
     let rss_end = server.rss_kib();
     let (result, client) = blocking(move || {
@@ -300,6 +304,7 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
         kib_per_subscriber_end: (rss_end as f64 - rss0 as f64) / n as f64,
         cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
         cpu_us_per_event: 1e6 * cpu.as_secs_f64() / get("events_total").max(1.0),
+        kernel_share: system.as_secs_f64() / cpu.as_secs_f64().max(1e-9),
         client_cpu_percent: 100.0 * client_cpu.as_secs_f64() / elapsed.as_secs_f64(),
         feed_rate,
         data: json!({
@@ -311,6 +316,7 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
             "rss_kib_before": rss0,
             "rss_kib_end": rss_end,
             "server_cpu_seconds": cpu.as_secs_f64(),
+            "server_system_cpu_seconds": system.as_secs_f64(),
             "client_cpu_seconds": client_cpu.as_secs_f64(),
             "feed_rate": feed_rate,
         }),
@@ -462,6 +468,11 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             _ => {}
         }
         section.rows.push(per_event);
+        section.rows.push(Row::new(
+            format!("{k}: share of server CPU in the kernel"),
+            level.kernel_share,
+            "",
+        ));
         section.rows.push(Row::new(
             format!("{k}: subscriber process CPU (100% = one core)"),
             level.client_cpu_percent,
