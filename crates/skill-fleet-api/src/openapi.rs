@@ -284,8 +284,10 @@ impl IntoParams for StreamParams {
                 ParameterIn::Header,
                 false,
                 "The `seq` of the last event the client saw (set by `EventSource` on \
-                 reconnect): only newer states are sent, and a terminal state always. A value \
-                 that is not a whole number is ignored.",
+                 reconnect), from this server or another one on the same database (ids come \
+                 from the job's committed version, the same everywhere): only states with a \
+                 larger `seq` are sent, and a terminal state always. A value that is not a \
+                 whole number is ignored.",
             ),
             param(
                 "lastEventId",

@@ -81,6 +81,17 @@ pub struct StreamSlot {
     _permit: OwnedSemaphorePermit,
 }
 
+#[cfg(test)]
+impl StreamSlot {
+    /// A slot of its own, for tests of a stream's body.
+    pub(crate) fn alone() -> StreamSlot {
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned();
+        StreamSlot {
+            _permit: permit.unwrap_or_else(|_| unreachable!("a new semaphore has a permit")),
+        }
+    }
+}
+
 impl AppState {
     /// Wraps the service and configuration. The state starts *not ready* (`/readyz` answers
     /// 503) until [`AppState::set_ready`] is called after start-up recovery.

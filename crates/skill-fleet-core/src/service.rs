@@ -30,9 +30,6 @@ use crate::stream::HubStatus;
 pub struct JobService {
     store: JobStore,
     hub: Hub,
-    /// Base of the SSE event ids of this server run (`boot_epoch << 32`), so ids never go
-    /// backwards across restarts.
-    pub(crate) event_id_base: u64,
     pub(crate) live: LiveSet,
     feed: ChangeFeed,
     store_calls: AtomicU64,
@@ -65,23 +62,19 @@ pub(crate) enum PendingProgress {
 }
 
 impl JobService {
-    /// Builds the service. `event_id_base` is the first SSE event id of this server run
-    /// (`boot_epoch << 32`); the boot epoch also names the run as a lease owner.
-    pub fn new(store: JobStore, hub: Hub, event_id_base: u64) -> JobService {
+    /// Builds the service. `boot_epoch` names this server run as a lease owner
+    /// (`server:<boot epoch>`, see [`JobService::server_owner`]).
+    pub fn new(store: JobStore, hub: Hub, boot_epoch: u64) -> JobService {
         let feed = ChangeFeed::default();
-        feed.subscribe(
-            Audience::Watchers,
-            Arc::new(HubStatus::new(hub.clone(), event_id_base)),
-        );
+        feed.subscribe(Audience::Watchers, Arc::new(HubStatus::new(hub.clone())));
         JobService {
             store,
             hub,
-            event_id_base,
             live: LiveSet::default(),
             feed,
             store_calls: AtomicU64::new(0),
             runner: OnceLock::new(),
-            server_owner: format!("{SERVER_OWNER_PREFIX}{}", event_id_base >> 32),
+            server_owner: format!("{SERVER_OWNER_PREFIX}{boot_epoch}"),
             started_at: Instant::now(),
             faulted_at: Mutex::new(None),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,

@@ -122,6 +122,8 @@ impl JobService {
         // Kept to undo the merge if the durable write fails: an event waiting on this job's
         // lock must not see a step that was never saved.
         let before = durable.then(|| (live.progress.clone(), live.warned));
+        // The version a durable write committed the state at (the hub's event id for it).
+        let mut version = None;
         live.progress.apply(update.patch());
         let verdict = check_budget(&mut live);
         let mut message = update.message.clone();
@@ -146,6 +148,9 @@ impl JobService {
                     move |store, id| store.record_progress(id, &full, eta, &durable_writer),
                 )
                 .await;
+            if let Ok(job) = &written {
+                version = Some(job.version);
+            }
             match written {
                 Ok(job) if starts => {
                     // A token-less event started the job: an open lease, which token-less
@@ -182,6 +187,7 @@ impl JobService {
             Update {
                 status: Some(live.status),
                 message,
+                version,
                 ..Update::from(&update)
             },
         )?;
@@ -339,7 +345,14 @@ impl JobService {
             return Ok(RescueReport::default());
         }
         let mut held = Vec::with_capacity(candidates.len());
+        // Entries this sweep made only to hold them: made from a read that may be stale by
+        // now (on a shared database another server may rescue the job first), so they must
+        // not outlive the sweep.
+        let mut made = Vec::new();
         for (job, lease) in &candidates {
+            if self.live.get(&job.id).is_none() {
+                made.push(job.id.clone());
+            }
             let entry = self.live.get_or_track(job, lease.clone());
             held.push((job.id.clone(), entry.lock_owned().await));
         }
@@ -352,6 +365,11 @@ impl JobService {
             .iter()
             .filter_map(|id| self.live.take_renewal(id).map(|fence| (id.clone(), fence)))
             .collect();
+        let forget_made = |live: &crate::live::LiveSet| {
+            for id in &made {
+                live.forget(id);
+            }
+        };
         if !pending.is_empty() || !renewals.is_empty() {
             let (writes, beats) = (pending.clone(), renewals.clone());
             let written = self
@@ -370,13 +388,21 @@ impl JobService {
             if let Err(err) = written {
                 self.live.restore_pending(pending);
                 self.live.restore_renewals(renewals);
+                forget_made(&self.live);
                 return Err(err);
             }
         }
         let report = {
             let ids = ids.clone();
             self.blocking(move |store| store.rescue_these(&scope, &policy, &ids))
-                .await?
+                .await
+        };
+        let report = match report {
+            Ok(report) => report,
+            Err(err) => {
+                forget_made(&self.live);
+                return Err(err);
+            }
         };
         for (rescued, kind) in report
             .requeued
@@ -397,7 +423,9 @@ impl JobService {
                 Some(rescued.message.clone()),
             ));
         }
-        // Candidates that were not rescued (renewed in time) stay live, as they are.
+        // Candidates that were not rescued (renewed in time, or rescued by another server
+        // first) stay live as they were; entries made for the sweep go.
+        forget_made(&self.live);
         drop(held);
         Ok(report)
     }

@@ -66,11 +66,10 @@ pub async fn serve_until(
     };
     let hub = Hub::new(HubConfig {
         emit_interval: config.emit_interval,
-        initial_seq: epoch << 32,
         ..HubConfig::default()
     });
     let service =
-        JobService::new(store, hub, epoch << 32).with_heartbeat_interval(config.heartbeat_interval);
+        JobService::new(store, hub, epoch).with_heartbeat_interval(config.heartbeat_interval);
     let rescue_policy = RescuePolicy {
         resumable_types: resumable_types(&config, &specs),
         max_rescues: config.max_rescues,

@@ -20,8 +20,10 @@ use skill_fleet_types::StreamEvent;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Duration, Instant, MissedTickBehavior};
 
+use crate::emitted::Emitted;
 use crate::error::StreamError;
 use crate::eta::Eta;
+use crate::id::{event_id_version, next_event_id};
 use crate::subscription::Subscription;
 use crate::update::{Fields, Update};
 
@@ -41,10 +43,6 @@ pub struct HubConfig {
     /// How long a job in a terminal status, with no subscriber, is kept (default 30 s);
     /// checked on every flush tick.
     pub idle_grace: Duration,
-    /// Sequence base of a job first seen through [`Hub::publish`] (default 0): its first
-    /// emitted state has `seq = initial_seq + 1`. Jobs given through [`Hub::seed`] carry
-    /// their own.
-    pub initial_seq: u64,
 }
 
 impl Default for HubConfig {
@@ -52,7 +50,6 @@ impl Default for HubConfig {
         HubConfig {
             emit_interval: Duration::from_millis(100),
             idle_grace: Duration::from_secs(30),
-            initial_seq: 0,
         }
     }
 }
@@ -95,7 +92,7 @@ struct Inner {
 /// One job.
 struct Slot {
     job_id: String,
-    tx: watch::Sender<Arc<StreamEvent>>,
+    tx: watch::Sender<Arc<Emitted>>,
     state: Mutex<SlotState>,
 }
 
@@ -104,6 +101,9 @@ struct SlotState {
     fields: Fields,
     /// `seq` of the last emitted (or seeded) state.
     seq: u64,
+    /// The newest committed version of the job the hub has learned (0: none); the next
+    /// emitted state's `seq` is at least its event id.
+    version: u64,
     /// When a state was last emitted; `None` for a seeded job not updated since.
     last_emit: Option<Instant>,
     /// `fields` may differ from the last emitted state.
@@ -122,11 +122,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Slot {
     /// Sends `state.fields` to subscribers as the next state of the job.
     fn emit(&self, state: &mut SlotState, now: Instant) {
-        state.seq = state.seq.saturating_add(1);
+        state.seq = next_event_id(state.seq, state.version);
         state.last_emit = Some(now);
         state.unsent = false;
         let event = event(&self.job_id, state);
-        self.tx.send_replace(Arc::new(event));
+        self.tx.send_replace(Arc::new(Emitted::new(event)));
     }
 
     /// Emits if the merged state differs from the last emitted one.
@@ -195,8 +195,14 @@ impl Hub {
     }
 
     /// Merges a partial update into the job's live state, creating the job if the hub does
-    /// not have it (status [`Running`](crate::JobStatus::Running), progress and cost 0,
-    /// first `seq` = [`initial_seq`](HubConfig::initial_seq) + 1).
+    /// not have it (status [`Running`](crate::JobStatus::Running), progress and cost 0).
+    ///
+    /// Event ids: each emitted state's `seq` is one more than the last one, and at least
+    /// the event id of the newest version the hub knows for the job
+    /// ([`version_event_id`](crate::version_event_id)); an update carrying a
+    /// [`version`](Update::version) raises that version first (an older one is kept, and
+    /// never lowers an id). A job first seen here starts at
+    /// `max(1, version << VERSION_SHIFT)`.
     ///
     /// The update is validated first; a refused update changes nothing. Pacing:
     ///
@@ -206,7 +212,8 @@ impl Hub {
     /// - otherwise coalesced: the flush task sends the merged state on its next tick, if it
     ///   still differs from the last one sent.
     ///
-    /// An update that changes nothing sends nothing. Once the job is terminal, an update
+    /// An update that changes nothing sends nothing (a newer version it carries is still
+    /// learned). Once the job is terminal, an update
     /// that would change any field is refused with [`StreamError::Terminal`]; repeating the
     /// final state (same status, same values) is accepted and does nothing.
     ///
@@ -258,12 +265,14 @@ impl Hub {
         }
     }
 
-    /// Inserts a job's last known state (for example one restored from storage, with its
-    /// `seq`) if the hub does not have the job; does nothing if it does, or after
-    /// [`close`](Hub::close).
+    /// Inserts a job's last known state (for example one read from storage, whose `seq` is
+    /// the event id of its `version`) if the hub does not have the job; does nothing if it
+    /// does, or after [`close`](Hub::close).
     ///
     /// Subscribers get this state at once; the job's next emitted state has
-    /// `seq = state.seq + 1`. The event's `job_id` is set to `job_id`.
+    /// `seq = state.seq + 1` (or more, once a newer version is learned), and the hub knows
+    /// the job at the version `state.seq` is the id of. The event's `job_id` is set to
+    /// `job_id`.
     pub fn seed(&self, job_id: &str, mut state: StreamEvent) {
         let inner = &*self.inner;
         state.job_id = job_id.to_owned();
@@ -278,13 +287,14 @@ impl Hub {
                 state: Mutex::new(SlotState {
                     fields: Fields::of(&state),
                     seq: state.seq,
+                    version: event_id_version(state.seq),
                     last_emit: None,
                     unsent: false,
                     queued: false,
                     removed: false,
                     eta: Eta::default(),
                 }),
-                tx: watch::Sender::new(Arc::new(state)),
+                tx: watch::Sender::new(Arc::new(Emitted::new(state))),
             });
             shard.insert(job_id.to_owned(), Arc::clone(&slot));
             slot
@@ -292,6 +302,26 @@ impl Hub {
         if terminal {
             inner.finished_now(slot, Instant::now());
         }
+    }
+
+    /// Learns that the job was committed at `version` (for example from the change feed),
+    /// without sending anything: the job's next emitted state gets at least that version's
+    /// event id. An older version than the one known changes nothing, and so does a job the
+    /// hub does not have (its first state will be seeded or published with its version).
+    pub fn observe_version(&self, job_id: &str, version: u64) {
+        let Some(slot) = lock(self.inner.shard(job_id)).get(job_id).cloned() else {
+            return;
+        };
+        let mut state = lock(&slot.state);
+        state.version = state.version.max(version);
+    }
+
+    /// The newest committed version the hub knows for a job (0 when it learned none);
+    /// `None` if the hub does not have the job.
+    pub fn version(&self, job_id: &str) -> Option<u64> {
+        let slot = lock(self.inner.shard(job_id)).get(job_id).cloned()?;
+        let version = lock(&slot.state).version;
+        Some(version)
     }
 
     /// Subscribes to a job's states; `None` if the hub does not have the job.
@@ -309,7 +339,7 @@ impl Hub {
 
     /// The latest emitted state of a job (not updates still being coalesced); `None` if the
     /// hub does not have the job.
-    pub fn current(&self, job_id: &str) -> Option<Arc<StreamEvent>> {
+    pub fn current(&self, job_id: &str) -> Option<Arc<Emitted>> {
         let slot = lock(self.inner.shard(job_id)).get(job_id).cloned()?;
         let event = Arc::clone(&slot.tx.borrow());
         Some(event)
@@ -403,11 +433,13 @@ impl Inner {
         if let Some(progress) = update.progress {
             eta.observe(now, progress);
         }
+        let version = update.version.unwrap_or(0);
         let mut fields = Fields::fresh();
         fields.merge(update);
         let state = SlotState {
             fields,
-            seq: self.config.initial_seq.saturating_add(1),
+            seq: next_event_id(0, version),
+            version,
             last_emit: Some(now),
             unsent: false,
             queued: false,
@@ -417,7 +449,7 @@ impl Inner {
         let first = event(job_id, &state);
         Arc::new(Slot {
             job_id: job_id.to_owned(),
-            tx: watch::Sender::new(Arc::new(first)),
+            tx: watch::Sender::new(Arc::new(Emitted::new(first))),
             state: Mutex::new(state),
         })
     }
@@ -430,14 +462,16 @@ impl Inner {
         update: Update,
         now: Instant,
     ) -> Result<(), StreamError> {
+        if state.fields.status.is_terminal() && state.fields.would_change(&update) {
+            return Err(StreamError::Terminal {
+                job_id: slot.job_id.clone(),
+            });
+        }
+        if let Some(version) = update.version {
+            state.version = state.version.max(version);
+        }
         if state.fields.status.is_terminal() {
-            return if state.fields.would_change(&update) {
-                Err(StreamError::Terminal {
-                    job_id: slot.job_id.clone(),
-                })
-            } else {
-                Ok(())
-            };
+            return Ok(());
         }
         if let Some(progress) = update.progress {
             state.eta.observe(now, progress);

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::Stream;
 use skill_fleet_types::StreamEvent;
+
+use crate::emitted::Emitted;
 use tokio::sync::watch;
 
 /// A subscriber's handle on one job's emitted states.
@@ -18,13 +20,13 @@ use tokio::sync::watch;
 /// [`current`](Subscription::current) was called first.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: watch::Receiver<Arc<StreamEvent>>,
+    rx: watch::Receiver<Arc<Emitted>>,
     /// `seq + 1` of the newest state returned; 0 when none was.
     seen: AtomicU64,
 }
 
 impl Subscription {
-    pub(crate) fn new(rx: watch::Receiver<Arc<StreamEvent>>) -> Subscription {
+    pub(crate) fn new(rx: watch::Receiver<Arc<Emitted>>) -> Subscription {
         Subscription {
             rx,
             seen: AtomicU64::new(0),
@@ -39,7 +41,7 @@ impl Subscription {
 
     /// The latest emitted state of the job; it counts as seen, so
     /// [`next`](Subscription::next) waits for a newer one.
-    pub fn current(&self) -> Arc<StreamEvent> {
+    pub fn current(&self) -> Arc<Emitted> {
         let event = Arc::clone(&self.rx.borrow());
         self.see(&event);
         event
@@ -52,7 +54,7 @@ impl Subscription {
     /// dropped, after handing out any final state not yet seen.
     ///
     /// Cancel-safe: dropping the future loses nothing.
-    pub async fn next(&mut self) -> Option<Arc<StreamEvent>> {
+    pub async fn next(&mut self) -> Option<Arc<Emitted>> {
         loop {
             let event = Arc::clone(&self.rx.borrow_and_update());
             if self.see(&event) {
@@ -70,7 +72,7 @@ impl Subscription {
 
     /// The states as a [`Stream`]: each item is what [`next`](Subscription::next) would
     /// return, and the stream ends where `next` returns `None`.
-    pub fn into_stream(self) -> impl Stream<Item = Arc<StreamEvent>> + Send + 'static {
+    pub fn into_stream(self) -> impl Stream<Item = Arc<Emitted>> + Send + 'static {
         futures_util::stream::unfold(self, |mut subscription| async move {
             let event = subscription.next().await?;
             Some((event, subscription))

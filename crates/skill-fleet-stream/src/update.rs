@@ -32,6 +32,10 @@ pub struct Update {
     pub metric: Option<f64>,
     /// A human-readable line about what is happening.
     pub message: Option<String>,
+    /// The job's committed `version` this state is at, when it was read from or written to
+    /// the store (`None` for live patches not written yet): the job's next emitted state
+    /// gets at least this version's event id (see [`Hub::publish`](crate::Hub::publish)).
+    pub version: Option<u64>,
 }
 
 impl Update {
@@ -97,6 +101,13 @@ impl Update {
         self
     }
 
+    /// Sets the committed version the state is at.
+    #[must_use]
+    pub fn with_version(mut self, version: u64) -> Update {
+        self.version = Some(version);
+        self
+    }
+
     /// True when the update carries nothing at all.
     pub fn is_empty(&self) -> bool {
         *self == Update::default()
@@ -130,6 +141,7 @@ impl From<ProgressUpdate> for Update {
             cost_usd: update.cost_usd,
             metric: update.metric,
             message: update.message,
+            version: None,
         }
     }
 }
@@ -144,6 +156,7 @@ impl From<&ProgressUpdate> for Update {
             cost_usd: update.cost_usd,
             metric: update.metric,
             message: update.message.clone(),
+            version: None,
         }
     }
 }

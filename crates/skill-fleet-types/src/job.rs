@@ -122,8 +122,9 @@ pub struct Job {
     /// When anything about the job last changed.
     pub updated_at: DateTime<Utc>,
     /// The job's change number: increases on every persisted change (taken from a
-    /// store-wide counter, so it also orders changes across jobs); drives ETags. Not the SSE
-    /// event id ([`StreamEvent::seq`](crate::StreamEvent::seq)) nor a history row's
+    /// store-wide counter, so it also orders changes across jobs); drives ETags, and is the
+    /// high part of the SSE event id ([`StreamEvent::seq`](crate::StreamEvent::seq) is
+    /// `version << 20` for a state committed at this version). Not a history row's
     /// [`seq`](crate::ProgressRecord::seq).
     pub version: u64,
 }

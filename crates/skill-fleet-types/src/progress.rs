@@ -266,9 +266,13 @@ pub struct ProgressPage {
 pub struct StreamEvent {
     /// The job this state belongs to.
     pub job_id: String,
-    /// The SSE event id: increases per job, also across server restarts (each server run
-    /// numbers its events from `boot_epoch << 32`, and a state read from the store gets that
-    /// base plus the job's `version`). Not a history row's `seq`.
+    /// The SSE event id: increases per job, on every server that shares the job's store and
+    /// across restarts. Its high part is the job's committed [`version`](crate::Job::version):
+    /// a state committed at version `v` has the id `v << 20` (`VERSION_SHIFT` in
+    /// `skill-fleet-stream`); live states a server streams before their progress is written
+    /// count up by one from the last commit's id, and the first state after a newer commit
+    /// jumps to that commit's id. Ids fit in a JavaScript number (below `2^53`) while versions
+    /// are below `2^33`. Not a history row's `seq`.
     pub seq: u64,
     /// The job's status.
     pub status: JobStatus,

@@ -131,6 +131,11 @@ impl Server {
     pub fn cpu_time(&self) -> Duration {
         cpu_time(self.pid)
     }
+
+    /// CPU time used so far in user space and in the kernel.
+    pub fn cpu_times(&self) -> (Duration, Duration) {
+        cpu_times(self.pid)
+    }
 }
 
 impl Drop for Server {
@@ -153,18 +158,28 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// utime + stime of a process from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Duration {
+    let (user, system) = cpu_times(pid);
+    user + system
+}
+
+/// utime and stime (CPU time in user space and in the kernel) of a process from
+/// `/proc/PID/stat`.
+pub fn cpu_times(pid: u32) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name (field 2) may hold spaces: count fields after its closing paren.
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return Duration::ZERO;
+        return (Duration::ZERO, Duration::ZERO);
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the paren: field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+    let ticks = |i: usize| {
+        let ticks = fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+    };
+    (ticks(11), ticks(12))
 }
 
 /// `getconf CLK_TCK` (100 on Linux in practice).

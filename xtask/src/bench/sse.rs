@@ -31,6 +31,10 @@ const GOAL_KIB_PER_SUBSCRIBER: f64 = 25.0;
 const GOAL_P99_MS_AT_1K: f64 = 120.0;
 /// "Flat": the stalled subscribers may add at most this much RSS while events flow.
 const GOAL_STALL_GROWTH_KIB_PER_SUBSCRIBER: f64 = 1.0;
+/// At 10k subscribers on one job: share of ticks delivered to the mean subscriber, and to
+/// the worst one.
+const GOAL_SHARE_MEAN_AT_10K: f64 = 0.99;
+const GOAL_SHARE_MIN_AT_10K: f64 = 0.95;
 
 /// Posts progress events to one job at a fixed rate over keep-alive connections.
 struct Feeder {
@@ -221,6 +225,10 @@ struct Level {
     kib_per_subscriber: f64,
     kib_per_subscriber_end: f64,
     cpu_percent: f64,
+    /// Server CPU time over the window per event the subscribers received in it.
+    cpu_us_per_event: f64,
+    /// The part of the server's CPU time spent in the kernel (system time).
+    kernel_share: f64,
     client_cpu_percent: f64,
     feed_rate: f64,
     data: Value,
@@ -261,14 +269,16 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
     tokio::time::sleep(ctx.warmup()).await;
     let window = ctx.sse_window();
     let client_pid = client.child.id();
-    let cpu0 = server.cpu_time();
+    let (user0, system0) = server.cpu_times();
     let client_cpu0 = cpu_time(client_pid);
     let t0 = Instant::now();
     client.send("start")?;
     tokio::time::sleep(window).await;
     client.send("stop")?;
     let elapsed = t0.elapsed();
-    let cpu = server.cpu_time().saturating_sub(cpu0);
+    let (user1, system1) = server.cpu_times();
+    let system = system1.saturating_sub(system0);
+    let cpu = user1.saturating_sub(user0) + system;
     let client_cpu = cpu_time(client_pid).saturating_sub(client_cpu0);
     let rss_end = server.rss_kib();
     let (result, client) = blocking(move || {
@@ -293,6 +303,8 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
         kib_per_subscriber: kib_slope,
         kib_per_subscriber_end: (rss_end as f64 - rss0 as f64) / n as f64,
         cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        cpu_us_per_event: 1e6 * cpu.as_secs_f64() / get("events_total").max(1.0),
+        kernel_share: system.as_secs_f64() / cpu.as_secs_f64().max(1e-9),
         client_cpu_percent: 100.0 * client_cpu.as_secs_f64() / elapsed.as_secs_f64(),
         feed_rate,
         data: json!({
@@ -304,6 +316,7 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
             "rss_kib_before": rss0,
             "rss_kib_end": rss_end,
             "server_cpu_seconds": cpu.as_secs_f64(),
+            "server_system_cpu_seconds": system.as_secs_f64(),
             "client_cpu_seconds": client_cpu.as_secs_f64(),
             "feed_rate": feed_rate,
         }),
@@ -374,6 +387,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         ..Section::default()
     };
     let mut data = Vec::new();
+    let mut cpu_per_event_at_1k = None;
     for &n in levels {
         let level = fanout(ctx, n).await?;
         let k = format!("{}k", n / 1000);
@@ -382,16 +396,28 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             level.connected as f64,
             "",
         ));
-        section.rows.push(Row::new(
+        let mut share_mean = Row::new(
             format!("{k}: share of ticks delivered, mean"),
             level.share_mean,
             "",
-        ));
-        section.rows.push(Row::new(
+        );
+        let mut share_min = Row::new(
             format!("{k}: share of ticks delivered, worst subscriber"),
             level.share_min,
             "",
-        ));
+        );
+        if n == 10000 {
+            share_mean = share_mean.goal(
+                format!("≥ {GOAL_SHARE_MEAN_AT_10K:.2} at 10k"),
+                level.share_mean >= GOAL_SHARE_MEAN_AT_10K,
+            );
+            share_min = share_min.goal(
+                format!("≥ {GOAL_SHARE_MIN_AT_10K:.2} at 10k"),
+                level.share_min >= GOAL_SHARE_MIN_AT_10K,
+            );
+        }
+        section.rows.push(share_mean);
+        section.rows.push(share_min);
         section.rows.push(Row::new(
             format!("{k}: event→client latency p50"),
             level.p50_ms,
@@ -428,6 +454,24 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             format!("{k}: server CPU (100% = one core)"),
             level.cpu_percent,
             "%",
+        ));
+        let mut per_event = Row::new(
+            format!("{k}: server CPU per delivered event"),
+            level.cpu_us_per_event,
+            "µs",
+        );
+        match cpu_per_event_at_1k {
+            None if n == 1000 => cpu_per_event_at_1k = Some(level.cpu_us_per_event),
+            Some(at_1k) if at_1k > 0.0 => {
+                per_event = per_event.baseline(at_1k, level.cpu_us_per_event / at_1k);
+            }
+            _ => {}
+        }
+        section.rows.push(per_event);
+        section.rows.push(Row::new(
+            format!("{k}: share of server CPU in the kernel"),
+            level.kernel_share,
+            "",
         ));
         section.rows.push(Row::new(
             format!("{k}: subscriber process CPU (100% = one core)"),
@@ -479,7 +523,8 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         "one job fed {FEED_RATE:.0} events/s over {FEED_CONNECTIONS} connections; subscribers \
          held by a second process (raw TCP, 1 tokio thread); share of ticks = events received \
          in a {:.0} s window / (window / {} ms emit interval); latency = receive time − the \
-         event's `at`; RSS slope = least squares over 5 connection steps taken while events \
+         event's `at`; CPU per delivered event = server CPU time over the window / events \
+         all subscribers received in it (baseline: the 1k level's); RSS slope = least squares over 5 connection steps taken while events \
          flow, fresh server per level; CPU from /proc/PID/stat over the window",
         ctx.sse_window().as_secs_f64(),
         EMIT_INTERVAL.as_millis()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use skill_fleet_api::ApiConfig;
+use skill_fleet_core::Committed;
 use support::{TestApp, open_sse, wait_until};
 
 async fn sse(
@@ -420,4 +421,165 @@ async fn streams_that_end_release_their_slot() {
     let b = raw(addr, "/api/v1/jobs/next/stream").await;
     assert_eq!((a.status, b.status), (200, 200));
     assert_refused(addr, "/api/v1/jobs/next/stream").await;
+}
+
+/// What another server's change feed delivers here: the row as committed there.
+fn remote(kind: skill_fleet_core::ChangeKind, job: &skill_fleet_types::Job) -> Committed {
+    Committed {
+        remote: true,
+        ..Committed::of(kind, job.clone(), None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_from_another_server_is_not_sent_older_states() {
+    use skill_fleet_core::ChangeKind;
+    use skill_fleet_jobs::{ClaimFilter, Writer};
+    use skill_fleet_stream::version_event_id;
+
+    let app = TestApp::new().await;
+    let addr = app.serve().await;
+    app.create("j", "optimization").await;
+    // Another server runs the job; its commits reach this one through the feed, late.
+    let store = app.store().clone();
+    let filter = ClaimFilter {
+        types: Vec::new(),
+        excluded: Vec::new(),
+    };
+    let started = store.claim(&filter, "worker").unwrap().unwrap().job;
+    let feed = app.state.service().feed();
+    feed.emit(&remote(ChangeKind::Started, &started));
+    let mut rows = Vec::new();
+    for progress in [0.1, 0.2, 0.3] {
+        let update = skill_fleet_types::ProgressUpdate {
+            progress: Some(progress),
+            ..Default::default()
+        };
+        rows.push(
+            store
+                .record_progress("j", &update, None, &Writer::Operator)
+                .unwrap(),
+        );
+    }
+    // The client followed the job through the other server up to its second write.
+    let seen = version_event_id(rows[1].version);
+    let reader = sse(addr, "/api/v1/jobs/j/stream", Some(seen.to_string())).await;
+    assert_eq!(reader.status, 200);
+    for row in &rows {
+        feed.emit(&remote(ChangeKind::Progress, row));
+    }
+    let first = next(&reader).await.expect("an event");
+    assert_eq!(
+        first.id,
+        Some(version_event_id(rows[2].version).to_string())
+    );
+    assert_eq!(first.data["progress"], 0.3, "older states are not sent");
+
+    // The end arrives, at its version's id, and ends the stream.
+    let done = store.complete("j", None, None, &Writer::Operator).unwrap();
+    feed.emit(&remote(ChangeKind::Ended, &done));
+    let last = next(&reader).await.expect("the final state");
+    assert_eq!(last.id, Some(version_event_id(done.version).to_string()));
+    assert_eq!(last.data["status"], "completed");
+    assert!(next(&reader).await.is_none());
+}
+
+impl RawStream {
+    /// The next SSE block (up to and including its blank line), decoding the chunked body.
+    fn next_block(&mut self, pending: &mut String) -> String {
+        use std::io::{BufRead, Read};
+        loop {
+            if let Some(end) = pending.find("\n\n") {
+                let block = pending[..end + 2].to_owned();
+                pending.drain(..end + 2);
+                return block;
+            }
+            let mut size = String::new();
+            assert!(
+                self.reader.read_line(&mut size).unwrap() > 0,
+                "stream ended"
+            );
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            assert!(size > 0, "the stream ended: {pending:?}");
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).unwrap();
+            assert_eq!(&chunk[size..], b"\r\n");
+            pending.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wire_format_headers_retry_hint_ids_and_keep_alives() {
+    let app = TestApp::with_config(ApiConfig {
+        sse_keep_alive: Duration::from_millis(300),
+        sse_retry: Duration::from_millis(1500),
+        ..ApiConfig::default()
+    })
+    .await;
+    let addr = app.serve().await;
+    app.create("j", "optimization").await;
+    app.post("/api/v1/jobs/j/events", json!({"progress": 0.1}))
+        .await;
+    let stream = raw(addr, "/api/v1/jobs/j/stream").await;
+    assert_eq!(stream.status, 200, "{}", stream.head);
+    assert_eq!(
+        stream.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    assert_eq!(stream.header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(
+        stream.header("transfer-encoding").as_deref(),
+        Some("chunked")
+    );
+    let (stream, first, idle) = tokio::task::spawn_blocking(move || {
+        let mut stream = stream;
+        let mut pending = String::new();
+        let first = stream.next_block(&mut pending);
+        let idle = stream.next_block(&mut pending);
+        (stream, first, idle)
+    })
+    .await
+    .unwrap();
+
+    // The first event: its id, the retry hint, one data line of JSON.
+    let lines: Vec<&str> = first.trim_end().lines().collect();
+    assert_eq!(lines.len(), 3, "{first:?}");
+    let id = lines[0].strip_prefix("id: ").expect("an id first");
+    assert_eq!(lines[1], "retry: 1500");
+    let data: serde_json::Value =
+        serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(data["seq"].to_string(), id);
+    assert_eq!(data["progress"], 0.1);
+    // An idle stream gets a keep-alive comment.
+    assert_eq!(idle, ":\n\n");
+
+    // Later events: id and data only.
+    app.post(
+        "/api/v1/jobs/j/events",
+        json!({"step": "b", "progress": 0.2}),
+    )
+    .await;
+    let second = tokio::task::spawn_blocking(move || {
+        let mut stream = stream;
+        let mut pending = String::new();
+        loop {
+            let block = stream.next_block(&mut pending);
+            if block != ":\n\n" {
+                return block;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let lines: Vec<&str> = second.trim_end().lines().collect();
+    assert_eq!(lines.len(), 2, "{second:?}");
+    let next_id: u64 = lines[0].strip_prefix("id: ").unwrap().parse().unwrap();
+    assert!(next_id > id.parse().unwrap());
+    let data: serde_json::Value =
+        serde_json::from_str(lines[1].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(
+        (data["step"].as_str(), data["seq"].as_u64()),
+        (Some("b"), Some(next_id))
+    );
 }

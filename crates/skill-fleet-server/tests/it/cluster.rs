@@ -452,6 +452,22 @@ fn ghost(servers: &[Endpoint], ledger: &Ledger, claimed: Value, worked_on: &str)
             (moved_on || ledger.abort.load(Ordering::SeqCst)).then_some(())
         },
     );
+    // The server the attempt worked on holds its live state and learns of the rescue from
+    // the change feed, about a tick after the commit (at once when it rescued the job
+    // itself); until then it may answer a heartbeat or a coalesced event from memory (the
+    // database's fence refuses the write itself either way). Once it refuses, every server
+    // must refuse every late write.
+    if let Some(home) = servers.iter().find(|server| server.base == worked_on) {
+        wait_for(
+            &format!("{worked_on} to refuse attempt {attempt} of {id}"),
+            10,
+            || {
+                let (status, _) =
+                    home.post(&format!("/api/v1/jobs/{id}/heartbeat"), fence(&claimed));
+                (status == 409 || ledger.abort.load(Ordering::SeqCst)).then_some(())
+            },
+        );
+    }
     let writes = [
         (
             "event",

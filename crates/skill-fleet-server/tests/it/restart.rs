@@ -5,6 +5,7 @@
 use crate::support;
 
 use serde_json::json;
+use skill_fleet_stream::version_event_id;
 use support::{Server, temp_db};
 
 #[test]
@@ -111,13 +112,18 @@ fn sse_ids_never_go_backwards_across_restarts() {
     );
     let (_, before) = server.get("/api/v1/jobs/j");
     let first = first_event_id(&server, "/api/v1/jobs/j/stream");
+    // Ids come from the job's committed version, the same on every server run.
+    let version = |job: &serde_json::Value| job["version"].as_u64().expect("a version");
+    assert_eq!(first, version_event_id(version(&before)), "{before}");
     server.kill();
     let server = Server::start(&db);
     let after = first_event_id(&server, "/api/v1/jobs/j/stream");
+    let (_, restored) = server.get("/api/v1/jobs/j");
     assert!(
         after > first,
-        "sequence went from {first} to {after} (job {before})"
+        "sequence went from {first} to {after} (job {before}, then {restored})"
     );
+    assert_eq!(after, version_event_id(version(&restored)), "{restored}");
 }
 
 fn first_event_id(server: &Server, path: &str) -> u64 {

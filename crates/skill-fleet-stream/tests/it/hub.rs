@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skill_fleet_stream::{
-    Hub, HubConfig, JobStatus, StreamError, StreamEvent, Subscription, Update,
+    Emitted, Hub, HubConfig, JobStatus, StreamError, StreamEvent, Subscription, Update,
+    version_event_id,
 };
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
@@ -17,7 +18,7 @@ fn hub() -> Hub {
 }
 
 /// A subscriber task that records every state it receives until the subscription ends.
-fn record(mut subscription: Subscription) -> JoinHandle<Vec<Arc<StreamEvent>>> {
+fn record(mut subscription: Subscription) -> JoinHandle<Vec<Arc<Emitted>>> {
     tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some(event) = subscription.next().await {
@@ -28,14 +29,14 @@ fn record(mut subscription: Subscription) -> JoinHandle<Vec<Arc<StreamEvent>>> {
 }
 
 /// The next state, or `None` if nothing arrives within a second of (paused) time.
-async fn next_within_a_second(subscription: &mut Subscription) -> Option<Arc<StreamEvent>> {
+async fn next_within_a_second(subscription: &mut Subscription) -> Option<Arc<Emitted>> {
     timeout(Duration::from_secs(1), subscription.next())
         .await
         .ok()
         .flatten()
 }
 
-fn assert_seqs_step_by_one(events: &[Arc<StreamEvent>]) {
+fn assert_seqs_step_by_one(events: &[Arc<Emitted>]) {
     for pair in events.windows(2) {
         assert!(pair[1].seq > pair[0].seq, "seq only increases: {pair:?}");
     }
@@ -275,14 +276,104 @@ async fn a_seeded_job_keeps_its_seq_and_counts_on_from_it() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn jobs_first_seen_through_publish_start_at_initial_seq() {
-    let hub = Hub::new(HubConfig {
-        initial_seq: 1000,
-        ..HubConfig::default()
-    });
-    hub.publish("j", Update::progress(0.1)).unwrap();
-    assert_eq!(hub.current("j").unwrap().seq, 1001);
+async fn jobs_first_seen_through_publish_start_at_their_version() {
+    let hub = hub();
+    hub.publish("j", Update::progress(0.1).with_version(7))
+        .unwrap();
+    assert_eq!(hub.current("j").unwrap().seq, version_event_id(7));
     assert_eq!(hub.current("j").unwrap().status, JobStatus::Running);
+    assert_eq!(hub.version("j"), Some(7));
+    // Without a version (a hub used on its own): from 1.
+    hub.publish("k", Update::progress(0.1)).unwrap();
+    assert_eq!(hub.current("k").unwrap().seq, 1);
+    assert_eq!(hub.version("k"), Some(0));
+    assert_eq!(hub.version("nobody"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn event_ids_follow_committed_versions_and_never_go_back() {
+    let hub = hub();
+    let v = version_event_id;
+    hub.publish("j", Update::progress(0.1).with_version(3))
+        .unwrap();
+    let mut subscription = hub.subscribe("j").unwrap();
+    let mut received = Vec::new();
+    let seq = || hub.current("j").unwrap().seq;
+    assert_eq!(seq(), v(3));
+    received.push(subscription.next().await.unwrap().seq);
+
+    // Live patches between two commits count up from the committed version's id.
+    hub.publish("j", Update::step("a")).unwrap();
+    assert_eq!(seq(), v(3) + 1);
+    received.push(subscription.next().await.unwrap().seq);
+    hub.publish("j", Update::step("b")).unwrap();
+    assert_eq!(seq(), v(3) + 2);
+    received.push(subscription.next().await.unwrap().seq);
+
+    // A version learned from the feed sends nothing; the next emission jumps to it.
+    hub.observe_version("j", 5);
+    assert_eq!(seq(), v(3) + 2, "observing emits nothing");
+    assert!(next_within_a_second(&mut subscription).await.is_none());
+    assert_eq!(hub.version("j"), Some(5));
+    hub.publish("j", Update::step("c")).unwrap();
+    assert_eq!(seq(), v(5));
+    received.push(subscription.next().await.unwrap().seq);
+
+    // Older versions (observed, or carried by a stale update) never lower an id.
+    hub.observe_version("j", 4);
+    assert_eq!(hub.version("j"), Some(5));
+    hub.publish("j", Update::step("d").with_version(2)).unwrap();
+    assert_eq!(seq(), v(5) + 1);
+    assert_eq!(hub.version("j"), Some(5));
+    received.push(subscription.next().await.unwrap().seq);
+
+    // A committed state at a newer version goes out at its id; an update that changes
+    // nothing sends nothing, but its version is learned.
+    hub.publish("j", Update::step("e").with_version(6)).unwrap();
+    assert_eq!(seq(), v(6));
+    received.push(subscription.next().await.unwrap().seq);
+    hub.publish("j", Update::step("e").with_version(8)).unwrap();
+    assert_eq!(seq(), v(6));
+    assert_eq!(hub.version("j"), Some(8));
+    hub.publish("j", Update::progress(0.2)).unwrap(); // coalesced: sent by the flush task
+    received.push(next_within_a_second(&mut subscription).await.unwrap().seq);
+    assert_eq!(seq(), v(8));
+    assert_eq!(
+        received,
+        [v(3), v(3) + 1, v(3) + 2, v(5), v(5) + 1, v(6), v(8)],
+        "every state once, ids strictly increasing"
+    );
+
+    // Reseeded from the store (a job queued again): the stored state's id, then on.
+    let before = seq();
+    assert!(hub.remove("j"));
+    assert_eq!(subscription.next().await, None);
+    hub.seed("j", stored(v(9), JobStatus::Queued, 0.0));
+    assert!(seq() > before);
+    assert_eq!(hub.version("j"), Some(9));
+    hub.publish("j", Update::status(JobStatus::Running))
+        .unwrap();
+    assert_eq!(seq(), v(9) + 1);
+    hub.observe_version("j", 10);
+    hub.publish("j", Update::status(JobStatus::Completed).with_version(11))
+        .unwrap();
+    assert_eq!(seq(), v(11), "the terminal state at its version");
+
+    // A finished job refuses changes, and a refused update teaches no version.
+    assert!(
+        hub.publish("j", Update::progress(0.9).with_version(12))
+            .is_err()
+    );
+    assert_eq!(hub.version("j"), Some(11));
+}
+
+#[tokio::test(start_paused = true)]
+async fn observing_a_version_of_a_job_the_hub_does_not_have_does_nothing() {
+    let hub = hub();
+    hub.observe_version("j", 5);
+    assert!(hub.current("j").is_none());
+    assert_eq!(hub.version("j"), None);
+    assert_eq!(hub.stats().jobs, 0);
 }
 
 #[tokio::test(start_paused = true)]
