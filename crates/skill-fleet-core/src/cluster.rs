@@ -2,9 +2,12 @@
 //! others, and theirs brought into this server's change feed.
 //!
 //! - **Out:** every local commit is noted (job id and version) by [`Outbox`], a listener of
-//!   the feed; a task rings the doorbell ([`JobStore::ring_doorbell`], a `NOTIFY` outside any
-//!   transaction, so after the commits) at once for the first change after a quiet spell,
-//!   then at most once per tick. A failed ring keeps its changes for the next.
+//!   the feed; the doorbell ([`JobStore::ring_doorbell`], a `NOTIFY` outside any
+//!   transaction, so after the commits) rings right after each tick's flush of coalesced
+//!   progress, with everything committed since the last ring (durable writes in between
+//!   wait for it, at most a tick); if no flush comes (no flusher runs, or it is stuck), a
+//!   change waits at most one tick. So one ring per tick. A failed ring keeps its changes
+//!   for the next.
 //! - **In:** a dedicated `LISTEN` connection on its own thread, polled every few
 //!   milliseconds (reading the socket, no round trip) and checked with a round trip every
 //!   few seconds. A doorbell from another server makes this one read the jobs changed since
@@ -190,19 +193,25 @@ pub async fn run_cluster_feed(
     let mut healthy = false;
     let mut poll = tokio::time::interval(settings.tick);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_ring: Option<tokio::time::Instant> = None;
-    let ring_at = |last: Option<tokio::time::Instant>| {
-        last.map_or_else(tokio::time::Instant::now, |at| at + settings.tick)
+    // When the oldest change not rung yet was noted; rung by the next flush, or a tick
+    // later at the latest.
+    let mut waiting_since: Option<tokio::time::Instant> = None;
+    let deadline = |since: Option<tokio::time::Instant>| {
+        since.map_or_else(tokio::time::Instant::now, |at| at + settings.tick)
     };
-    let mut wants_ring = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            () = outbox.ready.notified(), if !wants_ring => wants_ring = true,
-            () = tokio::time::sleep_until(ring_at(last_ring)), if wants_ring => {
-                wants_ring = false;
-                last_ring = Some(tokio::time::Instant::now());
+            () = outbox.ready.notified(), if waiting_since.is_none() => {
+                waiting_since = Some(tokio::time::Instant::now());
+            }
+            () = service.flushed.notified(), if waiting_since.is_some() => {
+                waiting_since = None;
+                ring(service, &outbox, settings.run).await;
+            }
+            () = tokio::time::sleep_until(deadline(waiting_since)), if waiting_since.is_some() => {
+                waiting_since = None;
                 ring(service, &outbox, settings.run).await;
             }
             Some(event) = heard.recv() => match event {

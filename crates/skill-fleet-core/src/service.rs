@@ -45,6 +45,9 @@ pub struct JobService {
     heartbeat_interval: Duration,
     /// What the cluster feed did (PostgreSQL), for `/metrics`.
     pub(crate) cluster: ClusterStats,
+    /// Woken after every flush of pending progress: the cluster feed rings its doorbell
+    /// right after the tick's batch committed.
+    pub(crate) flushed: tokio::sync::Notify,
 }
 
 /// Default of [`JobService::heartbeat_interval`]: six heartbeats per default lease.
@@ -79,6 +82,7 @@ impl JobService {
             faulted_at: Mutex::new(None),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             cluster: ClusterStats::default(),
+            flushed: tokio::sync::Notify::new(),
         }
     }
 
@@ -293,6 +297,14 @@ impl JobService {
     /// shutdown. On a database error the writes are kept (unless newer ones arrived) and
     /// retried on the next tick.
     pub async fn flush_pending(&self) -> Result<usize> {
+        let flushed = self.flush_pending_inner().await;
+        // Only a ring already waiting hears it (no permit is kept): a change noted after
+        // this flush goes with the next one.
+        self.flushed.notify_waiters();
+        flushed
+    }
+
+    async fn flush_pending_inner(&self) -> Result<usize> {
         // Renewals first (their own transaction; a failure does not hold progress back).
         let renewed = self.flush_renewals().await;
         let mut writes: Vec<ProgressWrite> = self.live.take_all_pending();

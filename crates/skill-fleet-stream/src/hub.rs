@@ -207,8 +207,9 @@ impl Hub {
     /// The update is validated first; a refused update changes nothing. Pacing:
     ///
     /// - sent at once: the job's first state, the first change after a quiet period (no
-    ///   state sent within the last `emit_interval`), a change of step or status, and a
-    ///   terminal status;
+    ///   state sent within the last `emit_interval`), a change of step or status, a
+    ///   terminal status, and a committed state newer than the version the hub knows (it was
+    ///   coalesced where it was written: another server's row, read back);
     /// - otherwise coalesced: the flush task sends the merged state on its next tick, if it
     ///   still differs from the last one sent.
     ///
@@ -467,6 +468,11 @@ impl Inner {
                 job_id: slot.job_id.clone(),
             });
         }
+        // A committed state newer than what the slot knows was coalesced by whoever wrote
+        // it (at most one per job per tick): it goes out at once, not a tick later again.
+        let committed = update
+            .version
+            .is_some_and(|version| version > state.version);
         if let Some(version) = update.version {
             state.version = state.version.max(version);
         }
@@ -484,7 +490,7 @@ impl Inner {
         let quiet = state
             .last_emit
             .is_none_or(|at| now.saturating_duration_since(at) >= self.config.emit_interval);
-        if merged.urgent || quiet {
+        if merged.urgent || quiet || committed {
             slot.emit_if_changed(&mut state, now);
             if state.fields.status.is_terminal() {
                 drop(state);

@@ -35,6 +35,8 @@ pub struct Update {
     /// The job's committed `version` this state is at, when it was read from or written to
     /// the store (`None` for live patches not written yet): the job's next emitted state
     /// gets at least this version's event id (see [`Hub::publish`](crate::Hub::publish)).
+    /// A state at a version newer than the hub knew is sent at once: the server that wrote
+    /// it coalesced it already.
     pub version: Option<u64>,
 }
 
