@@ -159,6 +159,19 @@ pub(crate) type Pooled = PooledConnection<Manager>;
 /// The pool both backends keep.
 pub(crate) type Pool = diesel::r2d2::Pool<Manager>;
 
+/// What the pool does with the errors of the connections it opens in the background (to
+/// keep `min_idle`): r2d2 logs each at `error`, dozens a second while a database restarts.
+/// The call that needs a connection reports the outage itself (a storage fault, logged by
+/// the server once per outage); these go to `debug`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QuietPoolErrors;
+
+impl r2d2::HandleError<diesel::r2d2::Error> for QuietPoolErrors {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::debug!(%error, "the pool could not open a connection");
+    }
+}
+
 /// The backend a store runs on, chosen by its url ([`Kind::of`]).
 pub(crate) enum Active {
     /// One SQLite file.

@@ -127,6 +127,7 @@ impl Backend for Postgres {
             // A database that does not answer is a storage fault after the busy timeout, not
             // after r2d2's default 30 s.
             .connection_timeout(options.busy_timeout.max(Duration::from_millis(250)))
+            .error_handler(Box::new(super::QuietPoolErrors))
             .connection_customizer(Box::new(ConnectionSetup {
                 lock_timeout: options.busy_timeout,
             }))

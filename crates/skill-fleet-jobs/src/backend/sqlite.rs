@@ -229,6 +229,7 @@ impl Backend for Sqlite {
         let pool = Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(1))
+            .error_handler(Box::new(super::QuietPoolErrors))
             .connection_customizer(Box::new(setup))
             .build(manager)?;
         Ok(Sqlite {
