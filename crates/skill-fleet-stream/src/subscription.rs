@@ -35,8 +35,7 @@ impl Subscription {
 
     /// Marks `event` seen; false if it (or a newer state) already was.
     fn see(&self, event: &StreamEvent) -> bool {
-        let mark = event.seq.saturating_add(1);
-        self.seen.fetch_max(mark, Ordering::AcqRel) < mark
+        see(&self.seen, event)
     }
 
     /// The latest emitted state of the job; it counts as seen, so
@@ -55,12 +54,21 @@ impl Subscription {
     ///
     /// Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Option<Arc<Emitted>> {
+        // The state is looked at only when it may be one not seen yet: nothing was handed
+        // out, the channel says a newer one was sent (or the job ended, which may leave a
+        // final state), or `changed` just said so (it marks the newest as read). With
+        // thousands of subscribers, the wait after each state then costs no lock and no
+        // reference count.
+        let mut changed = self.seen.load(Ordering::Acquire) == 0;
         loop {
-            let event = Arc::clone(&self.rx.borrow_and_update());
-            if self.see(&event) {
-                return Some(event);
+            if changed || !matches!(self.rx.has_changed(), Ok(false)) {
+                let current = self.rx.borrow_and_update();
+                if see(&self.seen, &current) {
+                    return Some(Arc::clone(&current));
+                }
             }
             self.rx.changed().await.ok()?;
+            changed = true;
         }
     }
 
@@ -78,4 +86,11 @@ impl Subscription {
             Some((event, subscription))
         })
     }
+}
+
+/// Marks `event` seen in `seen` (`seq + 1` of the newest state handed out); false if it (or
+/// a newer state) already was.
+fn see(seen: &AtomicU64, event: &StreamEvent) -> bool {
+    let mark = event.seq.saturating_add(1);
+    seen.fetch_max(mark, Ordering::AcqRel) < mark
 }
