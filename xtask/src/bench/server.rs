@@ -136,6 +136,11 @@ impl Server {
     pub fn cpu_times(&self) -> (Duration, Duration) {
         cpu_times(self.pid)
     }
+
+    /// Time the server's threads waited for a CPU so far.
+    pub fn run_queue_wait(&self) -> Duration {
+        run_queue_wait(self.pid)
+    }
 }
 
 impl Drop for Server {
@@ -180,6 +185,21 @@ pub fn cpu_times(pid: u32) -> (Duration, Duration) {
         Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
     };
     (ticks(11), ticks(12))
+}
+
+/// Time the threads of a process spent runnable but waiting for a CPU, summed over its
+/// threads (`/proc/PID/task/*/schedstat`, second field; zero where unavailable). High while
+/// the process does little means the machine, not the process, is the limit.
+pub fn run_queue_wait(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .filter_map(|task| task.ok())
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
 }
 
 /// `getconf CLK_TCK` (100 on Linux in practice).

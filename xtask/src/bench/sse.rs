@@ -229,6 +229,9 @@ struct Level {
     cpu_us_per_event: f64,
     /// The part of the server's CPU time spent in the kernel (system time).
     kernel_share: f64,
+    /// Time the server's threads were runnable but waited for a CPU, over the window (100% =
+    /// one thread waiting all the time).
+    run_queue_wait_percent: f64,
     client_cpu_percent: f64,
     feed_rate: f64,
     data: Value,
@@ -270,6 +273,7 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
     let window = ctx.sse_window();
     let client_pid = client.child.id();
     let (user0, system0) = server.cpu_times();
+    let waited0 = server.run_queue_wait();
     let client_cpu0 = cpu_time(client_pid);
     let t0 = Instant::now();
     client.send("start")?;
@@ -277,6 +281,7 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
     client.send("stop")?;
     let elapsed = t0.elapsed();
     let (user1, system1) = server.cpu_times();
+    let waited = server.run_queue_wait().saturating_sub(waited0);
     let system = system1.saturating_sub(system0);
     let cpu = user1.saturating_sub(user0) + system;
     let client_cpu = cpu_time(client_pid).saturating_sub(client_cpu0);
@@ -305,6 +310,7 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
         cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
         cpu_us_per_event: 1e6 * cpu.as_secs_f64() / get("events_total").max(1.0),
         kernel_share: system.as_secs_f64() / cpu.as_secs_f64().max(1e-9),
+        run_queue_wait_percent: 100.0 * waited.as_secs_f64() / elapsed.as_secs_f64(),
         client_cpu_percent: 100.0 * client_cpu.as_secs_f64() / elapsed.as_secs_f64(),
         feed_rate,
         data: json!({
@@ -317,6 +323,7 @@ async fn fanout(ctx: &Ctx, n: usize) -> Result<Level> {
             "rss_kib_end": rss_end,
             "server_cpu_seconds": cpu.as_secs_f64(),
             "server_system_cpu_seconds": system.as_secs_f64(),
+            "server_run_queue_wait_seconds": waited.as_secs_f64(),
             "client_cpu_seconds": client_cpu.as_secs_f64(),
             "feed_rate": feed_rate,
         }),
@@ -474,6 +481,11 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             "",
         ));
         section.rows.push(Row::new(
+            format!("{k}: server threads waiting for a CPU (100% = one thread)"),
+            level.run_queue_wait_percent,
+            "%",
+        ));
+        section.rows.push(Row::new(
             format!("{k}: subscriber process CPU (100% = one core)"),
             level.client_cpu_percent,
             "%",
@@ -524,7 +536,9 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
          held by a second process (raw TCP, 1 tokio thread); share of ticks = events received \
          in a {:.0} s window / (window / {} ms emit interval); latency = receive time − the \
          event's `at`; CPU per delivered event = server CPU time over the window / events \
-         all subscribers received in it (baseline: the 1k level's); RSS slope = least squares over 5 connection steps taken while events \
+         all subscribers received in it (baseline: the 1k level's); waiting for a CPU = the \
+         server threads' run-queue wait over the window (/proc/PID/task/*/schedstat): high \
+         means the machine, not the server, held delivery back; RSS slope = least squares over 5 connection steps taken while events \
          flow, fresh server per level; CPU from /proc/PID/stat over the window",
         ctx.sse_window().as_secs_f64(),
         EMIT_INTERVAL.as_millis()
