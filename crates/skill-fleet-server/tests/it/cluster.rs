@@ -22,6 +22,8 @@ use skill_fleet_testkit::cluster::{Cluster, process_gone};
 use skill_fleet_testkit::http::{Endpoint, agent, streaming_agent};
 use skill_fleet_testkit::{PostgresCluster, wait_for, wait_until};
 
+use crate::support::{fence, with_fence};
+
 /// This crate's server binary, which cargo builds for these tests.
 const BINARY: &str = env!("CARGO_BIN_EXE_skill-fleet-server");
 
@@ -55,17 +57,6 @@ fn endpoints(cluster: &Cluster) -> Vec<Endpoint> {
         .running()
         .map(|(_, server)| server.endpoint.clone())
         .collect()
-}
-
-fn fence(claimed: &Value) -> Value {
-    json!({"attempt": claimed["attempt"], "lease_token": claimed["lease_token"]})
-}
-
-fn with_fence(mut body: Value, claimed: &Value) -> Value {
-    let map = body.as_object_mut().unwrap();
-    map.insert("attempt".into(), claimed["attempt"].clone());
-    map.insert("lease_token".into(), claimed["lease_token"].clone());
-    body
 }
 
 /// Claims a job of `job_type` on `server`, waiting up to `seconds` for one to be queued.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Server, job, temp_db, wait_for, wait_status};
+use crate::support::{self, Server, fence, job, temp_db, wait_for, wait_status, with_fence};
 
 /// Leases of one second renewed every quarter second, swept every tenth.
 const SHORT_LEASES: &str = "lease_ttl_seconds = 1.0\n\
@@ -31,17 +31,6 @@ fn claim(server: &Server, job_type: &str, worker: &str) -> Value {
         assert!(status == 200 || status == 204, "{status} {body}");
         (status == 200).then_some(body)
     })
-}
-
-fn fence(claimed: &Value) -> Value {
-    json!({"attempt": claimed["attempt"], "lease_token": claimed["lease_token"]})
-}
-
-fn with_fence(mut body: Value, claimed: &Value) -> Value {
-    let map = body.as_object_mut().unwrap();
-    map.insert("attempt".into(), claimed["attempt"].clone());
-    map.insert("lease_token".into(), claimed["lease_token"].clone());
-    body
 }
 
 fn assert_lease_lost(reply: (u16, Value), attempt: u64, status: &str) {

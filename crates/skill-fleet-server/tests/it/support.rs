@@ -83,3 +83,16 @@ impl DerefMut for Server {
         &mut self.0
     }
 }
+
+/// The fence (`attempt` + `lease_token`) of a claim's answer, as a heartbeat's body.
+pub fn fence(claimed: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"attempt": claimed["attempt"], "lease_token": claimed["lease_token"]})
+}
+
+/// `body` (an object) with the fence of a claim's answer added.
+pub fn with_fence(mut body: serde_json::Value, claimed: &serde_json::Value) -> serde_json::Value {
+    let map = body.as_object_mut().expect("a JSON object body");
+    map.insert("attempt".into(), claimed["attempt"].clone());
+    map.insert("lease_token".into(), claimed["lease_token"].clone());
+    body
+}
