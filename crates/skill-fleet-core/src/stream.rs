@@ -219,6 +219,16 @@ mod tests {
         (JobService::new(store, hub, 1), dir)
     }
 
+    /// Creates the queued job `j` of type `t`.
+    async fn create_j(service: &JobService) {
+        let request = CreateJob {
+            job_type: "t".into(),
+            metadata: None,
+            id: Some("j".into()),
+        };
+        service.create(request, "test").await.unwrap();
+    }
+
     /// What another server's change feed delivers: the row as committed there.
     fn remote(kind: ChangeKind, job: &Job) -> Committed {
         Committed {
@@ -245,12 +255,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_another_server_committed_reaches_subscribers_at_its_version() {
         let (service, _dir) = service();
-        let request = CreateJob {
-            job_type: "t".into(),
-            metadata: None,
-            id: Some("j".into()),
-        };
-        service.create(request, "test").await.unwrap();
+        create_j(&service).await;
         // Another server claims the job and writes to it; this one hears the feed.
         let store = service.store().clone();
         let filter = ClaimFilter {
@@ -318,12 +323,7 @@ mod tests {
     #[tokio::test]
     async fn local_commits_teach_the_hub_their_versions() {
         let (service, _dir) = service();
-        let request = CreateJob {
-            job_type: "t".into(),
-            metadata: None,
-            id: Some("j".into()),
-        };
-        service.create(request, "test").await.unwrap();
+        create_j(&service).await;
         let ack = service
             .ingest("j", progress(0.1), Writer::Unfenced)
             .await
