@@ -141,11 +141,12 @@ impl Outbox {
         }
     }
 
-    /// Whether this server committed `version`; forgets every own version up to `seen`.
+    /// Whether this server committed `version`.
     fn is_own(&self, version: u64) -> bool {
         lock(&self.state).own.contains(&version)
     }
 
+    /// Forgets this server's versions up to `seen`: the catch-up read has passed them.
     fn forget_own_through(&self, seen: u64) {
         let mut state = lock(&self.state);
         state.own = state.own.split_off(&seen.saturating_add(1));
