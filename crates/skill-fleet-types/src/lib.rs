@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod artifact;
 mod backoff;
 mod error;
 mod job;
@@ -9,6 +10,11 @@ mod progress;
 mod request;
 mod validate;
 
+pub use artifact::{
+    ATTEMPT_HEADER, Artifact, ArtifactList, DEFAULT_CONTENT_TYPE, LEASE_TOKEN_HEADER,
+    MAX_ARTIFACT_NAME_LEN, MAX_CONTENT_TYPE_LEN, RESULT_ARTIFACT_PREFIX, content_type_for,
+    fence_from_headers, result_artifact, validate_artifact_name, validate_content_type,
+};
 pub use backoff::Backoff;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use job::{Job, JobList, JobStatus, ParseStatusError};

@@ -45,7 +45,8 @@ pub struct CompleteRequest {
     /// The job's JSON result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
-    /// Where the result was written.
+    /// Where the result was written; `artifact:NAME` names one of the job's artifacts,
+    /// which must be stored already (422 otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_path: Option<String>,
     /// The attempt of the claim this write comes from (with `lease_token`).
@@ -89,8 +90,13 @@ pub struct ResultBody {
     pub job_id: String,
     /// The JSON result, if the runner gave one.
     pub result: Option<Value>,
-    /// Where the result was written, if the runner said.
+    /// Where the result was written, if the runner said; `artifact:NAME` names one of the
+    /// job's artifacts.
     pub result_path: Option<String>,
+    /// The download of the artifact `result_path` names
+    /// (`/api/v1/jobs/{id}/artifacts/{name}`), when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_url: Option<String>,
 }
 
 /// What `POST /api/v1/jobs/{id}/events` answers (HTTP 202).

@@ -48,6 +48,17 @@ pub enum ValidationError {
         "invalid worker name `{0}`: expected 1 to 128 characters of A-Z, a-z, 0-9, `_`, `.`, `:`, `@`, `/` or `-`"
     )]
     WorkerName(String),
+    /// An artifact name outside `[A-Za-z0-9._-]{1,128}` or starting with `.`.
+    #[error(
+        "invalid artifact name `{0}`: expected 1 to 128 characters of A-Z, a-z, 0-9, `.`, `_` or `-`, not starting with `.`"
+    )]
+    ArtifactName(String),
+    /// A content type that is not `type/subtype` (with optional parameters) of printable
+    /// ASCII, at most 127 characters.
+    #[error(
+        "invalid content type `{0}`: expected `type/subtype`, at most 127 printable characters"
+    )]
+    ContentType(String),
 }
 
 /// Share of the budget at which a warning is emitted, unless the metadata sets

@@ -339,6 +339,11 @@ pub async fn result(State(state): State<AppState>, request: Request) -> Result<R
             last_modified: job.updated_at,
             settled: true,
             body: to_body(&ResultBody {
+                result_url: job
+                    .result_path
+                    .as_deref()
+                    .and_then(skill_fleet_types::result_artifact)
+                    .map(|name| format!("/api/v1/jobs/{}/artifacts/{name}", job.id)),
                 job_id: job.id,
                 result: job.result,
                 result_path: job.result_path,
