@@ -359,6 +359,15 @@ impl JobStore {
         }
     }
 
+    /// How many uploads are under way (or abandoned and not yet swept), all jobs together.
+    pub fn uploads_in_flight(&self) -> Result<u64> {
+        let count: i64 = artifacts::table
+            .filter(artifacts::state.eq(WRITING))
+            .count()
+            .get_result(&mut *self.conn()?)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// The stored artifacts of job `job_id`, by name; [`StoreError::NotFound`] when there
     /// is no such job.
     pub fn artifacts(&self, job_id: &str) -> Result<Vec<Artifact>> {
