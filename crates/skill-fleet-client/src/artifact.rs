@@ -391,10 +391,23 @@ impl Client {
         let mut reader = Tracked {
             inner: body,
             error: None,
+            sent: 0,
         };
         let response = request.send(ureq::SendBody::from_reader(&mut reader));
         if let Some(err) = reader.error.take() {
             return Err(target.io("read", source, err));
+        }
+        if reader.sent > 0
+            && let Err(err) = &response
+            && closed_by_peer(err)
+        {
+            // Not "unreachable": it answered, and hung up before reading all of the body.
+            return Err(ClientError::ArtifactUploadCut {
+                job_id: id.to_owned(),
+                name: name.to_owned(),
+                url: url.clone(),
+                sent: reader.sent,
+            });
         }
         let reply = self.finish(&url, response)?;
         match reply.status {
@@ -566,11 +579,17 @@ enum Resumed {
 struct Tracked<'a> {
     inner: &'a mut dyn Read,
     error: Option<io::Error>,
+    /// Bytes read so far (handed to the connection).
+    sent: u64,
 }
 
 impl Read for Tracked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
+            Ok(read) => {
+                self.sent += read as u64;
+                Ok(read)
+            }
             Err(err) if err.kind() != io::ErrorKind::Interrupted => {
                 let copy = io::Error::new(err.kind(), err.to_string());
                 self.error.get_or_insert(err);
@@ -579,6 +598,15 @@ impl Read for Tracked<'_> {
             other => other,
         }
     }
+}
+
+/// True for a transport error that means the server closed the connection under a request
+/// still being sent.
+fn closed_by_peer(err: &ureq::Error) -> bool {
+    matches!(err, ureq::Error::Io(io) if matches!(
+        io.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    ))
 }
 
 /// The file a download to `path` writes until it is complete: `path` with

@@ -126,6 +126,22 @@ pub enum ClientError {
         /// What was wrong with the answer.
         reason: String,
     },
+    /// The server closed the connection while an artifact's body was being sent, so its
+    /// answer could not be read. A server refusing an upload part way (past its size
+    /// limit) may end it this way; so may a server that went away. Nothing was stored.
+    #[error(
+        "the server closed the connection after {sent} bytes of the upload of artifact `{name}` of job `{job_id}` to {url} (an upload past the server's size limit may end this way)"
+    )]
+    ArtifactUploadCut {
+        /// The job.
+        job_id: String,
+        /// The artifact.
+        name: String,
+        /// The URL of the upload.
+        url: String,
+        /// Bytes handed to the connection before it closed.
+        sent: u64,
+    },
     /// A local file or writer of an artifact transfer failed: the file to upload could not
     /// be read, or the downloaded bytes could not be written.
     #[error("artifact `{name}` of job `{job_id}`: cannot {action} {target}")]

@@ -37,30 +37,30 @@ fn program(version: u32) -> Vec<u8> {
     format!("{{\"program\": \"optimized\", \"version\": {version}}}\n").into_bytes()
 }
 
-/// Creates a job of type `sweep` with `id` and claims it as `worker`.
-fn create_and_claim(client: &Client, id: &str, worker: &str) -> ClaimedJob {
+/// Creates a job of `job_type` with `id` and claims it as `worker`.
+fn create_and_claim(client: &Client, id: &str, job_type: &str, worker: &str) -> ClaimedJob {
     client
         .create_job(&CreateJob {
-            job_type: "sweep".into(),
+            job_type: job_type.into(),
             id: Some(id.into()),
             ..Default::default()
         })
         .expect("create");
     let claimed = client
-        .claim(&["sweep".to_owned()], Some(worker))
+        .claim(&[job_type.to_owned()], Some(worker))
         .expect("claim")
         .expect("a queued job");
     assert_eq!(claimed.job.id, id);
     claimed
 }
 
-/// Claims a `sweep` job as `worker` as soon as one is queued (once the rescue sweep has
-/// taken a job back).
-fn claim_when_queued(client: &Client, worker: &str) -> ClaimedJob {
+/// Claims a job of `job_type` as `worker` as soon as one is queued (once the rescue sweep
+/// has taken a job back and its back-off has passed).
+fn claim_when_queued(client: &Client, job_type: &str, worker: &str) -> ClaimedJob {
     let mut claimed = None;
     eventually("a rescued job to be claimed again", || {
         claimed = client
-            .claim(&["sweep".to_owned()], Some(worker))
+            .claim(&[job_type.to_owned()], Some(worker))
             .expect("claim");
         claimed.is_some()
     });
@@ -71,7 +71,7 @@ fn claim_when_queued(client: &Client, worker: &str) -> ClaimedJob {
 /// the server) and `data.bin` ([`BIG`] bytes, uploaded from a file); returns the big one's
 /// bytes and the claim's fence.
 fn job_with_two_artifacts(client: &Client, dir: &Path, id: &str) -> (Vec<u8>, Fence) {
-    let claimed = create_and_claim(client, id, "uploader");
+    let claimed = create_and_claim(client, id, "sweep", "uploader");
     let fence = claimed.fence();
     let stored = client
         .upload_artifact(id, "program.json", &mut &program(1)[..], None, Some(&fence))
@@ -296,7 +296,8 @@ fn an_upload_under_a_lost_lease_is_refused_and_stores_nothing() {
     let dirs = Dirs::new();
     let server = Server::start_with(&dirs.db(), 0, &SHORT_LEASES);
     let client = Client::new(&server.base).expect("client");
-    let stale = create_and_claim(&client, "lost-1", "worker-1");
+    // `evaluation` is resumable: a rescue puts it back in the queue.
+    let stale = create_and_claim(&client, "lost-1", "evaluation", "worker-1");
     let stale_fence = stale.fence();
 
     // A wrong token on the attempt that holds the job.
@@ -310,7 +311,7 @@ fn an_upload_under_a_lost_lease_is_refused_and_stores_nothing() {
     assert_eq!(err.code(), Some(ErrorCode::LeaseLost), "{err}");
 
     // No heartbeats: the rescue sweep takes the job back and another worker claims it.
-    let fresh = claim_when_queued(&client, "worker-2");
+    let fresh = claim_when_queued(&client, "evaluation", "worker-2");
     assert_eq!(fresh.job.id, "lost-1");
     assert_eq!(fresh.job.attempt, stale_fence.attempt + 1);
 
@@ -523,4 +524,49 @@ fn the_cli_lists_downloads_resumes_and_reports() {
         out.json()["result_url"],
         "/api/v1/jobs/art-3/artifacts/program.json"
     );
+}
+
+#[test]
+fn an_upload_past_the_limit_is_refused_with_413_and_stores_nothing() {
+    let dirs = Dirs::new();
+    let server = Server::start_with(&dirs.db(), 0, &["--max-artifact-bytes", "100000"]);
+    let client = Client::new(&server.base).expect("client");
+    let fence = create_and_claim(&client, "big-1", "sweep", "uploader").fence();
+    let data = bytes(BIG, 3);
+    let file = dirs.path().join("big.bin");
+    fs::write(&file, &data).expect("write");
+
+    // From a file, its Content-Length says it all: refused before the body is sent.
+    let err = client
+        .upload_artifact_file("big-1", "big.bin", &file, None, Some(&fence))
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PayloadTooLarge), "{err:?}");
+    assert_eq!(err.status(), Some(413), "{err}");
+    assert!(err.to_string().contains("100000"), "{err}");
+    // Chunked from a reader, the server finds out part way. It answers 413 and closes the
+    // connection without reading the rest, so the client often cannot read the answer
+    // (the write fails first): then the error says the server hung up mid-upload, never
+    // that the server cannot be reached.
+    let err = client
+        .upload_artifact("big-1", "big.bin", &mut &data[..], None, Some(&fence))
+        .unwrap_err();
+    match &err {
+        ClientError::Api { status: 413, .. } => {
+            assert_eq!(err.code(), Some(ErrorCode::PayloadTooLarge), "{err:?}");
+        }
+        ClientError::ArtifactUploadCut {
+            job_id, name, sent, ..
+        } => {
+            assert_eq!((job_id.as_str(), name.as_str()), ("big-1", "big.bin"));
+            assert!(*sent > 100_000, "{err}");
+        }
+        other => panic!("expected the 413 or a cut upload, got {other:?}"),
+    }
+
+    let list = client.list_artifacts("big-1").expect("list").value;
+    assert!(list.artifacts.is_empty(), "{list:?}");
+    // The connection is still good for the next call.
+    client
+        .upload_artifact("big-1", "small.txt", &mut &b"fits"[..], None, Some(&fence))
+        .expect("a small upload");
 }
