@@ -475,6 +475,18 @@ fn the_cli_lists_downloads_resumes_and_reports() {
     let out = cli(&["jobs", "artifacts", "art-3", "program.json", "-o", "-"]);
     out.assert_code(0);
     assert_eq!(out.stdout.as_bytes(), program(1));
+    // `… -o - | head -c 10`: 3 MiB into a pipe closed at once is not an error.
+    let mut child = support::cli(&server.base, &cache)
+        .args(["jobs", "artifacts", "art-3", "data.bin", "-o", "-"])
+        .spawn()
+        .expect("run skill-fleet");
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    let status = support::wait(&mut child, support::DEADLINE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 
     // Refusals: an unknown artifact (1), a name that is a path (2), no server (3).
     let out = cli(&["jobs", "artifacts", "art-3", "nope.txt"]);
