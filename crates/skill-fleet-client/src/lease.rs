@@ -84,9 +84,9 @@ impl std::fmt::Display for LeaseState {
 /// lives and the server lets it.
 ///
 /// Make it right after the claim: its self-fence counts from that moment. Send every write
-/// about the job through it ([`Lease::post_event`], [`Lease::complete`], [`Lease::fail`]):
-/// each carries the claim's fence, and once the lease is not held each is refused locally
-/// with [`ClientError::LeaseNotHeld`]. Check [`Lease::is_held`] between units of work and
+/// about the job through it ([`Lease::post_event`], [`Lease::upload_artifact`],
+/// [`Lease::complete`], [`Lease::fail`]): each carries the claim's fence, and once the
+/// lease is not held each is refused locally with [`ClientError::LeaseNotHeld`]. Check [`Lease::is_held`] between units of work and
 /// stop when it turns false. Dropping the lease stops the heartbeats; a job neither
 /// completed nor failed then goes back to the queue when its lease runs out.
 ///

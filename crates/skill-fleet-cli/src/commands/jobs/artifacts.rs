@@ -161,10 +161,20 @@ fn with_hint(err: ClientError, path: &Path) -> CliError {
             "{} was not kept; run the same command again to download it whole",
             part.display()
         )),
-        _ if part.metadata().is_ok_and(|m| m.len() > 0) => Some(format!(
-            "the partial download is kept in {}; run the same command again to resume it",
-            part.display()
-        )),
+        // A cut connection, a slow server, a full disk: what came is kept to continue from.
+        // (Not for a refusal such as a 404, where resuming cannot help.)
+        _ if (err.is_transient()
+            || matches!(
+                err,
+                ClientError::ArtifactIo { .. } | ClientError::ArtifactDownload { .. }
+            ))
+            && part.metadata().is_ok_and(|m| m.len() > 0) =>
+        {
+            Some(format!(
+                "the partial download is kept in {}; run the same command again to resume it",
+                part.display()
+            ))
+        }
         _ => None,
     };
     match hint {
@@ -245,6 +255,47 @@ mod tests {
             target("program.json", Some(dir.path())),
             dir.path().join("program.json")
         );
+    }
+
+    #[test]
+    fn a_failed_download_says_what_became_of_the_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        std::fs::write(partial_path(&path), b"start").unwrap();
+        let cut = || ClientError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            reason: "connection reset".into(),
+        };
+        let report = with_hint(cut(), &path).report();
+        assert!(
+            report.ends_with("data.bin.part; run the same command again to resume it"),
+            "{report}"
+        );
+        assert_eq!(with_hint(cut(), &path).exit_code(), 3);
+        // A refusal: resuming cannot help, so no hint.
+        let not_found = ClientError::Api {
+            status: 404,
+            code: skill_fleet_types::ErrorCode::NotFound,
+            message: "artifact `data.bin` not found".into(),
+            url: "u".into(),
+        };
+        assert!(matches!(with_hint(not_found, &path), CliError::Client(_)));
+        let mismatch = ClientError::ArtifactHashMismatch {
+            job_id: "j".into(),
+            name: "data.bin".into(),
+            expected: "a".into(),
+            actual: "b".into(),
+        };
+        let report = with_hint(mismatch, &path).report();
+        assert!(
+            report.ends_with(
+                "data.bin.part was not kept; run the same command again to download it whole"
+            ),
+            "{report}"
+        );
+        // No partial file, nothing to say about one.
+        std::fs::remove_file(partial_path(&path)).unwrap();
+        assert!(matches!(with_hint(cut(), &path), CliError::Client(_)));
     }
 
     #[test]
