@@ -314,6 +314,8 @@ fn an_upload_under_a_lost_lease_is_refused_and_stores_nothing() {
     let fresh = claim_when_queued(&client, "evaluation", "worker-2");
     assert_eq!(fresh.job.id, "lost-1");
     assert_eq!(fresh.job.attempt, stale_fence.attempt + 1);
+    // Heartbeats from now on, so the new owner keeps the job however slow this machine is.
+    let owner = Lease::new(client.clone(), fresh).expect("lease");
 
     // The first attempt's fence no longer owns the job: refused, through the client…
     let err = client
@@ -349,7 +351,6 @@ fn an_upload_under_a_lost_lease_is_refused_and_stores_nothing() {
     // Nothing was stored; the owner's upload is.
     let list = client.list_artifacts("lost-1").expect("list").value;
     assert!(list.artifacts.is_empty(), "{list:?}");
-    let owner = Lease::new(client.clone(), fresh).expect("lease");
     let stored = owner
         .upload_artifact("a.txt", &mut &b"mine"[..], Some("text/plain"))
         .expect("the owner uploads");
