@@ -95,7 +95,10 @@ pub async fn upload(
                 upload.size()
             ))
         })?;
-        upload.write(&bytes).await?;
+        if let Err(err) = upload.write(&bytes).await {
+            drain(frames).await;
+            return Err(err.into());
+        }
     }
     let published = upload.finish().await?;
     let status = if published.replaced {
@@ -109,6 +112,29 @@ pub async fn upload(
     }
     Ok(response)
 }
+
+/// Reads and drops what is left of a refused upload's body, up to [`DRAIN_BYTES`] or
+/// [`DRAIN_TIME`], so the client that is still sending reads the refusal instead of a reset
+/// connection (a server that answers with a body unread behind it closes the connection,
+/// and the kernel resets it under the client's next write).
+async fn drain(mut frames: axum::body::BodyDataStream) {
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(bytes)) = frames.next().await {
+            left = left.saturating_sub(bytes.len() as u64);
+            if left == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// Most bytes of a refused upload read to let its client hear the refusal.
+const DRAIN_BYTES: u64 = 64 << 20;
+
+/// Longest a refused upload is read to let its client hear the refusal.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `GET /api/v1/jobs/{id}/artifacts`: the job's stored artifacts.
 #[utoipa::path(
