@@ -714,13 +714,14 @@
     const total = rows.length
       ? `${rows.length} ${rows.length === 1 ? 'file' : 'files'}, ${bytes(d.artifacts.total_bytes)}` : '';
     setText($('a-total'), total);
-    renderPreviews(d, list);
+    renderPreviews(d, list, result);
   }
 
   /** Keeps the preview of each previewable artifact (the same element while its sha256 is
-   *  the same), makes the new ones and drops the others. */
-  function renderPreviews(d, list) {
-    const previewable = list.filter((a) => previewKind(a));
+   *  the same), makes the new ones and drops the others. The job's result comes first. */
+  function renderPreviews(d, list, result) {
+    const previewable = list.filter((a) => previewKind(a))
+      .sort((a, b) => (b.name === result) - (a.name === result));
     const shown = previewable.slice(0, MAX_PREVIEWS);
     const kept = new Map();
     for (const a of shown) {
