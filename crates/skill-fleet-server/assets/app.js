@@ -696,11 +696,11 @@
     if (key === d.artifactsKey) return;
     d.artifactsKey = key;
     const rows = list.map((a) => {
-      const name = h('td', { 'data-label': 'Name' },
+      const name = h('span', {},
         h('a', { class: 'id', href: artifactUrl(d, a.name), download: a.name, 'data-artifact': a.name, text: a.name }));
       if (a.name === result) name.append(' ', h('span', { class: 'badge completed', text: 'result' }));
       return h('tr', { 'data-artifact': a.name },
-        name,
+        h('td', { 'data-label': 'Name' }, name),
         h('td', { 'data-label': 'Type', text: a.content_type }),
         h('td', { 'data-label': 'Size', class: 'num', title: `${a.size} bytes`, text: bytes(a.size) }),
         h('td', { 'data-label': 'Created', title: a.created_at, text: when(a.created_at) }),
