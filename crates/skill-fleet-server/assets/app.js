@@ -718,7 +718,8 @@
   }
 
   /** Keeps the preview of each previewable artifact (the same element while its sha256 is
-   *  the same), makes the new ones and drops the others. The job's result comes first. */
+   *  the same and it did not fail), makes the new ones and drops the others. The job's
+   *  result comes first. */
   function renderPreviews(d, list, result) {
     const previewable = list.filter((a) => previewKind(a))
       .sort((a, b) => (b.name === result) - (a.name === result));
@@ -726,7 +727,7 @@
     const kept = new Map();
     for (const a of shown) {
       let p = d.previews.get(a.name);
-      if (!p || p.sha256 !== a.sha256) p = newPreview(d, a);
+      if (!p || p.sha256 !== a.sha256 || p.failed) p = newPreview(d, a);
       kept.set(a.name, p);
     }
     for (const [name, p] of d.previews) {
@@ -749,9 +750,10 @@
     const note = h('span', { class: 'muted note', text: 'loading…' });
     const el = h('figure', { class: `preview ${kind}`, 'data-artifact': a.name },
       h('figcaption', {}, h('span', { class: 'id', text: a.name }), note));
-    const p = { name: a.name, sha256: a.sha256, el, note, url: null, dropped: false };
+    const p = { name: a.name, sha256: a.sha256, el, note, url: null, dropped: false, failed: false };
     (kind === 'image' ? showImage(d, p, a) : showJson(d, p, a)).catch((err) => {
       if (p.dropped || d.stopped) return;
+      p.failed = true; // made again when the list is next drawn
       setText(note, `no preview: ${err.message}`);
     });
     return p;
