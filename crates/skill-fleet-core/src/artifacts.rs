@@ -219,7 +219,9 @@ impl ArtifactUpload<'_> {
     }
 
     fn name(&self) -> &str {
-        self.upload.as_ref().map_or("", |upload| upload.name.as_str())
+        self.upload
+            .as_ref()
+            .map_or("", |upload| upload.name.as_str())
     }
 }
 

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use skill_fleet_jobs::{ArtifactLimits, JobStore, ListFilter, ProgressWrite, SERVER_OWNER_PREFIX, StoreError};
+use skill_fleet_jobs::{
+    ArtifactLimits, JobStore, ListFilter, ProgressWrite, SERVER_OWNER_PREFIX, StoreError,
+};
 use skill_fleet_stream::Hub;
 use skill_fleet_types::{Job, JobList, ProgressPage};
 use tracing::Instrument;

@@ -113,9 +113,11 @@ fn chunk_size_i32() -> i32 {
 }
 
 impl JobRow {
-    /// Whether `writer` may store an artifact on this job now: the transition table allows it
-    /// (the job is running) and the writer owns the job.
+    /// Whether `writer` may store an artifact on this job now: the writer owns the job (checked
+    /// first, as for every lifecycle write) and the transition table allows it (the job is
+    /// running).
     fn admits_artifact(&self, writer: &Writer) -> Result<()> {
+        self.admits(writer)?;
         let status = self.job_status()?;
         if transition(status, Action::StoreArtifact).is_none() {
             return Err(StoreError::InvalidTransition {
@@ -124,7 +126,7 @@ impl JobRow {
                 action: Action::StoreArtifact,
             });
         }
-        self.admits(writer)
+        Ok(())
     }
 }
 
@@ -357,6 +359,15 @@ impl JobStore {
             }
             discarded += gone;
         }
+    }
+
+    /// How many uploads are under way (or abandoned and not yet swept), all jobs together.
+    pub fn uploads_in_flight(&self) -> Result<u64> {
+        let count: i64 = artifacts::table
+            .filter(artifacts::state.eq(WRITING))
+            .count()
+            .get_result(&mut *self.conn()?)?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// The stored artifacts of job `job_id`, by name; [`StoreError::NotFound`] when there
