@@ -231,16 +231,22 @@ fn dashboard_lists_jobs_follows_live_progress_and_cancels() {
         "the log tail (or `no logs`)",
         "return document.getElementById('log-out').textContent;",
     );
+    browser.wait_for(
+        "the job view to say it has no artifacts yet",
+        "return document.getElementById('a-empty').textContent === 'No artifacts yet.'
+             && document.getElementById('a-wrap').hidden;",
+    );
 
     // Cancel asks first, then stops the job.
     browser.click("#cancel");
     browser.click("#cancel-yes");
     wait_for_status(&server, "live-run", "cancelled");
     browser.wait_for(
-        "the job view to show it cancelled",
+        "the job view to show it cancelled, with no artifacts",
         "return document.getElementById('d-status').textContent === 'cancelled'
              && document.getElementById('d-live').textContent === 'finished'
-             && document.getElementById('cancel').disabled;",
+             && document.getElementById('cancel').disabled
+             && document.getElementById('a-empty').textContent === 'This job stored no artifacts.';",
     );
 
     // And resume puts it back in the queue.
