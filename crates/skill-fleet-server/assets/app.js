@@ -5,6 +5,8 @@
 // The job view follows the job's SSE stream, reconnecting with `lastEventId` when it drops.
 // A running job shows its lease's owner and how long ago its last heartbeat renewed it;
 // `lease_expired` rows of the history (the rescue sweep took the job back) are listed.
+// Its artifacts are listed with download links, JSON and images previewed.
+// Server data only ever goes in as text (`textContent`, attributes), never as HTML.
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -139,11 +141,10 @@
     }
   }
 
-  /** One API call. Returns `{status, etag, data}`; a 304 has no data. Throws ApiError. */
-  async function api(path, { method = 'GET', etag = null } = {}) {
-    const headers = { Accept: 'application/json' };
+  /** One request with the token, if any. Returns the response; throws ApiError when the
+   *  server cannot be reached or asks for a token. */
+  async function send(path, method, headers) {
     if (token) headers.Authorization = `Bearer ${token}`;
-    if (etag) headers['If-None-Match'] = etag;
     let res;
     try {
       res = await fetch(path, { method, headers, cache: 'no-store' });
@@ -155,18 +156,32 @@
       askToken();
       throw new ApiError(401, 'unauthorized', 'this server needs a token');
     }
-    if (res.status === 304) return { status: 304, etag };
+    return res;
+  }
+
+  /** The ApiError of a failed response, from its JSON error body when it has one. */
+  function failure(res, data) {
+    const e = (data && data.error) || {};
+    return new ApiError(res.status, e.code || `http_${res.status}`, e.message || `HTTP ${res.status}`);
+  }
+
+  async function jsonOf(res) {
     const text = await res.text();
-    let data = null;
     try {
-      data = text ? JSON.parse(text) : null;
+      return text ? JSON.parse(text) : null;
     } catch (err) {
-      data = null;
+      return null;
     }
-    if (!res.ok) {
-      const e = (data && data.error) || {};
-      throw new ApiError(res.status, e.code || `http_${res.status}`, e.message || `HTTP ${res.status}`);
-    }
+  }
+
+  /** One API call. Returns `{status, etag, data}`; a 304 has no data. Throws ApiError. */
+  async function api(path, { method = 'GET', etag = null } = {}) {
+    const headers = { Accept: 'application/json' };
+    if (etag) headers['If-None-Match'] = etag;
+    const res = await send(path, method, headers);
+    if (res.status === 304) return { status: 304, etag };
+    const data = await jsonOf(res);
+    if (!res.ok) throw failure(res, data);
     return { status: res.status, etag: res.headers.get('ETag'), data };
   }
 
@@ -320,6 +335,7 @@
     clearTimeout(detail.chartTimer);
     detail.source = null;
     detail.stopped = true;
+    dropArtifacts(detail);
   }
 
   function openDetail(id) {
@@ -328,23 +344,31 @@
       id, job: null, etag: null, source: null, lastSeq: null, retryMs: 1000, retryTimer: 0,
       pollTimer: 0, chartTimer: 0, points: [], events: [], historyAfter: null, historyRun: null,
       logsEtag: null, dropped: false, stopped: false,
+      artifacts: null, artifactsEtag: null, artifactsGen: 0, artifactsKey: null,
+      previews: new Map(), downloadUrl: null,
     };
     setText($('job-title'), id);
     setText($('log-out'), '');
     setText($('log-err'), '');
     hideConfirm();
     $('chart').replaceChildren();
+    clearArtifacts();
     renderEvents(detail);
     start(detail);
   }
 
   async function start(d) {
     await loadJob(d);
-    if (d.stopped || !d.job) return;
+    if (d.stopped) return;
+    if (!d.job) {
+      setText($('a-empty'), '–');
+      return;
+    }
     await refreshHistory(d);
     if (d.stopped) return;
     connectStream(d);
     loadLogs(d);
+    loadArtifacts(d);
     schedulePoll(d);
   }
 
@@ -355,6 +379,7 @@
       await loadJob(d);
       if (d.job && !TERMINAL.has(d.job.status)) {
         loadLogs(d);
+        loadArtifacts(d);
         if (!d.source && !d.retryTimer) connectStream(d);
       }
       schedulePoll(d);
@@ -419,9 +444,12 @@
   }
 
   /** What a change of status seen by the view asks for: a job that stops running may have
-   *  been rescued (new history rows); one that starts running has a new lease to show. */
+   *  been rescued (new history rows); one that starts running has a new lease to show;
+   *  one that ended has all its artifacts. */
   function statusChanged(d, before) {
     if (before === 'running') refreshHistory(d);
+    // A job's files are all stored before its end is written: one last look.
+    if (TERMINAL.has(d.job.status)) loadArtifacts(d);
     if (d.job.status === 'running' && !d.job.lease) {
       d.etag = null;
       loadJob(d);
@@ -556,6 +584,7 @@
     $('cancel').disabled = terminal;
     $('resume').disabled = !(job.status === 'failed' || job.status === 'cancelled');
     if (terminal) hideConfirm();
+    if (d.artifacts) renderArtifacts(d);
     document.title = `${pctText(p.progress)} ${job.id} (${job.status}) · skill-fleet`;
   }
 
@@ -582,6 +611,266 @@
     setText(pre, lines.length ? lines.slice(-LOG_LINES).join('\n') : 'no output');
     if (atEnd) pre.scrollTop = pre.scrollHeight;
   }
+
+  // ---------------------------------------------------------------- artifacts
+  //
+  // The job's files, listed (with ETag, on the view's own refresh), each a download link.
+  // JSON and images are previewed; without a token the links are plain, with one a download
+  // goes through fetch (a link cannot send the header) and an object URL. Previews always
+  // go through fetch: capped reads, errors shown, and a preview only refetched when the
+  // artifact's sha256 changes.
+
+  /** The head of a JSON (or text) artifact that is fetched and shown. */
+  const PREVIEW_BYTES = 256 * 1024;
+  /** Larger images are not previewed. */
+  const PREVIEW_IMAGE_BYTES = 8 * 1024 * 1024;
+  /** At most this many previews; the rest are only listed. */
+  const MAX_PREVIEWS = 6;
+
+  function bytes(n) {
+    if (n == null) return '–';
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let v = n;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) {
+      v /= 1024;
+      i++;
+    }
+    return i === 0 ? `${v} B` : `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
+  }
+
+  const artifactUrl = (d, name) =>
+    `/api/v1/jobs/${encodeURIComponent(d.id)}/artifacts/${encodeURIComponent(name)}`;
+
+  /** `json`, `image` or null: how an artifact is previewed. */
+  function previewKind(a) {
+    const type = (a.content_type || '').split(';')[0].trim().toLowerCase();
+    if (type === 'application/json' || type.endsWith('+json') || /\.json$/i.test(a.name)) return 'json';
+    if (type.startsWith('image/')) return 'image';
+    return null;
+  }
+
+  /** The artifact a finished job's `result_path` names (`artifact:NAME`), if any. */
+  const resultArtifact = (job) =>
+    (job && typeof job.result_path === 'string' && job.result_path.startsWith('artifact:')
+      ? job.result_path.slice('artifact:'.length) : null);
+
+  function clearArtifacts() {
+    $('a-body').replaceChildren();
+    $('a-previews').replaceChildren();
+    $('a-wrap').hidden = true;
+    $('a-empty').hidden = false;
+    setText($('a-empty'), 'Loading…');
+    setText($('a-total'), '');
+  }
+
+  /** Forgets the view's previews and download, revoking their object URLs. */
+  function dropArtifacts(d) {
+    for (const p of d.previews.values()) dropPreview(p);
+    d.previews.clear();
+    if (d.downloadUrl) URL.revokeObjectURL(d.downloadUrl);
+    d.downloadUrl = null;
+  }
+
+  async function loadArtifacts(d) {
+    const gen = ++d.artifactsGen;
+    try {
+      const r = await api(`/api/v1/jobs/${encodeURIComponent(d.id)}/artifacts`, { etag: d.artifactsEtag });
+      if (d.stopped || gen !== d.artifactsGen || r.status === 304) return;
+      d.artifactsEtag = r.etag;
+      d.artifacts = r.data;
+      d.artifactsKey = null;
+      renderArtifacts(d);
+    } catch (err) {
+      if (d.stopped || gen !== d.artifactsGen || err.status === 401 || d.artifacts) return;
+      setText($('a-empty'), `Cannot list the artifacts: ${err.message}`);
+    }
+  }
+
+  /** Draws the list (and the previews) when the list, the job's result or its end changed. */
+  function renderArtifacts(d) {
+    const list = (d.artifacts && d.artifacts.artifacts) || [];
+    const result = resultArtifact(d.job);
+    const ended = !!d.job && TERMINAL.has(d.job.status);
+    const key = `${result}|${ended}`;
+    if (key === d.artifactsKey) return;
+    d.artifactsKey = key;
+    const rows = list.map((a) => {
+      const name = h('span', {},
+        h('a', { class: 'id', href: artifactUrl(d, a.name), download: a.name, 'data-artifact': a.name, text: a.name }));
+      if (a.name === result) name.append(' ', h('span', { class: 'badge completed', text: 'result' }));
+      return h('tr', { 'data-artifact': a.name },
+        h('td', { 'data-label': 'Name' }, name),
+        h('td', { 'data-label': 'Type', text: a.content_type }),
+        h('td', { 'data-label': 'Size', class: 'num', title: `${a.size} bytes`, text: bytes(a.size) }),
+        h('td', { 'data-label': 'Created', title: a.created_at, text: when(a.created_at) }),
+        h('td', { 'data-label': 'SHA-256', class: 'id', title: a.sha256, text: (a.sha256 || '').slice(0, 12) }));
+    });
+    $('a-body').replaceChildren(...rows);
+    $('a-wrap').hidden = rows.length === 0;
+    const empty = $('a-empty');
+    empty.hidden = rows.length > 0;
+    setText(empty, ended ? 'This job stored no artifacts.' : 'No artifacts yet.');
+    const total = rows.length
+      ? `${rows.length} ${rows.length === 1 ? 'file' : 'files'}, ${bytes(d.artifacts.total_bytes)}` : '';
+    setText($('a-total'), total);
+    renderPreviews(d, list, result);
+  }
+
+  /** Keeps the preview of each previewable artifact (the same element while its sha256 is
+   *  the same and it did not fail), makes the new ones and drops the others. The job's
+   *  result comes first. */
+  function renderPreviews(d, list, result) {
+    const previewable = list.filter((a) => previewKind(a))
+      .sort((a, b) => (b.name === result) - (a.name === result));
+    const shown = previewable.slice(0, MAX_PREVIEWS);
+    const kept = new Map();
+    for (const a of shown) {
+      let p = d.previews.get(a.name);
+      if (!p || p.sha256 !== a.sha256 || p.failed) p = newPreview(d, a);
+      kept.set(a.name, p);
+    }
+    for (const [name, p] of d.previews) {
+      if (kept.get(name) !== p) dropPreview(p);
+    }
+    d.previews = kept;
+    const nodes = [...kept.values()].map((p) => p.el);
+    const more = previewable.length - shown.length;
+    if (more > 0) {
+      nodes.push(h('p', {
+        class: 'muted',
+        text: `${more} more ${more === 1 ? 'artifact' : 'artifacts'} not previewed here: download from the list.`,
+      }));
+    }
+    $('a-previews').replaceChildren(...nodes);
+  }
+
+  function newPreview(d, a) {
+    const kind = previewKind(a);
+    const note = h('span', { class: 'muted note', text: 'loading…' });
+    const el = h('figure', { class: `preview ${kind}`, 'data-artifact': a.name },
+      h('figcaption', {}, h('span', { class: 'id', text: a.name }), note));
+    const p = { name: a.name, sha256: a.sha256, el, note, url: null, dropped: false, failed: false };
+    (kind === 'image' ? showImage(d, p, a) : showJson(d, p, a)).catch((err) => {
+      if (p.dropped || d.stopped) return;
+      p.failed = true; // made again when the list is next drawn
+      setText(note, `no preview: ${err.message}`);
+    });
+    return p;
+  }
+
+  function dropPreview(p) {
+    p.dropped = true;
+    if (p.url) URL.revokeObjectURL(p.url);
+    p.url = null;
+  }
+
+  /** GET of one artifact (the first `limit` bytes only, if given); throws ApiError. */
+  async function fetchArtifact(d, name, limit) {
+    const headers = {};
+    if (limit) headers.Range = `bytes=0-${limit - 1}`;
+    const res = await send(artifactUrl(d, name), 'GET', headers);
+    if (!res.ok) throw failure(res, await jsonOf(res));
+    return res;
+  }
+
+  /** At most `limit` bytes of a response's body (a server that ignores the Range header
+   *  sends the whole file: stop reading there). */
+  async function readAtMost(res, limit) {
+    const out = new Uint8Array(limit);
+    let n = 0;
+    const reader = res.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      const take = Math.min(value.length, limit - n);
+      out.set(value.subarray(0, take), n);
+      n += take;
+      if (n >= limit) {
+        reader.cancel().catch(() => {});
+        break;
+      }
+    }
+    return out.subarray(0, n);
+  }
+
+  /** The whole artifact's size from a (partial) response, else what the list said. */
+  function sizeOf(res, listed) {
+    const range = /\/(\d+)$/.exec(res.headers.get('Content-Range') || '');
+    if (range) return Number(range[1]);
+    const length = res.headers.get('Content-Length');
+    return res.status === 200 && length != null ? Number(length) : listed;
+  }
+
+  async function showJson(d, p, a) {
+    if (a.size === 0) {
+      setText(p.note, 'empty file');
+      return;
+    }
+    const res = await fetchArtifact(d, a.name, PREVIEW_BYTES);
+    const head = await readAtMost(res, PREVIEW_BYTES);
+    if (p.dropped || d.stopped) return;
+    const text = new TextDecoder().decode(head);
+    const size = sizeOf(res, a.size);
+    let shown = text;
+    let note = '';
+    if (size > head.length) {
+      note = `first ${bytes(head.length)} of ${bytes(size)}, as stored (cut JSON is not reformatted)`;
+    } else {
+      try {
+        shown = JSON.stringify(JSON.parse(text), null, 2);
+      } catch (err) {
+        note = 'not valid JSON: shown as stored';
+      }
+    }
+    setText(p.note, note);
+    p.note.classList.toggle('truncated', size > head.length);
+    p.el.append(h('pre', { tabindex: '0', 'aria-label': `${a.name}, preview`, text: shown }));
+  }
+
+  async function showImage(d, p, a) {
+    if (a.size > PREVIEW_IMAGE_BYTES) {
+      setText(p.note, `${bytes(a.size)}: too large to preview, download it`);
+      return;
+    }
+    const res = await fetchArtifact(d, a.name);
+    const blob = await res.blob();
+    if (p.dropped || d.stopped) return;
+    p.url = URL.createObjectURL(blob);
+    const img = h('img', { alt: a.name, src: p.url });
+    img.addEventListener('load', () => setText(p.note, `${img.naturalWidth}×${img.naturalHeight}`));
+    img.addEventListener('error', () => {
+      setText(p.note, 'the browser cannot show this image');
+      img.remove();
+    });
+    p.el.append(img);
+  }
+
+  // With a token, a plain link would be refused (401): fetch with the header instead, then
+  // save the bytes through an object URL (the previous download's is revoked).
+  $('a-body').addEventListener('click', async (e) => {
+    const link = e.target.closest('a[data-artifact]');
+    const d = detail;
+    if (!link || !token || !d) return;
+    e.preventDefault();
+    if (link.getAttribute('aria-busy') === 'true') return;
+    const name = link.dataset.artifact;
+    link.setAttribute('aria-busy', 'true');
+    try {
+      const blob = await (await fetchArtifact(d, name)).blob();
+      if (d.stopped) return;
+      if (d.downloadUrl) URL.revokeObjectURL(d.downloadUrl);
+      d.downloadUrl = URL.createObjectURL(blob);
+      const save = h('a', { href: d.downloadUrl, download: name, hidden: '' });
+      document.body.append(save);
+      save.click();
+      save.remove();
+    } catch (err) {
+      if (err.status !== 401 && !d.stopped) notice(`cannot download ${name}: ${err.message}`);
+    } finally {
+      link.removeAttribute('aria-busy');
+    }
+  });
 
   // ---------------------------------------------------------------- cancel / resume
 

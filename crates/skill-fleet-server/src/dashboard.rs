@@ -20,9 +20,11 @@ use axum::routing::get;
 use skill_fleet_api::cache::is_not_modified;
 use skill_fleet_types::{ErrorBody, ErrorCode};
 
-/// The page's content security policy: everything from this origin, nothing inline.
+/// The page's content security policy: everything from this origin, nothing inline. Images
+/// may also be `blob:`: the previews of image artifacts are object URLs of bytes the page
+/// fetched itself (with the token, which an `<img src>` cannot send).
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-    connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+    connect-src 'self'; img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
 /// One embedded file.
@@ -248,6 +250,42 @@ mod tests {
             let body = response.body_mut().read_to_string().expect("body");
             let json: serde_json::Value = serde_json::from_str(&body).expect("json");
             assert_eq!(json["error"]["code"], "not_found", "{path}");
+        }
+    }
+
+    #[test]
+    fn the_job_view_lists_artifacts_and_shows_image_previews_from_blobs() {
+        let page = ASSETS[0].body;
+        let script = ASSETS[1].body;
+        assert!(page.contains(r#"id="artifacts-card""#));
+        assert!(script.contains("/artifacts`"), "the list route");
+        assert!(script.contains("Range"), "JSON previews read only the head");
+        assert!(
+            script.contains("URL.revokeObjectURL"),
+            "object URLs are revoked"
+        );
+        let img_src = CSP
+            .split(';')
+            .map(str::trim)
+            .find(|directive| directive.starts_with("img-src"))
+            .expect("an img-src directive");
+        assert!(
+            img_src.split_whitespace().any(|source| source == "blob:"),
+            "{img_src}"
+        );
+    }
+
+    #[test]
+    fn the_script_never_writes_html() {
+        // Job ids, messages, artifact names and JSON go in as text: no HTML sink at all.
+        let script = ASSETS[1].body;
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+        ] {
+            assert!(!script.contains(sink), "app.js uses {sink}");
         }
     }
 

@@ -32,6 +32,15 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium session.
     pub fn start(chromedriver: &Path) -> Browser {
+        Browser::launch(chromedriver, None)
+    }
+
+    /// Like [`Browser::start`], with downloads saved into `downloads` without asking.
+    pub fn start_with_downloads(chromedriver: &Path, downloads: &Path) -> Browser {
+        Browser::launch(chromedriver, Some(downloads))
+    }
+
+    fn launch(chromedriver: &Path, downloads: Option<&Path>) -> Browser {
         let port = free_port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
@@ -73,6 +82,12 @@ impl Browser {
         let mut options = json!({ "args": args });
         if Path::new("/usr/bin/chromium").is_file() {
             options["binary"] = json!("/usr/bin/chromium");
+        }
+        if let Some(dir) = downloads {
+            options["prefs"] = json!({
+                "download.default_directory": dir,
+                "download.prompt_for_download": false,
+            });
         }
         let capabilities = json!({
             "capabilities": {
