@@ -267,3 +267,27 @@ def test_a_failing_program_still_stores_its_artifacts_before_the_fail(tmp_path: 
             "claim", "artifacts", "artifact", "fail",
         ]  # fmt: skip
         assert stub.artifacts[("job-1", "trace.log")][0] == b"what went wrong"
+
+
+def test_a_server_without_artifact_routes_does_not_stop_the_job(tmp_path: Path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"o")
+    with StubServer(ttl=60, interval=30) as stub:
+        stub.add_job()
+        no_route = error(404, "not_found", "no route for PUT /api/v1/jobs/job-1/artifacts/x")
+        stub.on["artifact"] = lambda call: no_route
+        worker = make_worker(stub, tmp_path, "artifacts", str(outside))
+        outcome = worker.run_once()
+        assert outcome is not None and outcome.completed, (outcome, output(worker))
+    assert "this server has no artifacts" in output(worker)
+
+
+def test_a_404_for_the_job_on_an_upload_stops_the_run(tmp_path: Path):
+    with StubServer(ttl=60, interval=30) as stub:
+        stub.add_job()
+        stub.on["artifact"] = lambda call: error(404, "not_found", "no job `job-1`")
+        worker = make_worker(stub, tmp_path, "artifact-forever")
+        outcome = worker.run_once()
+        assert outcome is not None and outcome.ending is Ending.STOPPED, outcome
+        assert "artifact upload refused" in outcome.detail
+        assert not stub.of("complete") and not stub.of("fail")

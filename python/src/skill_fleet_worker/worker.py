@@ -876,7 +876,10 @@ class _Run:
         except ArtifactTooLarge as err:
             self.skipped(f"artifact {upload.name} not stored: {err.message}")
         except ApiError as err:
-            if err.http_status in (401, 403, 404, 409, 410):
+            if err.http_status in (404, 405) and "no route" in err.message:
+                # A server from before artifacts: the job itself is fine.
+                self.skipped(f"artifact {upload.name} not stored: this server has no artifacts")
+            elif err.http_status in (401, 403, 404, 409, 410):
                 self.ended_elsewhere(f"artifact upload refused, stopping: {err}")
             else:
                 self.skipped(f"artifact {upload.name} refused, skipped: {err}")
