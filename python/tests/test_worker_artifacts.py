@@ -168,6 +168,8 @@ def test_downloads_are_streamed_checked_and_listed(tmp_path: Path):
         (tmp_path / "dir").mkdir()
         into_dir = client.download_artifact("job-1", "a.json", tmp_path / "dir")
         assert into_dir == tmp_path / "dir" / "a.json" and into_dir.read_bytes() == b"{}"
+        new_dir = client.download_artifact("job-1", "a.json", f"{tmp_path}/new/")
+        assert new_dir == tmp_path / "new" / "a.json" and new_dir.read_bytes() == b"{}"
 
         with pytest.raises(ChecksumMismatch):  # a checksum given by the caller wins
             client.download_artifact("job-1", "a.json", tmp_path / "x.json", sha256="ab" * 32)
@@ -178,7 +180,7 @@ def test_downloads_are_streamed_checked_and_listed(tmp_path: Path):
             client.download_artifact("job-1", "nope.json", tmp_path / "z.json")
         assert missing.value.http_status == 404
     # Nothing half-written is left behind.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "new", "out"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["copy.bin"]
 
 

@@ -393,8 +393,11 @@ class HttpClient:
         try:
             _, answer, _ = self._retry(f"PUT {url}", once, deadline=deadline, abort=abort)
         except ApiError as err:
-            if err.http_status == 413 and not isinstance(err, LeaseLost):
-                size = sent[-1][1] if sent else source.stat().st_size
+            if err.http_status == 413:
+                try:
+                    size = source.stat().st_size
+                except OSError:
+                    size = sent[-1][1] if sent else 0
                 raise ArtifactTooLarge(name, size, err.message, err.body) from None
             raise
         try:
@@ -443,7 +446,8 @@ class HttpClient:
         abort: threading.Event | None = None,
     ) -> Path:
         """Downloads the job's artifact ``name`` to ``dest`` (a file, or a directory to put
-        ``name`` in), streamed to disk in blocks; returns the file's path.
+        ``name`` in: one that exists, or a path ending with ``/``), streamed to disk in
+        blocks; returns the file's path.
 
         The bytes are checked against ``sha256`` when given, else against the download's
         ``ETag`` (the artifact's SHA-256), else against the listing; on a mismatch nothing
@@ -452,7 +456,7 @@ class HttpClient:
         """
         name = validate_name(name)
         target = Path(dest)
-        if target.is_dir():
+        if target.is_dir() or os.fspath(dest).endswith(("/", os.sep)):
             target = target / name
         url = f"{self._jobs_path(job_id)}/artifacts/{urllib.parse.quote(name, safe='')}"
 
