@@ -55,6 +55,14 @@ pub enum ApiError {
     /// A bug or an environment failure; never caused by bad input (500).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A `Range` outside the file (416 with `Content-Range: bytes */SIZE`).
+    #[error("{message}")]
+    RangeNotSatisfiable {
+        /// What was asked and of what.
+        message: String,
+        /// The file's size.
+        size: u64,
+    },
 }
 
 impl ApiError {
@@ -63,7 +71,12 @@ impl ApiError {
         match self {
             ApiError::Core(err) => match err {
                 CoreError::Store(err) => match err {
-                    StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+                    StoreError::NotFound { .. } | StoreError::ArtifactNotFound { .. } => {
+                        (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+                    }
+                    StoreError::TooLarge(_) => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+                    }
                     StoreError::InvalidTransition { .. } => {
                         (StatusCode::CONFLICT, ErrorCode::InvalidTransition)
                     }
@@ -115,6 +128,10 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadRequest)
             }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+            ApiError::RangeNotSatisfiable { .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::RangeNotSatisfiable,
+            ),
         }
     }
 
@@ -206,6 +223,13 @@ impl IntoResponse for ApiError {
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(seconds),
             );
+        }
+        if let ApiError::RangeNotSatisfiable { size, .. } = &self
+            && let Ok(value) = axum::http::HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_RANGE, value);
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -102,3 +102,32 @@ where
         Ok(JobId(id))
     }
 }
+
+/// The `{id}/artifacts/{name}` path segments, validated as a job id and an artifact name
+/// (`[A-Za-z0-9._-]{1,128}`, not starting with `.`) before any handler sees them.
+pub struct ArtifactPath {
+    /// The job id.
+    pub id: String,
+    /// The artifact's name.
+    pub name: String,
+}
+
+impl<S> FromRequestParts<S> for ArtifactPath
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path((id, name)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| {
+                    ApiError::BadRequest(format!("invalid path: {}", rejection.body_text()))
+                })?;
+        validate_job_id(&id).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+        skill_fleet_types::validate_artifact_name(&name)
+            .map_err(|err| ApiError::BadRequest(err.to_string()))?;
+        Ok(ArtifactPath { id, name })
+    }
+}

@@ -21,7 +21,8 @@ pub use state::{ApiConfig, AppState, DEFAULT_MAX_SSE_CONNECTIONS, StreamSlot};
 ///
 /// The routes are [`routes::api`], the list the OpenAPI document served at
 /// `/api/v1/openapi.json` is built from, so every route served is documented. Only the
-/// config-gated benchmark route `/_bench/noop` is added here, outside the document.
+/// config-gated benchmark routes `/_bench/noop` and `/_bench/artifact/{id}/{name}` (an
+/// artifact served from memory) are added here, outside the document.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config().max_body_bytes;
     let mut root: Router<AppState> = routes::api().into();
@@ -29,6 +30,10 @@ pub fn router(state: AppState) -> Router {
         root = root.route(
             "/_bench/noop",
             get(routes::health::noop).post(routes::health::noop),
+        );
+        root = root.route(
+            "/_bench/artifact/{id}/{name}",
+            get(routes::artifacts::bench_from_memory),
         );
     }
     root.fallback(not_found)

@@ -14,9 +14,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use skill_fleet_types::{
-    CancelRequest, ClaimRequest, CompleteRequest, CreateJob, ErrorBody, ErrorCode, ErrorDetail,
-    EventAck, FailRequest, Job, JobList, JobLogs, JobStatus, Progress, ProgressPage,
-    ProgressRecord, ProgressUpdate, ResultBody, StreamEvent,
+    Artifact, ArtifactList, CancelRequest, ClaimRequest, CompleteRequest, CreateJob, ErrorBody,
+    ErrorCode, ErrorDetail, EventAck, FailRequest, Job, JobList, JobLogs, JobStatus, Progress,
+    ProgressPage, ProgressRecord, ProgressUpdate, ResultBody, StreamEvent,
 };
 use utoipa::openapi::path::{
     HttpMethod, Operation, Parameter, ParameterBuilder, ParameterIn, Paths,
@@ -37,6 +37,7 @@ pub const CACHED_GETS: &[&str] = &[
     "/api/v1/jobs/{id}",
     "/api/v1/jobs/{id}/progress",
     "/api/v1/jobs/{id}/result",
+    "/api/v1/jobs/{id}/artifacts",
 ];
 
 /// The path of the optimization stream, served by the job stream's handler.
@@ -75,6 +76,8 @@ const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
         ResultBody,
         EventAck,
         JobLogs,
+        Artifact,
+        ArtifactList,
         Health,
         Readiness,
         Metrics,

@@ -32,6 +32,8 @@ pub enum ChangeKind {
     /// The job's lease was renewed by a heartbeat (its `lease` and `version` changed, nothing
     /// else).
     Renewed,
+    /// An artifact was stored (the job's `version` changed, and its list of artifacts).
+    Artifact,
     /// A write failed in a way that may have committed part of it: treat the job as changed
     /// (caches drop what they hold) but expect nothing else of it.
     Uncertain,

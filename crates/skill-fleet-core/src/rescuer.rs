@@ -8,6 +8,10 @@ use skill_fleet_jobs::{RescuePolicy, RescueScope};
 
 use crate::service::JobService;
 
+/// How long an artifact upload may go without a chunk before the sweep discards it (its
+/// writer crashed, or its server did, on a database others share).
+pub const ABANDONED_UPLOAD_IDLE: Duration = Duration::from_secs(3600);
+
 /// How the sweep runs.
 #[derive(Debug, Clone)]
 pub struct RescueSettings {
@@ -53,6 +57,11 @@ pub async fn run_rescuer(
                     .await
                 {
                     tracing::warn!(error = %err, "rescue sweep failed; retrying next interval");
+                }
+                match service.discard_abandoned_uploads(ABANDONED_UPLOAD_IDLE).await {
+                    Ok(0) => {}
+                    Ok(discarded) => tracing::info!(discarded, "discarded abandoned artifact uploads"),
+                    Err(err) => tracing::warn!(error = %err, "sweep of abandoned uploads failed; retrying next interval"),
                 }
             }
         }

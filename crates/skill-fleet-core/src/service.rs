@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use skill_fleet_jobs::{JobStore, ListFilter, ProgressWrite, SERVER_OWNER_PREFIX, StoreError};
+use skill_fleet_jobs::{
+    ArtifactLimits, JobStore, ListFilter, ProgressWrite, SERVER_OWNER_PREFIX, StoreError,
+};
 use skill_fleet_stream::Hub;
 use skill_fleet_types::{Job, JobList, ProgressPage};
 use tracing::Instrument;
@@ -48,6 +50,8 @@ pub struct JobService {
     /// Woken after every flush of pending progress: the cluster feed rings its doorbell
     /// right after the tick's batch committed.
     pub(crate) flushed: tokio::sync::Notify,
+    /// How large artifacts may be.
+    pub(crate) artifact_limits: ArtifactLimits,
 }
 
 /// Default of [`JobService::heartbeat_interval`]: six heartbeats per default lease.
@@ -83,6 +87,7 @@ impl JobService {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             cluster: ClusterStats::default(),
             flushed: tokio::sync::Notify::new(),
+            artifact_limits: ArtifactLimits::default(),
         }
     }
 

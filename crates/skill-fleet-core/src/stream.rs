@@ -142,6 +142,7 @@ impl HubStatus {
             | ChangeKind::Progress
             | ChangeKind::Deleted
             | ChangeKind::Renewed
+            | ChangeKind::Artifact
             | ChangeKind::Uncertain => {}
         }
     }
@@ -158,6 +159,7 @@ impl HubStatus {
             ChangeKind::Created
             | ChangeKind::Renewed
             | ChangeKind::Deleted
+            | ChangeKind::Artifact
             | ChangeKind::Uncertain => return,
         }
         if self

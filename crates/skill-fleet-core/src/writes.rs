@@ -13,7 +13,7 @@ use skill_fleet_jobs::{
 use skill_fleet_stream::Update;
 use skill_fleet_types::{
     CreateJob, DEFAULT_WORKER_NAME, EventAck, Fence, HeartbeatAck, Job, JobLimits, JobStatus,
-    ProgressUpdate, validate_worker_name,
+    ProgressUpdate, RESULT_ARTIFACT_PREFIX, result_artifact, validate_worker_name,
 };
 
 use crate::error::{CoreError, Result};
@@ -243,6 +243,16 @@ impl JobService {
         writer: Writer,
     ) -> Result<Job> {
         self.leave_live(id, ChangeKind::Ended, None, move |store, id| {
+            // A result that names an artifact names one that is stored (artifacts of a
+            // running job are only ever added or replaced, so it is still there when the
+            // complete commits).
+            if let Some(name) = result_path.as_deref().and_then(result_artifact)
+                && !store.has_artifact(id, name)?
+            {
+                return Err(StoreError::InvalidInput(format!(
+                    "result_path `{RESULT_ARTIFACT_PREFIX}{name}` names no stored artifact of job `{id}`: upload it first"
+                )));
+            }
             store.complete(id, result, result_path, &writer)
         })
         .await

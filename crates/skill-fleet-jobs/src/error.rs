@@ -16,6 +16,17 @@ pub enum StoreError {
         /// The id asked for.
         id: String,
     },
+    /// The job has no stored artifact of this name.
+    #[error("job `{id}` has no artifact `{name}`")]
+    ArtifactNotFound {
+        /// The job.
+        id: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// An artifact past the per-artifact or per-job byte limit; nothing was stored.
+    #[error("{0}")]
+    TooLarge(String),
     /// The job is in a state that does not allow the action; nothing was written.
     #[error("job `{id}` is {from}, cannot {action}")]
     InvalidTransition {

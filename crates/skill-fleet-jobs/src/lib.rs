@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod artifacts;
 mod backend;
 mod changes;
 mod error;
@@ -15,6 +16,9 @@ mod recovery;
 mod schema;
 mod store;
 
+pub use artifacts::{
+    ARTIFACT_CHUNK_BYTES, ArtifactLimits, Published, StoredArtifact, Upload, too_large_file,
+};
 pub use changes::{
     CHANGE_CHANNEL, ChangeNotifications, Doorbell, LISTENER_APPLICATION_NAME, MAX_DOORBELL_BYTES,
 };

@@ -39,11 +39,13 @@ pub enum Action {
     Requeue,
     /// Put a failed or cancelled job back in the queue.
     Resume,
+    /// Store an artifact (a file the job produced); the job keeps its status.
+    StoreArtifact,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::Start,
         Action::Progress,
         Action::Complete,
@@ -51,6 +53,7 @@ impl Action {
         Action::Cancel,
         Action::Requeue,
         Action::Resume,
+        Action::StoreArtifact,
     ];
 
     /// The verb used in error messages (`job `x` is completed, cannot cancel`).
@@ -63,6 +66,7 @@ impl Action {
             Action::Cancel => "cancel",
             Action::Requeue => "requeue",
             Action::Resume => "resume",
+            Action::StoreArtifact => "store an artifact",
         }
     }
 }
@@ -82,7 +86,7 @@ impl fmt::Display for Action {
 /// | queued | start, progress | running |
 /// | queued | cancel | cancelled |
 /// | queued | fail | failed |
-/// | running | progress | running |
+/// | running | progress, store artifact | running |
 /// | running | complete | completed |
 /// | running | fail | failed |
 /// | running | cancel | cancelled |
@@ -94,7 +98,9 @@ pub const fn transition(from: JobStatus, action: Action) -> Option<JobStatus> {
     use Action as A;
     use JobStatus as S;
     match (from, action) {
-        (S::Queued, A::Start | A::Progress) | (S::Running, A::Progress) => Some(S::Running),
+        (S::Queued, A::Start | A::Progress) | (S::Running, A::Progress | A::StoreArtifact) => {
+            Some(S::Running)
+        }
         (S::Queued | S::Running, A::Cancel) => Some(S::Cancelled),
         (S::Queued | S::Running, A::Fail) => Some(S::Failed),
         (S::Running, A::Complete) => Some(S::Completed),

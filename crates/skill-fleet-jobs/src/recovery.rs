@@ -5,7 +5,8 @@ use diesel::prelude::*;
 
 use crate::backend::{Active, Conn};
 use crate::error::{Result, StoreError};
-use crate::schema::{job_progress, jobs};
+use crate::models::artifacts::delete_with_chunks;
+use crate::schema::{artifacts, job_progress, jobs};
 use crate::store::JobStore;
 
 /// The error of a non-resumable job a stopped server left running (a graceful stop, or the
@@ -21,6 +22,8 @@ pub struct PruneReport {
     pub ids: Vec<String>,
     /// History rows deleted with them.
     pub progress_rows: usize,
+    /// Artifacts deleted with them (stored ones and uploads in flight).
+    pub artifacts: usize,
 }
 
 /// Jobs deleted per transaction by [`JobStore::prune`] (also under SQLite's limit of bound
@@ -31,7 +34,7 @@ const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
 
 impl JobStore {
     /// Deletes finished (completed, failed, cancelled) jobs whose `completed_at` is older
-    /// than `older_than` ago, with their progress history.
+    /// than `older_than` ago, with their progress history and their artifacts.
     pub fn prune(&self, older_than: chrono::Duration) -> Result<PruneReport> {
         // An age out of range is refused before any write.
         crate::models::now()
@@ -65,6 +68,11 @@ impl JobStore {
                 let progress_rows =
                     diesel::delete(job_progress::table.filter(job_progress::job_id.eq_any(&ids)))
                         .execute(conn)?;
+                let artifact_ids: Vec<i64> = artifacts::table
+                    .filter(artifacts::job_id.eq_any(&ids))
+                    .select(artifacts::id)
+                    .load(conn)?;
+                let artifacts = delete_with_chunks(conn, &artifact_ids)?;
                 let jobs =
                     diesel::delete(jobs::table.filter(jobs::id.eq_any(&ids))).execute(conn)?;
                 if jobs > 0 {
@@ -74,11 +82,13 @@ impl JobStore {
                     jobs,
                     ids,
                     progress_rows,
+                    artifacts,
                 })
             })?;
             let done = batch.ids.len() < usize::try_from(PRUNE_BATCH).unwrap_or(usize::MAX);
             report.jobs += batch.jobs;
             report.progress_rows += batch.progress_rows;
+            report.artifacts += batch.artifacts;
             report.ids.extend(batch.ids);
             if done {
                 return Ok(report);

@@ -168,9 +168,18 @@ pub struct Options {
     /// 10]; on PostgreSQL N servers open up to N times this, plus one listener each.
     #[arg(long, value_name = "N")]
     pub pool_size: Option<u32>,
-    /// Largest request body, in bytes; larger ones get 413 [default: 1048576].
+    /// Largest request body, in bytes; larger ones get 413 [default: 1048576]. Artifact
+    /// uploads have limits of their own.
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Largest artifact, in bytes; a larger upload gets 413 and nothing is stored
+    /// [default: 268435456, 256 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_artifact_bytes: Option<u64>,
+    /// Most bytes of artifacts one job may hold; an upload past it gets 413 and nothing is
+    /// stored [default: 1073741824, 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_job_artifact_bytes: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when a job's process is stopped [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub stop_grace_seconds: Option<u64>,
@@ -507,6 +516,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Largest artifact, and most artifact bytes per job.
+    pub artifact_limits: skill_fleet_jobs::ArtifactLimits,
     /// Where job work directories live.
     pub data_dir: PathBuf,
     /// Most jobs the executor runs at once.
@@ -643,6 +654,29 @@ impl Config {
                 "max history rows per job must be at least 1, got 0",
             ));
         }
+        let artifact_limits = skill_fleet_jobs::ArtifactLimits {
+            max_bytes: options
+                .max_artifact_bytes
+                .unwrap_or(skill_fleet_jobs::ArtifactLimits::DEFAULT_MAX_BYTES),
+            max_job_bytes: options
+                .max_job_artifact_bytes
+                .unwrap_or(skill_fleet_jobs::ArtifactLimits::DEFAULT_MAX_JOB_BYTES),
+        };
+        if artifact_limits.max_bytes == 0 {
+            return Err(layered.invalid(
+                "max_artifact_bytes",
+                "max artifact bytes must be at least 1, got 0",
+            ));
+        }
+        if artifact_limits.max_job_bytes < artifact_limits.max_bytes {
+            return Err(layered.invalid(
+                "max_job_artifact_bytes",
+                &format!(
+                    "max job artifact bytes ({}) must be at least max_artifact_bytes ({})",
+                    artifact_limits.max_job_bytes, artifact_limits.max_bytes
+                ),
+            ));
+        }
         if let Some(days) = options.retention_days
             && !(1..=MAX_RETENTION_DAYS).contains(&days)
         {
@@ -744,6 +778,7 @@ impl Config {
             legacy_import: options.legacy_import,
             log_format: options.log_format.unwrap_or_default(),
             max_body_bytes: options.max_body_bytes.unwrap_or(1024 * 1024),
+            artifact_limits,
         })
     }
 }

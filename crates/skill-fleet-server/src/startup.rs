@@ -68,8 +68,9 @@ pub async fn serve_until(
         emit_interval: config.emit_interval,
         ..HubConfig::default()
     });
-    let service =
-        JobService::new(store, hub, epoch).with_heartbeat_interval(config.heartbeat_interval);
+    let service = JobService::new(store, hub, epoch)
+        .with_heartbeat_interval(config.heartbeat_interval)
+        .with_artifact_limits(config.artifact_limits);
     let rescue_policy = RescuePolicy {
         resumable_types: resumable_types(&config, &specs),
         max_rescues: config.max_rescues,
@@ -87,6 +88,16 @@ pub async fn serve_until(
             current: service.server_owner().to_owned(),
         };
         let recovery = service.rescue(scope, rescue_policy.clone()).await?;
+        // Uploads under way died with the earlier run: nothing of them was ever listed.
+        let discarded = service
+            .discard_abandoned_uploads(std::time::Duration::ZERO)
+            .await?;
+        if discarded > 0 {
+            tracing::info!(
+                discarded,
+                "discarded artifact uploads the previous server left unfinished"
+            );
+        }
         if !recovery.is_empty() {
             tracing::info!(
                 requeued = recovery.requeued.len(),

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     LeaseLost,
     /// The body is larger than the server accepts (HTTP 413).
     PayloadTooLarge,
+    /// The `Range` asked for is outside the file (HTTP 416).
+    RangeNotSatisfiable,
     /// The body is not JSON (HTTP 415).
     UnsupportedMediaType,
     /// A bearer token is required or wrong (HTTP 401).

@@ -361,7 +361,7 @@ pub async fn result(State(state): State<AppState>, request: Request) -> Result<R
 /// A hit extracts nothing (no id, no query, no copies of headers): an entry exists only for a
 /// key whose request was valid when it was built. `build` must read the [`Scope`] it returns
 /// **before** it reads the database, so a write committed in between makes the entry stale.
-async fn cached(
+pub(crate) async fn cached(
     state: &AppState,
     request: Request,
     build: impl AsyncFnOnce(&mut Parts) -> Result<(Scope, Representation), ApiError>,
@@ -384,7 +384,7 @@ fn cache_key(uri: &Uri) -> &str {
         .map_or_else(|| uri.path(), |pq| pq.as_str())
 }
 
-fn to_body<T: serde::Serialize>(value: &T) -> Result<Bytes, ApiError> {
+pub(crate) fn to_body<T: serde::Serialize>(value: &T) -> Result<Bytes, ApiError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
         .map_err(|err| ApiError::Internal(format!("cannot encode response: {err}")))

@@ -1,5 +1,6 @@
 //! Route handlers, one module per resource, and [`api`]: the one list of the API's routes.
 
+pub mod artifacts;
 pub mod health;
 pub mod jobs;
 pub mod stream;
@@ -34,6 +35,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::resume))
         .routes(routes!(stream::stream))
         .routes(routes!(jobs::logs))
+        .routes(routes!(artifacts::list))
+        .routes(routes!(artifacts::upload, artifacts::download))
         .routes(routes!(jobs::create_optimization))
         // The job stream's handler again, under the optimization prefix.
         .routes(openapi::optimization_stream(routes!(stream::stream)))

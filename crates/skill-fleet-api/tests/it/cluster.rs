@@ -167,6 +167,13 @@ async fn changes_still_arrive_after_the_listener_connection_is_killed() {
     // Kill every listener connection (both servers'), as a PostgreSQL restart or a pooler
     // would: the servers poll until they listen again, and miss nothing meanwhile.
     let listener = skill_fleet_jobs::LISTENER_APPLICATION_NAME;
+    // Both listeners connected first (on a loaded machine one may still be opening: "before"
+    // then reached B by its poll).
+    let start = Instant::now();
+    while a.store().listening_servers().unwrap() != Some(2) {
+        assert!(start.elapsed() < REACH, "both servers listen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let killed = cluster.database.terminate(listener);
     assert_eq!(killed, 2, "one listener per server");
     for n in 0..5 {

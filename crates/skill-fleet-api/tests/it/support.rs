@@ -50,6 +50,16 @@ impl TestApp {
         }
     }
 
+    /// An app over `state`, whose database lives in `dir`.
+    pub fn from_state(state: AppState, dir: tempfile::TempDir) -> TestApp {
+        let router = skill_fleet_api::router(state.clone());
+        TestApp {
+            state,
+            router,
+            _dir: dir,
+        }
+    }
+
     pub fn store(&self) -> &JobStore {
         self.state.service().store()
     }

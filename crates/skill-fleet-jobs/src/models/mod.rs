@@ -1,5 +1,6 @@
 //! Row types and row-level queries, one module per table.
 
+pub(crate) mod artifacts;
 pub(crate) mod job_progress;
 pub(crate) mod jobs;
 pub(crate) mod legacy_imports;

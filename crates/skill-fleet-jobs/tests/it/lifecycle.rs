@@ -11,12 +11,13 @@ use Action as A;
 use JobStatus as S;
 
 /// The transition table, written out independently of the code under test.
-const ALLOWED: [(JobStatus, Action, JobStatus); 11] = [
+const ALLOWED: [(JobStatus, Action, JobStatus); 12] = [
     (S::Queued, A::Start, S::Running),
     (S::Queued, A::Progress, S::Running),
     (S::Queued, A::Cancel, S::Cancelled),
     (S::Queued, A::Fail, S::Failed),
     (S::Running, A::Progress, S::Running),
+    (S::Running, A::StoreArtifact, S::Running),
     (S::Running, A::Complete, S::Completed),
     (S::Running, A::Fail, S::Failed),
     (S::Running, A::Cancel, S::Cancelled),
@@ -74,6 +75,8 @@ fn act(db: &TestDb, id: &str, action: Action) -> Result<Option<Job>, StoreError>
         A::Cancel => db.cancel(id, Some("stopped by user")),
         A::Requeue => db.requeue(id, &Writer::Operator),
         A::Resume => db.resume(id),
+        A::StoreArtifact => crate::artifacts::store(db, id, "out.json", b"{}", &Writer::Operator)
+            .map(|published| published.job),
     };
     done.map(Some)
 }
@@ -405,7 +408,7 @@ fn boot_epoch_increases_across_reopens(db: TestDb) {
 fn migrations_are_applied_on_open(db: TestDb) {
     let status = db.migration_status().unwrap();
     assert!(status.pending.is_empty(), "{status:?}");
-    assert_eq!(status.applied.len(), 7, "{status:?}");
+    assert_eq!(status.applied.len(), 8, "{status:?}");
     assert!(status.applied[0].ends_with("_create_jobs"), "{status:?}");
     assert_eq!(skill_fleet_jobs::migration_status(&db.url).unwrap(), status);
     assert!(
@@ -430,8 +433,8 @@ fn sqlite_urls_are_accepted_and_a_fresh_file_migrates() {
     }
     let fresh = dir.path().join("fresh.db").display().to_string();
     let status = skill_fleet_jobs::migration_status(&fresh).unwrap();
-    assert_eq!((status.applied.len(), status.pending.len()), (0, 7));
-    assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 7);
+    assert_eq!((status.applied.len(), status.pending.len()), (0, 8));
+    assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 8);
 }
 
 both_backends!(

@@ -6,6 +6,7 @@
     reason = "test helpers panic on failure, like the tests that call them"
 )]
 
+mod artifacts;
 mod concurrency;
 mod history_cap;
 mod leases;

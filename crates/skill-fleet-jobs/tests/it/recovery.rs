@@ -146,7 +146,8 @@ fn prune_removes_old_finished_jobs_with_their_history(db: TestDb) {
                 "done".to_owned(),
                 "failed".to_owned()
             ],
-            progress_rows: 5
+            progress_rows: 5,
+            artifacts: 0,
         }
     );
     assert!(db.change_counter().unwrap() > counter);

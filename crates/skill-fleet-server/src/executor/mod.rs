@@ -577,6 +577,7 @@ impl ChangeListener for Executor {
             | ChangeKind::Progress
             | ChangeKind::Deleted
             | ChangeKind::Renewed
+            | ChangeKind::Artifact
             | ChangeKind::Uncertain => {}
         }
     }
