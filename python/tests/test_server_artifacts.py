@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from server import Server, unavailable
+from server import LEASE_CONFIG, Server, unavailable
 from test_server_dspy import load_program
 
 from skill_fleet_worker.artifacts import ChecksumMismatch
-from skill_fleet_worker.client import ApiError, HttpClient, Lease, LeaseLost
+from skill_fleet_worker.client import ApiError, ArtifactTooLarge, HttpClient, Lease, LeaseLost
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -97,6 +97,40 @@ def test_a_worker_uploads_lists_downloads_and_a_stale_fence_stores_nothing(
         client.upload_artifact(claim.lease, small, name="late.json")
     assert ended.value.http_status == 409
     assert sorted(a.name for a in client.list_artifacts(job_id)) == ["model.bin", "scores.json"]
+
+
+def test_uploads_past_the_limits_are_refused_with_the_limit_and_store_nothing(tmp_path: Path):
+    config = f"max_artifact_bytes = {MIB}\nmax_job_artifact_bytes = {2 * MIB}\n" + LEASE_CONFIG
+    server = Server(tmp_path / "server", config).start()
+    try:
+        job_id = server.create_job("evaluation", {})
+        require_artifact_routes(server, job_id)
+        client = HttpClient(server.url, retry_seconds=30)
+        claim = client.claim(["evaluation"], "box-1")
+        assert claim is not None
+        too_big = tmp_path / "too_big.bin"
+        too_big.write_bytes(payload(MIB + 1, 4))
+        with pytest.raises(ArtifactTooLarge) as refused:
+            client.upload_artifact(claim.lease, too_big)
+        assert refused.value.size == MIB + 1
+        assert str(MIB) in refused.value.message, refused.value.message
+        assert client.list_artifacts(job_id) == []
+
+        one = tmp_path / "one.bin"
+        one.write_bytes(payload(MIB, 5))
+        client.upload_artifact(claim.lease, one, name="a.bin")
+        client.upload_artifact(claim.lease, one, name="b.bin")  # the job's 2 MiB: full
+        small = tmp_path / "c.txt"
+        small.write_bytes(b"one byte too many")
+        with pytest.raises(ArtifactTooLarge) as full:
+            client.upload_artifact(claim.lease, small)
+        assert str(2 * MIB) in full.value.message, full.value.message
+        assert [a.name for a in client.list_artifacts(job_id)] == ["a.bin", "b.bin"]
+        # Replacing one by a smaller file of the same name fits (the old one is not counted).
+        client.upload_artifact(claim.lease, small, name="a.bin")
+        assert [a.size for a in client.list_artifacts(job_id)] == [small.stat().st_size, MIB]
+    finally:
+        server.stop()
 
 
 def test_the_worker_command_stores_a_programs_artifacts(lease_server: Server, tmp_path: Path):
