@@ -19,7 +19,7 @@ from skill_fleet_worker.artifacts import (
     validate_content_type,
     validate_name,
 )
-from skill_fleet_worker.protocol import ArtifactLine, Invalid, Log, Message, Result, parse_line
+from skill_fleet_worker.protocol import ArtifactLine, Invalid, Message, parse_line
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -98,11 +98,11 @@ def test_artifacts_are_read_from_the_servers_json():
             '{"artifact": "out/p.json", "name": "best.json", "content_type": "application/json"}',
             Message(artifact=ArtifactLine("out/p.json", "best.json", "application/json")),
         ),
+        # As on the server, an artifact line is nothing else.
         (
             '{"artifact": "a.txt", "progress": 0.5, "result": 1}',
-            Message({"progress": 0.5}, Result(1), ArtifactLine("a.txt", "a.txt")),
+            Message(artifact=ArtifactLine("a.txt", "a.txt")),
         ),
-        ('{"artifact": null}', Log('{"artifact": null}')),
     ],
 )
 def test_artifact_lines_are_classified(line: str, expected: object):
@@ -113,6 +113,7 @@ def test_artifact_lines_are_classified(line: str, expected: object):
     "line",
     [
         '{"artifact": 3}',
+        '{"artifact": null}',
         '{"artifact": ""}',
         '{"artifact": "x.json", "name": "../x"}',
         '{"artifact": "dir/.hidden"}',  # the default name (the base name) must be valid too

@@ -7,7 +7,8 @@ The remote worker reads the same executor protocol as the server's own executor
 - a JSON object with any of ``step``, ``progress``, ``cost_usd``, ``metric``, ``message``,
   ``checkpoint``: a progress update (fields left out, or null, keep their values);
 - a JSON object with ``artifact`` (a path in the work dir, with an optional ``name`` and
-  ``content_type``): a file to store as one of the job's artifacts, now;
+  ``content_type``): a file to store as one of the job's artifacts, now; nothing else of
+  that line is read;
 - anything else (plain text, JSON that is not an object, an object with none of those
   fields): a log line.
 
@@ -54,7 +55,7 @@ class ArtifactLine:
 
 @dataclass(frozen=True)
 class Message:
-    """A protocol line: progress fields (``update``), a result, an artifact, or several.
+    """A protocol line: progress fields (``update``), a result, or both; or an artifact.
 
     ``update`` holds only the known, non-null progress fields, checked; ``step`` is a
     string (a whole number is the same step as its digits, as on the server).
@@ -100,19 +101,19 @@ def parse_line(line: str) -> Line:
     if not isinstance(obj, dict):
         return Log(line)
 
+    if "artifact" in obj:
+        # As on the server, an artifact line is only that: its other fields are not read.
+        try:
+            return Message(artifact=_artifact(obj))
+        except ValueError as err:
+            return Invalid(line, str(err))
+
     result: Result | None = None
     if "result" in obj or "result_path" in obj:
         path = obj.get("result_path")
         if path is not None and not isinstance(path, str):
             return Invalid(line, f"result_path must be a string, got {json.dumps(path)}")
         result = Result(result=obj.get("result"), result_path=path)
-
-    artifact: ArtifactLine | None = None
-    if obj.get("artifact") is not None:
-        try:
-            artifact = _artifact(obj)
-        except ValueError as err:
-            return Invalid(line, str(err))
 
     update: dict[str, Any] = {}
     for name in PROGRESS_FIELDS:
@@ -124,16 +125,16 @@ def parse_line(line: str) -> Line:
         except ValueError as err:
             return Invalid(line, str(err))
 
-    if not update and result is None and artifact is None:
+    if not update and result is None:
         # A JSON object that says nothing we know: a log line.
         return Log(line)
-    return Message(update=update or None, result=result, artifact=artifact)
+    return Message(update=update or None, result=result)
 
 
 def _artifact(obj: dict[str, Any]) -> ArtifactLine:
     path = obj["artifact"]
     if not isinstance(path, str) or not path:
-        raise ValueError(f"artifact must be a path (a string), got {json.dumps(path)}")
+        raise ValueError(f"artifact must name a file (a path), got {json.dumps(path)}")
     name = obj.get("name")
     name = validate_name(PurePosixPath(path).name if name is None else name)
     content_type = obj.get("content_type")
