@@ -113,9 +113,11 @@ fn chunk_size_i32() -> i32 {
 }
 
 impl JobRow {
-    /// Whether `writer` may store an artifact on this job now: the transition table allows it
-    /// (the job is running) and the writer owns the job.
+    /// Whether `writer` may store an artifact on this job now: the writer owns the job (checked
+    /// first, as for every lifecycle write) and the transition table allows it (the job is
+    /// running).
     fn admits_artifact(&self, writer: &Writer) -> Result<()> {
+        self.admits(writer)?;
         let status = self.job_status()?;
         if transition(status, Action::StoreArtifact).is_none() {
             return Err(StoreError::InvalidTransition {
@@ -124,7 +126,7 @@ impl JobRow {
                 action: Action::StoreArtifact,
             });
         }
-        self.admits(writer)
+        Ok(())
     }
 }
 

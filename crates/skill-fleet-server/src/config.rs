@@ -671,7 +671,7 @@ impl Config {
         if artifact_limits.max_job_bytes < artifact_limits.max_bytes {
             return Err(layered.invalid(
                 "max_job_artifact_bytes",
-                &format!(
+                format!(
                     "max job artifact bytes ({}) must be at least max_artifact_bytes ({})",
                     artifact_limits.max_job_bytes, artifact_limits.max_bytes
                 ),

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use super::protocol::{JobResult, Line, parse_line};
+use super::protocol::{ArtifactLine, JobResult, Line, parse_line};
 use super::tail::Tail;
 use super::{ExecutorSpec, StopReason};
 
@@ -53,6 +53,16 @@ impl Tails {
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a child reports, handed to the executor in order (each handled before the next
+/// line is read).
+#[derive(Debug)]
+pub enum Report {
+    /// A progress update.
+    Progress(skill_fleet_types::ProgressUpdate),
+    /// A file to store as an artifact now.
+    Artifact(ArtifactLine),
 }
 
 /// How a run ended.
@@ -152,7 +162,7 @@ fn isolate(command: &mut Command) {
 #[cfg(not(unix))]
 fn isolate(_command: &mut Command) {}
 
-/// Runs the job's process to its end and reports how it ended. Progress lines go to
+/// Runs the job's process to its end and reports how it ended. Progress and artifact lines go to
 /// `on_update` in order, each one handled (a checkpoint persisted) before the next line is
 /// read.
 pub async fn run<F, Fut>(
@@ -165,7 +175,7 @@ pub async fn run<F, Fut>(
     mut on_update: F,
 ) -> Outcome
 where
-    F: FnMut(skill_fleet_types::ProgressUpdate) -> Fut,
+    F: FnMut(Report) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let mut command = match prepare(spec, job, dir) {
@@ -280,7 +290,7 @@ async fn handle_line<F, Fut>(
     on_update: &mut F,
 ) -> bool
 where
-    F: FnMut(skill_fleet_types::ProgressUpdate) -> Fut,
+    F: FnMut(Report) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     match parse_line(line) {
@@ -303,10 +313,11 @@ where
                 *result = Some(reported);
             }
             match update {
-                Some(update) => on_update(update).await,
+                Some(update) => on_update(Report::Progress(update)).await,
                 None => true,
             }
         }
+        Line::Artifact(artifact) => on_update(Report::Artifact(artifact)).await,
     }
 }
 

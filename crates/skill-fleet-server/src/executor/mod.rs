@@ -6,6 +6,7 @@
 //! lines go through the same [`JobService`](skill_fleet_core::JobService) path as events from
 //! external workers, so they are persisted and streamed alike.
 
+mod artifacts;
 mod child;
 mod protocol;
 mod tail;
@@ -18,14 +19,14 @@ use std::time::Duration;
 
 use skill_fleet_api::AppState;
 use skill_fleet_core::{ChangeKind, ChangeListener, Claimant, Committed, CoreError, Runner};
-use skill_fleet_jobs::{Claimed, Writer};
+use skill_fleet_jobs::{Claimed, StoreError, Writer};
 use skill_fleet_types::{Backoff, Fence, Job, JobLogs, JobStatus};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 pub use protocol::{JobResult, Line, parse_line};
 
-use child::{Outcome, Tails, lock};
+use child::{Outcome, Report, Tails, lock};
 
 /// How one job type is run.
 #[derive(Debug, Clone)]
@@ -289,11 +290,20 @@ impl Executor {
             Arc::clone(&tails),
             stop,
             self.inner.settings.stop_grace,
-            |update| {
+            |report| {
                 let job_id = job_id.clone();
                 let mut stopped = stopped.clone();
                 let owner = owner.clone();
+                let (dir, tails) = (dir.clone(), Arc::clone(&tails));
                 async move {
+                    let update = match report {
+                        Report::Progress(update) => update,
+                        Report::Artifact(line) => {
+                            return self
+                                .store_reported_artifact(&job_id, &dir, line, owner, &mut stopped, &tails)
+                                .await;
+                        }
+                    };
                     // A step change or checkpoint the database could not take (disk full,
                     // read-only, locked) is retried until it is saved: the child is not read
                     // meanwhile, so it waits (its stdout pipe fills). A stop ends the wait.
@@ -325,6 +335,11 @@ impl Executor {
             },
         )
         .await;
+        // A child that exited leaves its `artifacts/` files: stored before its end is written
+        // (the heartbeat still renews the lease meanwhile).
+        if matches!(outcome, Outcome::Exited { .. }) {
+            self.collect_artifacts(&job.id, &dir, &owner, &tails).await;
+        }
         heartbeat.abort();
 
         // Unregister first: the terminal transition below calls back into `job_finished`.
@@ -339,6 +354,105 @@ impl Executor {
             .await;
         self.inner.idle.notify_waiters();
         self.inner.wake.notify_one();
+    }
+
+    /// Stores the file a child's `{"artifact": PATH}` line names (retried through storage
+    /// faults); false when the run must stop reading (its job ended or its lease was lost).
+    /// Any other refusal (a bad path, too large) goes to the job's stderr tail.
+    async fn store_reported_artifact(
+        &self,
+        job_id: &str,
+        dir: &std::path::Path,
+        line: protocol::ArtifactLine,
+        owner: Writer,
+        stopped: &mut watch::Receiver<Option<StopReason>>,
+        tails: &Arc<Mutex<Tails>>,
+    ) -> bool {
+        let service = self.inner.state.service();
+        // The outer error is the service's (retried through storage faults); the inner one
+        // is the file's own (a bad path, unreadable), reported and skipped.
+        let stored = self
+            .until_saved(job_id, Some(stopped), || async {
+                match artifacts::store_file(
+                    service,
+                    job_id,
+                    dir,
+                    &line.path,
+                    line.name.as_deref(),
+                    line.content_type.as_deref(),
+                    owner.clone(),
+                )
+                .await
+                {
+                    Ok(_) => Ok(Ok(())),
+                    Err(artifacts::FileRefused::Core(err)) => Err(err),
+                    Err(refused) => Ok(Err(refused)),
+                }
+            })
+            .await;
+        match stored {
+            Ok(Ok(())) => true,
+            Ok(Err(refused)) => {
+                self.artifact_skipped(job_id, &refused.to_string(), tails);
+                true
+            }
+            Err(err) => self.artifact_outcome(job_id, err, tails),
+        }
+    }
+
+    /// Stores what the child left in `artifacts/`.
+    async fn collect_artifacts(
+        &self,
+        job_id: &str,
+        dir: &std::path::Path,
+        owner: &Writer,
+        tails: &Arc<Mutex<Tails>>,
+    ) {
+        let service = self.inner.state.service();
+        let skipped = |reason: String| self.artifact_skipped(job_id, &reason, tails);
+        let collected = self
+            .until_saved(job_id, None, || async {
+                match artifacts::collect(service, job_id, dir, owner, &skipped).await {
+                    Ok(stored) => Ok(Ok(stored)),
+                    Err(artifacts::FileRefused::Core(err)) => Err(err),
+                    Err(refused) => Ok(Err(refused)),
+                }
+            })
+            .await;
+        match collected {
+            Ok(Ok(0)) => {}
+            Ok(Ok(stored)) => {
+                tracing::info!(job.id = %job_id, stored, "stored the artifacts the job left");
+            }
+            Ok(Err(refused)) => self.artifact_skipped(job_id, &refused.to_string(), tails),
+            Err(err) => {
+                self.artifact_outcome(job_id, err, tails);
+            }
+        }
+    }
+
+    /// A file that could not be stored: logged, and said in the job's stderr tail.
+    fn artifact_skipped(&self, job_id: &str, reason: &str, tails: &Arc<Mutex<Tails>>) {
+        tracing::warn!(job.id = %job_id, %reason, "artifact not stored");
+        lock(tails)
+            .stderr
+            .push(&format!("[skill-fleet] artifact not stored: {reason}"));
+    }
+
+    /// What the service's refusal of an artifact means for the run: stop reading (false)
+    /// when the job ended or its lease was lost; otherwise (too large, a bad name) keep
+    /// going, the refusal said in the job's stderr tail.
+    fn artifact_outcome(&self, job_id: &str, err: CoreError, tails: &Arc<Mutex<Tails>>) -> bool {
+        if err.job_has_ended() {
+            return false;
+        }
+        if err.lease_lost() {
+            tracing::warn!(job.id = %job_id, error = %err, "lease lost; stopping the run");
+            self.stop(job_id, StopReason::LeaseLost);
+            return false;
+        }
+        self.artifact_skipped(job_id, &err.to_string(), tails);
+        true
     }
 
     /// Runs `write` until it is not refused for a storage fault (disk full, read-only,
@@ -443,9 +557,19 @@ impl Executor {
             Outcome::Exited { status, result } if status.success() => {
                 let result = result.clone().unwrap_or_default();
                 tracing::info!(job.id = %job.id, "job completed");
-                service
+                match service
                     .complete(&job.id, result.result, result.result_path, owner())
                     .await
+                {
+                    // A result the store refuses (a `result_path` naming an artifact that was
+                    // not stored) fails the job, saying why, rather than leave it running.
+                    Err(CoreError::Store(StoreError::InvalidInput(reason))) => {
+                        service
+                            .fail(&job.id, format!("result refused: {reason}"), owner())
+                            .await
+                    }
+                    other => other,
+                }
             }
             Outcome::Exited { status, .. } => {
                 let reason = exit_reason(*status);

@@ -1,6 +1,8 @@
 //! The executor protocol: what one line of a child's stdout means (see docs/PROTOCOL.md).
 //!
 //! - a JSON object with `result` and/or `result_path`: the job's result (last one wins);
+//! - a JSON object with `artifact` (a file's path in the work directory, with optional
+//!   `name` and `content_type`): store that file as an artifact now;
 //! - a JSON object with any of `step`, `progress`, `cost_usd`, `metric`, `message`,
 //!   `checkpoint`: a progress update (fields left out keep their values);
 //! - anything else (plain text, JSON that is not an object): a log line.
@@ -32,6 +34,8 @@ pub enum Line {
         /// The result part, if the line had `result` or `result_path`.
         result: Option<JobResult>,
     },
+    /// A file to store as an artifact of the job.
+    Artifact(ArtifactLine),
     /// Not a protocol message: kept in the log tail.
     Log(String),
     /// A protocol message with a bad value: reported, skipped.
@@ -52,6 +56,18 @@ pub struct JobResult {
     pub result_path: Option<String>,
 }
 
+/// A `{"artifact": PATH}` line: store the file at PATH (relative to the work directory) as an
+/// artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactLine {
+    /// The file, relative to the work directory (and inside it).
+    pub path: String,
+    /// The artifact's name; the file's own name when absent.
+    pub name: Option<String>,
+    /// Its content type; guessed from the name when absent.
+    pub content_type: Option<String>,
+}
+
 /// Reads one line of a child's stdout.
 pub fn parse_line(line: &str) -> Line {
     let trimmed = line.trim();
@@ -65,6 +81,26 @@ pub fn parse_line(line: &str) -> Line {
         line: line.to_owned(),
         reason,
     };
+    if let Some(path) = object.remove("artifact") {
+        let text = |field: &str, value: Option<Value>| match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(other) => Err(format!("{field} must be a string, got {other}")),
+        };
+        return match (
+            text("artifact", Some(path)),
+            text("name", object.remove("name")),
+            text("content_type", object.remove("content_type")),
+        ) {
+            (Ok(Some(path)), Ok(name), Ok(content_type)) => Line::Artifact(ArtifactLine {
+                path,
+                name,
+                content_type,
+            }),
+            (Ok(None), _, _) => invalid("artifact must name a file".to_owned()),
+            (Err(reason), _, _) | (_, Err(reason), _) | (_, _, Err(reason)) => invalid(reason),
+        };
+    }
     let result = if object.contains_key("result") || object.contains_key("result_path") {
         let result_path = match object.remove("result_path") {
             None | Some(Value::Null) => None,
@@ -173,6 +209,35 @@ mod tests {
             r#"{"cost_usd": -1}"#,
             r#"{"progress": "half"}"#,
             r#"{"result_path": 3}"#,
+        ] {
+            assert!(matches!(parse_line(text), Line::Invalid { .. }), "{text}");
+        }
+    }
+
+    #[test]
+    fn artifact_lines_name_a_file() {
+        assert_eq!(
+            parse_line(r#"{"artifact": "out/program.json"}"#),
+            Line::Artifact(ArtifactLine {
+                path: "out/program.json".to_owned(),
+                name: None,
+                content_type: None,
+            })
+        );
+        assert_eq!(
+            parse_line(
+                r#"{"artifact": "p.bin", "name": "model.bin", "content_type": "application/x-model"}"#
+            ),
+            Line::Artifact(ArtifactLine {
+                path: "p.bin".to_owned(),
+                name: Some("model.bin".to_owned()),
+                content_type: Some("application/x-model".to_owned()),
+            })
+        );
+        for text in [
+            r#"{"artifact": 3}"#,
+            r#"{"artifact": null}"#,
+            r#"{"artifact": "a", "name": 1}"#,
         ] {
             assert!(matches!(parse_line(text), Line::Invalid { .. }), "{text}");
         }

@@ -68,7 +68,7 @@ fn protocol_object() -> impl Strategy<Value = Map<String, Value>> {
     let key = prop_oneof![
         6 => prop::sample::select(vec![
             "step", "progress", "cost_usd", "metric", "message", "checkpoint", "result",
-            "result_path",
+            "result_path", "artifact", "name", "content_type",
         ])
         .prop_map(str::to_owned),
         1 => "[a-z_]{0,10}",
@@ -93,6 +93,11 @@ fn check_line(input: &str, parsed: &Line) -> Result<(), TestCaseError> {
                 prop_assert!(!update.is_empty());
             }
             prop_assert!(input.trim_start().starts_with('{'), "{input}");
+        }
+        Line::Artifact(artifact) => {
+            prop_assert!(input.trim_start().starts_with('{'), "{input}");
+            prop_assert!(input.contains("\"artifact\""), "{input}");
+            prop_assert!(!artifact.path.is_empty() || input.contains("\"artifact\":\"\""));
         }
     }
     Ok(())
@@ -143,6 +148,20 @@ proptest! {
         let known = |key: &str| object.get(key).is_some_and(|v| !v.is_null());
         let has_progress = PROGRESS_FIELDS.iter().any(|field| known(field));
         let has_result = object.contains_key("result") || object.contains_key("result_path");
+        // An `artifact` key makes the line an artifact line (its other fields are not read).
+        let artifact = object.get("artifact");
+        match (&parsed, artifact) {
+            (Line::Artifact(line), Some(Value::String(path))) => {
+                prop_assert_eq!(&line.path, path);
+                prop_assert_eq!(line.name.as_deref(), object.get("name").and_then(Value::as_str));
+            }
+            (Line::Invalid { .. }, Some(value)) => prop_assert!(!value.is_string()),
+            (other, Some(value)) => prop_assert!(false, "{value} gave {other:?}"),
+            (_, None) => {}
+        }
+        if artifact.is_some() {
+            return Ok(());
+        }
         match &parsed {
             Line::Log(_) => prop_assert!(!has_progress && !has_result, "{line}"),
             Line::Message { update, result } => {
@@ -161,6 +180,7 @@ proptest! {
                 }
             }
             Line::Invalid { .. } => prop_assert!(has_progress || has_result),
+            Line::Artifact(_) => prop_assert!(false, "no `artifact` key: {line}"),
         }
         // The same line cut short is never applied.
         let end = cut.index(line.len());

@@ -9,6 +9,7 @@ use std::process::Command;
 use skill_fleet_testkit::TestServer;
 use skill_fleet_testkit::server::{command, write_config};
 
+pub use skill_fleet_testkit::http::call;
 pub use skill_fleet_testkit::{agent, temp_db, wait_for};
 
 /// This crate's server binary, which cargo builds for these tests.
