@@ -133,42 +133,55 @@ def test_uploads_past_the_limits_are_refused_with_the_limit_and_store_nothing(tm
         server.stop()
 
 
-def test_the_worker_command_stores_a_programs_artifacts(lease_server: Server, tmp_path: Path):
-    job_id = lease_server.create_job("evaluation", {})
-    require_artifact_routes(lease_server, job_id)
+@pytest.mark.parametrize("runner", ["worker", "executor"])
+def test_a_program_stores_the_same_artifacts_under_the_worker_and_the_executor(
+    tmp_path: Path, runner: str
+):
     outside = tmp_path / "outside.bin"
     outside.write_bytes(payload(MIB + 7, 3))
-    work = tmp_path / "work"
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    process = subprocess.run(
-        [sys.executable, "-m", "skill_fleet_worker", "worker", "--server", lease_server.url,
-         "--type", "evaluation", "--worker", "box-1", "--work-dir", str(work), "--once",
-         "--poll-seconds", "0.1", "--", sys.executable, str(HERE / "worker_programs.py"),
-         "artifacts", str(outside)],
-        stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=120,
-    )  # fmt: skip
-    log = process.stderr.decode(errors="replace")
-    assert process.returncode == 0, log
-    job = lease_server.job(job_id)
-    assert job["status"] == "completed", (job, log)
-    assert job["result_path"] == "artifact:small.txt"
-    listed = {
-        a["name"]: a for a in lease_server.get(f"/api/v1/jobs/{job_id}/artifacts")["artifacts"]
-    }
-    assert sorted(listed) == ["big.bin", "leftover.csv", "small.txt"], log
-    expected = {
-        "small.txt": b"small\n",
-        "big.bin": outside.read_bytes(),
-        "leftover.csv": b"a,b\n1,2\n",
-    }
-    client = HttpClient(lease_server.url, retry_seconds=30)
-    for name, data in expected.items():
-        assert listed[name]["size"] == len(data)
-        assert listed[name]["sha256"] == hashlib.sha256(data).hexdigest()
-        assert listed[name]["attempt"] == 1
-        assert client.download_artifact(job_id, name, tmp_path / "dl").read_bytes() == data
-    assert listed["big.bin"]["content_type"] == "application/x-test"
-    assert "is outside the job directory" in log
+    program = [sys.executable, str(HERE / "worker_programs.py"), "artifacts", str(outside)]
+    if runner == "executor":
+        config = f"[executors.evaluation]\ncommand = {json.dumps(program)}\n"
+    else:
+        config = LEASE_CONFIG
+    server = Server(tmp_path / "server", config).start()
+    try:
+        job_id = server.create_job("evaluation", {})
+        require_artifact_routes(server, job_id)
+        if runner == "worker":
+            env = {**os.environ, "PYTHONPATH": str(SRC)}
+            process = subprocess.run(
+                [sys.executable, "-m", "skill_fleet_worker", "worker", "--server", server.url,
+                 "--type", "evaluation", "--worker", "box-1", "--work-dir",
+                 str(tmp_path / "work"), "--once", "--poll-seconds", "0.1", "--", *program],
+                stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=120,
+            )  # fmt: skip
+            log = process.stderr.decode(errors="replace")
+            assert process.returncode == 0, log
+        job = server.wait_status(job_id, {"completed", "failed", "cancelled"}, timeout=60)
+        if runner == "executor":
+            log = "\n".join(server.logs(job_id)["stderr"])
+        assert job["status"] == "completed", (job, log)
+        assert job["result_path"] == "artifact:small.txt"
+        listed = {a["name"]: a for a in server.get(f"/api/v1/jobs/{job_id}/artifacts")["artifacts"]}
+        assert sorted(listed) == ["big.bin", "leftover.csv", "small.txt"], log
+        expected = {
+            "small.txt": b"small\n",
+            "big.bin": outside.read_bytes(),
+            "leftover.csv": b"a,b\n1,2\n",
+        }
+        client = HttpClient(server.url, retry_seconds=30)
+        for name, data in expected.items():
+            assert listed[name]["size"] == len(data)
+            assert listed[name]["sha256"] == hashlib.sha256(data).hexdigest()
+            assert listed[name]["attempt"] == 1
+            assert client.download_artifact(job_id, name, tmp_path / "dl/").read_bytes() == data
+        assert listed["big.bin"]["content_type"] == "application/x-test"
+        assert listed["small.txt"]["content_type"] == "text/plain; charset=utf-8"
+        # Both refuse the path outside the work dir and the symlink leading out of it.
+        assert "../outside.txt" in log and "artifacts/escape.txt" in log, log
+    finally:
+        server.stop()
 
 
 def test_a_dspy_job_stores_its_program_as_an_artifact(dspy_server: Server, tmp_path: Path):

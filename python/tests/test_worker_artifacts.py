@@ -212,7 +212,9 @@ def test_the_worker_uploads_artifacts_in_order_and_the_files_left_in_artifacts(t
         assert call.headers["Skill-Fleet-Attempt"] == "1"
         assert call.headers["Skill-Fleet-Lease-Token"] == "token-job-1-1"
     assert writes[-1].body["result_path"] == "artifact:small.txt"
-    assert "'../outside.txt' is outside the job directory" in output(worker)
+    log = output(worker)
+    assert "'../outside.txt' must be a relative path inside the job directory" in log, log
+    assert "'artifacts/escape.txt' is outside the job directory" in log, log
 
 
 def test_lease_lost_on_an_upload_stops_the_program_and_writes_nothing_more(tmp_path: Path):

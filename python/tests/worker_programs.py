@@ -130,10 +130,12 @@ def artifacts() -> int:
     outside = Path(sys.argv[2])
     reporter.artifact(outside, name="big.bin", content_type="application/x-test")
     reporter.progress(progress=0.5)
-    (work_dir().parent / "outside.txt").write_text("not the job's")
+    not_ours = work_dir().parent / "outside.txt"
+    not_ours.write_text("not the job's")
     emit(artifact="../outside.txt")  # outside the work dir: skipped with a note
     leftovers = work_dir() / "artifacts"
     (leftovers / "leftover.csv").write_text("a,b\n1,2\n")
+    (leftovers / "escape.txt").symlink_to(not_ours)  # leads outside: skipped with a note
     (leftovers / ".partial").write_text("hidden: never stored")
     emit(result={"ok": True}, result_path="artifact:small.txt")
     return 0

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from .artifacts import ARTIFACTS_DIR, ChecksumMismatch, sha256_file, validate_name
@@ -743,10 +743,18 @@ class _Run:
                 self.events.put(update, durable=durable)
 
     def resolve_artifact(self, line: ArtifactLine) -> Upload | None:
-        """The file an artifact line names, if it is a file inside the job's directory
-        (else a note, and the line is skipped, as the server skips a bad line)."""
+        """The file an artifact line names, if it is (as the server's executor requires) a
+        relative path without ``..`` that, symbolic links followed, is a regular file inside
+        the job's directory; else a note, and the line is skipped."""
         assert self.job_dir is not None
         root = self.job_dir.resolve()
+        relative = PurePosixPath(line.path)
+        if relative.is_absolute() or ".." in relative.parts:
+            self.skipped(
+                f"artifact {line.name}: {line.path!r} must be a relative path inside the job "
+                "directory, without '..'"
+            )
+            return None
         try:
             path = (root / line.path).resolve(strict=True)
         except (OSError, RuntimeError) as err:
@@ -907,17 +915,20 @@ class _Run:
         except OSError as err:
             self.skipped(f"cannot read {directory}: {err}")
             return
-        files = []
+        files: list[Upload] = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue  # hidden, or a copy still being written: never an artifact name
             try:
                 validate_name(entry.name)
             except ValueError as err:
-                self.skipped(f"{entry} not stored: {err}")
+                self.skipped(f"{ARTIFACTS_DIR}/{entry.name} not stored: {err}")
                 continue
-            if entry.is_file() and not entry.is_symlink():
-                files.append(entry)
+            upload = self.resolve_artifact(
+                ArtifactLine(f"{ARTIFACTS_DIR}/{entry.name}", entry.name)
+            )
+            if upload is not None:
+                files.append(upload)
         if not files:
             return
         known = dict(self.stored)
@@ -926,17 +937,17 @@ class _Run:
                 self.lease.job_id, deadline=time.monotonic() + 30, abort=self.silenced
             )
             known.update({a.name: a.sha256 for a in listed})
-        for path in files:
+        for upload in files:
             if self.silenced.is_set():
                 return
             try:
-                digest, _ = sha256_file(path)
+                digest, _ = sha256_file(upload.path)
             except OSError as err:
-                self.skipped(f"artifact {path.name} not stored: {err}")
+                self.skipped(f"artifact {upload.name} not stored: {err}")
                 continue
-            if known.get(path.name) == digest:
+            if known.get(upload.name) == digest:
                 continue
-            self.upload(Upload(path=path, name=path.name))
+            self.upload(upload)
 
     # -- endings ------------------------------------------------------------------------------
 
