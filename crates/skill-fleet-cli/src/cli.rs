@@ -90,6 +90,8 @@ pub enum JobsCommand {
     Logs(JobIdArg),
     /// Follow a job's live progress until it ends.
     Watch(jobs::watch::WatchArgs),
+    /// List a job's artifacts, or download one (resumable, checked against its SHA-256).
+    Artifacts(jobs::artifacts::ArtifactsArgs),
 }
 
 /// A job id argument.

@@ -31,6 +31,14 @@ pub enum CliError {
     /// Writing the output failed (a closed pipe is not an error).
     #[error("cannot write output")]
     Output(#[source] io::Error),
+    /// An error with what to do about it, printed after it on the same line.
+    #[error("{error}. {hint}")]
+    Hinted {
+        /// The error.
+        error: Box<CliError>,
+        /// What to do next: `run the same command again to resume it`.
+        hint: String,
+    },
     /// A local file could not be read.
     #[error("cannot read {path}")]
     Read {
@@ -52,6 +60,7 @@ impl CliError {
     /// The exit code this error gives.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::Hinted { error, .. } => error.exit_code(),
             CliError::Client(err) if err.is_unreachable() => code::UNREACHABLE,
             CliError::Client(ClientError::Invalid(_)) | CliError::Usage(_) => code::USAGE,
             _ => code::FAILED,
@@ -65,6 +74,9 @@ impl CliError {
 
     /// The one line printed for this error: `error: …` with its causes after colons.
     pub fn report(&self) -> String {
+        if let CliError::Hinted { error, hint } = self {
+            return format!("{}. {hint}", error.report());
+        }
         if let CliError::Client(err @ ClientError::Unreachable { .. }) = self {
             return format!("error: {err}. Start it with: skill-fleet-server");
         }
@@ -110,5 +122,14 @@ mod tests {
         assert_eq!(err.exit_code(), 1);
         assert!(CliError::Output(io::Error::from(io::ErrorKind::BrokenPipe)).is_broken_pipe());
         assert_eq!(CliError::Usage("bad".into()).exit_code(), 2);
+        let hinted = CliError::Hinted {
+            error: Box::new(err),
+            hint: "try again".into(),
+        };
+        assert_eq!(
+            hinted.report(),
+            "error: cannot read meta.json: no such file. try again"
+        );
+        assert_eq!(hinted.exit_code(), 1);
     }
 }

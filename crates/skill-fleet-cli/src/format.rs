@@ -167,6 +167,22 @@ pub fn outcome(job: &Job) -> String {
     }
 }
 
+/// A size in bytes for people: `512 B`, `1.5 KiB`, `12.0 MiB`, `1.2 GiB`.
+pub fn bytes(size: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if size < 1024 {
+        return format!("{size} B");
+    }
+    let mut value = size as f64 / 1024.0;
+    let mut unit = 0;
+    // Rounded to one decimal, 1023.96 KiB reads as 1024.0 KiB: go up a unit first.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// JSON on one line.
 pub fn compact(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_default()
@@ -331,6 +347,19 @@ mod tests {
         assert!(lease(&ahead, now).contains("renewed 0 s ago"));
         assert_eq!(span(99.4), "99 s");
         assert_eq!(span(100.0), "1m40s");
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(bytes(3 * 1024 * 1024 + 300 * 1024), "3.3 MiB");
+        assert_eq!(bytes(256 << 20), "256.0 MiB");
+        assert_eq!(bytes(5 << 30), "5.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
     }
 
     #[test]

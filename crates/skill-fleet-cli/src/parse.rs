@@ -87,6 +87,13 @@ pub fn parse_budget(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// An artifact name: one plain file name (`program.json`), never a path.
+pub fn parse_artifact_name(text: &str) -> Result<String, String> {
+    skill_fleet_types::validate_artifact_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|err| err.to_string())
+}
+
 /// A finite number.
 pub fn parse_finite(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {

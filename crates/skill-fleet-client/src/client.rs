@@ -74,11 +74,11 @@ struct CreateOptimization<'a> {
 }
 
 /// A response read in full.
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     etag: Option<String>,
     last_modified: Option<String>,
-    body: String,
+    pub(crate) body: String,
 }
 
 /// A blocking client of one skill-fleet server.
@@ -89,8 +89,8 @@ struct Reply {
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
-    agent: ureq::Agent,
-    token: Option<String>,
+    pub(crate) agent: ureq::Agent,
+    pub(crate) token: Option<String>,
     source: Option<String>,
     cache: Option<Cache>,
     watch_options: WatchOptions,
@@ -388,7 +388,7 @@ impl Client {
     }
 
     /// The URL of a job route; the id is checked first, so it can never change the path.
-    fn job_url(&self, id: &str, tail: &str) -> Result<String, ClientError> {
+    pub(crate) fn job_url(&self, id: &str, tail: &str) -> Result<String, ClientError> {
         validate_job_id(id)?;
         Ok(self.api(&format!("/jobs/{id}{tail}")))
     }
@@ -403,7 +403,10 @@ impl Client {
 
     /// A GET revalidated against the cache: a `304` serves the cached body, a `200` replaces
     /// the entry. A cached body that no longer decodes is dropped and fetched again.
-    fn get_cached<T: DeserializeOwned>(&self, url: &str) -> Result<Fetched<T>, ClientError> {
+    pub(crate) fn get_cached<T: DeserializeOwned>(
+        &self,
+        url: &str,
+    ) -> Result<Fetched<T>, ClientError> {
         let cached = self
             .cache
             .as_ref()
@@ -508,7 +511,7 @@ impl Client {
         self.finish(url, response)
     }
 
-    fn finish(
+    pub(crate) fn finish(
         &self,
         url: &str,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
@@ -540,7 +543,7 @@ impl Client {
         })
     }
 
-    fn transport_error(&self, url: &str, err: ureq::Error) -> ClientError {
+    pub(crate) fn transport_error(&self, url: &str, err: ureq::Error) -> ClientError {
         match unreachable_reason(&err) {
             Some(reason) => ClientError::Unreachable {
                 url: self.base.clone(),

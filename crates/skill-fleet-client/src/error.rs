@@ -97,6 +97,67 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A downloaded artifact's bytes do not hash to the SHA-256 the server gave as its
+    /// `ETag`: a partial download of another version was resumed, the local file was
+    /// changed, or the bytes were damaged on the way. Nothing was kept under the target name.
+    #[error(
+        "artifact `{name}` of job `{job_id}` failed its sha256 check: expected {expected}, got {actual}"
+    )]
+    ArtifactHashMismatch {
+        /// The job.
+        job_id: String,
+        /// The artifact.
+        name: String,
+        /// The SHA-256 the server announced (its `ETag`), lowercase hex.
+        expected: String,
+        /// The SHA-256 of the bytes received (with those already held when resumed).
+        actual: String,
+    },
+    /// An artifact's download answered in a way this client cannot use (a `206` for another
+    /// range, no SHA-256 `ETag` to verify against, fewer or more bytes than announced).
+    #[error("download of artifact `{name}` of job `{job_id}` from {url} went wrong: {reason}")]
+    ArtifactDownload {
+        /// The job.
+        job_id: String,
+        /// The artifact.
+        name: String,
+        /// The URL that was requested.
+        url: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
+    /// The server closed the connection while an artifact's body was being sent, so its
+    /// answer could not be read. A server refusing an upload part way (past its size
+    /// limit) may end it this way; so may a server that went away. Nothing was stored.
+    #[error(
+        "the server closed the connection after {sent} bytes of the upload of artifact `{name}` of job `{job_id}` to {url} (an upload past the server's size limit may end this way)"
+    )]
+    ArtifactUploadCut {
+        /// The job.
+        job_id: String,
+        /// The artifact.
+        name: String,
+        /// The URL of the upload.
+        url: String,
+        /// Bytes handed to the connection before it closed.
+        sent: u64,
+    },
+    /// A local file or writer of an artifact transfer failed: the file to upload could not
+    /// be read, or the downloaded bytes could not be written.
+    #[error("artifact `{name}` of job `{job_id}`: cannot {action} {target}")]
+    ArtifactIo {
+        /// The job.
+        job_id: String,
+        /// The artifact.
+        name: String,
+        /// `read` or `write`.
+        action: &'static str,
+        /// The file (or `the output`, for a writer).
+        target: String,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The local response cache could not be read or written.
     #[error("cache at {} failed", path.display())]
     Cache {

@@ -10,13 +10,15 @@
 //! say so. That deadline is checked by every reader too ([`Lease::state`]), so a heartbeat
 //! stuck in a slow request cannot keep a lost lease looking held.
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use skill_fleet_types::{
-    Backoff, ClaimedJob, CompleteRequest, ErrorCode, EventAck, Fence, HeartbeatAck, Job, JobStatus,
-    ProgressUpdate,
+    Artifact, Backoff, ClaimedJob, CompleteRequest, ErrorCode, EventAck, Fence, HeartbeatAck, Job,
+    JobStatus, ProgressUpdate,
 };
 
 use crate::client::Client;
@@ -82,9 +84,9 @@ impl std::fmt::Display for LeaseState {
 /// lives and the server lets it.
 ///
 /// Make it right after the claim: its self-fence counts from that moment. Send every write
-/// about the job through it ([`Lease::post_event`], [`Lease::complete`], [`Lease::fail`]):
-/// each carries the claim's fence, and once the lease is not held each is refused locally
-/// with [`ClientError::LeaseNotHeld`]. Check [`Lease::is_held`] between units of work and
+/// about the job through it ([`Lease::post_event`], [`Lease::upload_artifact`],
+/// [`Lease::complete`], [`Lease::fail`]): each carries the claim's fence, and once the
+/// lease is not held each is refused locally with [`ClientError::LeaseNotHeld`]. Check [`Lease::is_held`] between units of work and
 /// stop when it turns false. Dropping the lease stops the heartbeats; a job neither
 /// completed nor failed then goes back to the queue when its lease runs out.
 ///
@@ -335,6 +337,47 @@ impl Lease {
         self.ensure_held()?;
         let result = self.client.fail(&self.job.id, error, Some(&self.fence));
         self.finish(result)
+    }
+
+    /// `PUT /api/v1/jobs/{id}/artifacts/{name}` from `body`, fenced (see
+    /// [`Client::upload_artifact`]). Refused locally once the lease is not held; a 409
+    /// `lease_lost` loses the lease, as any fenced write does.
+    pub fn upload_artifact(
+        &self,
+        name: &str,
+        body: &mut dyn Read,
+        content_type: Option<&str>,
+    ) -> Result<Artifact, ClientError> {
+        self.ensure_held()?;
+        let result =
+            self.client
+                .upload_artifact(&self.job.id, name, body, content_type, Some(&self.fence));
+        if let Err(err) = &result {
+            self.observe(err);
+        }
+        result
+    }
+
+    /// Like [`Lease::upload_artifact`], from the file at `path` (see
+    /// [`Client::upload_artifact_file`]).
+    pub fn upload_artifact_file(
+        &self,
+        name: &str,
+        path: &Path,
+        content_type: Option<&str>,
+    ) -> Result<Artifact, ClientError> {
+        self.ensure_held()?;
+        let result = self.client.upload_artifact_file(
+            &self.job.id,
+            name,
+            path,
+            content_type,
+            Some(&self.fence),
+        );
+        if let Err(err) = &result {
+            self.observe(err);
+        }
+        result
     }
 
     fn ensure_held(&self) -> Result<(), ClientError> {

@@ -1,12 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod artifact;
 mod cache;
 mod client;
 mod error;
+#[cfg(test)]
+mod fake_server;
 mod lease;
 mod watch;
 
+pub use artifact::{Download, PARTIAL_SUFFIX, Progress, Transfer, partial_path, sha256_hex};
 pub use cache::{CACHE_DIR_ENV, Cache, CacheEntry, CacheStats};
 pub use client::{
     CONNECT_TIMEOUT, Client, DEFAULT_SERVER_URL, Fetched, Health, JobFilter, READ_TIMEOUT,

@@ -10,6 +10,7 @@
 //! Exit code: 0 when the benchmark ran, whether goals were met or not; 1 when it could not
 //! run (a build failed, the server did not start, a section broke); 2 for bad usage.
 
+mod artifacts;
 mod cli;
 mod cluster;
 mod faults;
@@ -40,14 +41,14 @@ const USAGE: &str =
 
   --quick          short runs (CI; under two minutes with the binaries built)
   --only LIST      comma-separated sections: ingest,revalidate,sse,restart,cli,store,faults,
-                   leases,cluster (cluster needs a PostgreSQL; skipped without one)
+                   leases,cluster,artifacts (cluster needs a PostgreSQL; skipped without one)
   --out PATH       the JSON report [default: target/bench/report.json, or
                    report-SECTIONS.json when --only leaves sections out]
   --ticks N        ticks of the store section [default: 500, quick: 100]
   --no-build       use the release binaries already in target/release";
 
 /// Every section, in the order they run.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "ingest",
     "revalidate",
     "sse",
@@ -57,6 +58,7 @@ const SECTIONS: [&str; 9] = [
     "faults",
     "leases",
     "cluster",
+    "artifacts",
 ];
 
 /// Tokio worker threads of the load generator (the machine has 2 cores; the server gets
@@ -415,6 +417,7 @@ async fn run_sections(options: &Options) -> Result<(Value, bool)> {
             "faults" => faults::run(&ctx).await,
             "leases" => leases::run(&ctx).await,
             "cluster" => cluster::run(&ctx).await,
+            "artifacts" => artifacts::run(&ctx).await,
             _ => unreachable!("sections are checked when parsing"),
         };
         let seconds = started.elapsed().as_secs_f64();

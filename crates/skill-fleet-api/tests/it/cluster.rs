@@ -269,3 +269,57 @@ async fn a_budget_holds_whichever_server_takes_the_events() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_uploaded_through_one_server_is_listed_and_downloaded_through_another() {
+    use http_body_util::BodyExt;
+    use sha2::{Digest, Sha256};
+    use tower::ServiceExt;
+    let Some(cluster) = TestCluster::new(2).await else {
+        return;
+    };
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    a.create("art", "remote").await;
+    let (attempt, token) = claim(a, "remote", "w1").await;
+    // B has the empty list cached before the upload.
+    let before = b.get("/api/v1/jobs/art/artifacts").await;
+    assert_eq!(before.body["artifacts"], json!([]));
+    let tag = etag(&before);
+
+    let bytes: Vec<u8> = (0..2_500_000_u32).map(|i| (i % 241) as u8).collect();
+    let upload = a
+        .request(
+            Request::put("/api/v1/jobs/art/artifacts/model.bin")
+                .header("skill-fleet-attempt", attempt.to_string())
+                .header("skill-fleet-lease-token", &token)
+                .body(Body::from(bytes.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(upload.status, StatusCode::CREATED, "{:?}", upload.body);
+
+    // B's cached list stops hiding it within about a tick.
+    let (_, listed) = until_changed(b, "/api/v1/jobs/art/artifacts", &tag).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.body["artifacts"][0]["name"], "model.bin");
+    let response = b
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/api/v1/jobs/art/artifacts/model.bin")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        format!("{:x}", Sha256::digest(&body)),
+        format!("{:x}", Sha256::digest(&bytes))
+    );
+    assert_eq!(
+        upload.body["sha256"],
+        format!("{:x}", Sha256::digest(&bytes))
+    );
+}

@@ -16,7 +16,7 @@ use skill_fleet_client::{Client, ClientError, LEASE_DROP_WAIT, Lease, LeaseState
 use support::{DEADLINE, Dirs, Server, eventually};
 
 /// The server's lease flags in these tests.
-const SHORT_LEASES: [&str; 6] = [
+pub const SHORT_LEASES: [&str; 6] = [
     "--lease-ttl-seconds",
     "1.5",
     "--heartbeat-interval-seconds",

@@ -226,10 +226,16 @@ pub fn cli(server: &str, cache: &Path) -> Command {
 
 /// Runs the CLI to the end (within [`DEADLINE`]).
 pub fn run(server: &str, cache: &Path, args: &[&str]) -> Output {
-    let mut child = cli(server, cache)
-        .args(args)
-        .spawn()
-        .expect("run skill-fleet");
+    finish(cli(server, cache).args(args))
+}
+
+/// Like [`run`], in the working directory `dir`.
+pub fn run_in(server: &str, cache: &Path, dir: &Path, args: &[&str]) -> Output {
+    finish(cli(server, cache).args(args).current_dir(dir))
+}
+
+fn finish(command: &mut Command) -> Output {
+    let mut child = command.spawn().expect("run skill-fleet");
     let stdout = collect(child.stdout.take().expect("stdout"));
     let stderr = collect(child.stderr.take().expect("stderr"));
     let status = wait(&mut child, DEADLINE);

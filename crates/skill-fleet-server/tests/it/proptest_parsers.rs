@@ -150,12 +150,18 @@ proptest! {
         let has_result = object.contains_key("result") || object.contains_key("result_path");
         // An `artifact` key makes the line an artifact line (its other fields are not read).
         let artifact = object.get("artifact");
+        let text_or_absent =
+            |key: &str| object.get(key).is_none_or(|v| v.is_null() || v.is_string());
+        let well_formed = artifact.is_some_and(Value::is_string)
+            && text_or_absent("name")
+            && text_or_absent("content_type");
         match (&parsed, artifact) {
             (Line::Artifact(line), Some(Value::String(path))) => {
+                prop_assert!(well_formed);
                 prop_assert_eq!(&line.path, path);
                 prop_assert_eq!(line.name.as_deref(), object.get("name").and_then(Value::as_str));
             }
-            (Line::Invalid { .. }, Some(value)) => prop_assert!(!value.is_string()),
+            (Line::Invalid { .. }, Some(_)) => prop_assert!(!well_formed),
             (other, Some(value)) => prop_assert!(false, "{value} gave {other:?}"),
             (_, None) => {}
         }

@@ -1,5 +1,6 @@
 //! `skill-fleet jobs …`: one module per subcommand.
 
+pub mod artifacts;
 pub mod cancel;
 pub mod list;
 pub mod logs;
@@ -22,5 +23,6 @@ pub fn run(ctx: &Context, command: &JobsCommand) -> Result<u8, CliError> {
         JobsCommand::Resume(args) => resume::run(ctx, &args.id),
         JobsCommand::Logs(args) => logs::run(ctx, &args.id),
         JobsCommand::Watch(args) => watch::run(ctx, args),
+        JobsCommand::Artifacts(args) => artifacts::run(ctx, args),
     }
 }
