@@ -21,7 +21,7 @@ cd "$here"
 "$venv/bin/mypy" --strict src/skill_fleet_worker/__init__.py src/skill_fleet_worker/__main__.py \
     src/skill_fleet_worker/context.py src/skill_fleet_worker/reporter.py \
     src/skill_fleet_worker/protocol.py src/skill_fleet_worker/client.py \
-    src/skill_fleet_worker/worker.py
+    src/skill_fleet_worker/worker.py src/skill_fleet_worker/artifacts.py
 
 status=0
 "$venv/bin/python" -m pytest -q "$@" || status=$?

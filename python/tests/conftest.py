@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server import Server, dspy_config, require_dspy
+from server import LEASE_CONFIG, Server, dspy_config, require_dspy
 
 
 @pytest.fixture
@@ -14,6 +14,16 @@ def dspy_server(tmp_path: Path) -> Iterator[Server]:
     """A started server whose `dspy` job type runs examples/dspy_optimize.py."""
     require_dspy()
     server = Server(tmp_path / "server", dspy_config()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def lease_server(tmp_path: Path) -> Iterator[Server]:
+    """A started server that runs nothing itself: jobs wait for remote workers."""
+    server = Server(tmp_path / "server", LEASE_CONFIG).start()
     try:
         yield server
     finally:

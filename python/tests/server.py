@@ -183,6 +183,19 @@ class Server:
         return body
 
 
+#: A server that runs nothing itself (an empty ``[executors]`` table: every job waits for a
+#: worker), with short leases so a rescue takes seconds.
+LEASE_CONFIG = """\
+stop_grace_seconds = 5
+lease_ttl_seconds = 2
+heartbeat_interval_seconds = 0.5
+rescue_interval_seconds = 1
+max_rescues = 3
+
+[executors]
+"""
+
+
 def dspy_config(*, grace: int = 10, timeout: int | None = None) -> str:
     """A server config with a `dspy` executor running the example through the runner."""
     command = [sys.executable, "-m", "skill_fleet_worker.dspy", "run", str(EXAMPLE)]

@@ -42,9 +42,32 @@ def test_a_returned_module_is_the_result(tmp_path: Path):
     assert process.returncode == 0, err.decode()
     lines = [json.loads(line) for line in out.decode().splitlines()]
     result = lines[-1]
-    assert result["result_path"] == str(tmp_path / "work" / "program.json")
-    assert json.loads(Path(result["result_path"]).read_text())["demos"]
+    # The saved program is stored as the artifact program.json (the file is already in the
+    # work dir: no copy), and the result names the artifact.
+    assert {"artifact": "program.json", "name": "program.json"} in lines[:-1]
+    assert result["result_path"] == "artifact:program.json"
+    program = tmp_path / "work" / "program.json"
+    assert result["result"]["program_path"] == str(program)
+    assert json.loads(program.read_text())["demos"]
+    assert not (tmp_path / "work" / "artifacts").exists()
     assert result["result"]["optimizer"] is None and result["result"]["cost_usd"] == 0
+
+
+def test_outside_a_job_the_result_is_the_programs_file(tmp_path: Path):
+    require_dspy()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKILL_FLEET_")}
+    env["PYTHONPATH"] = str(HERE)
+    process = subprocess.run(
+        [sys.executable, "-m", "skill_fleet_worker.dspy", "run", "programs:returns_a_program"],
+        stdin=subprocess.DEVNULL, capture_output=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr.decode()
+    lines = [json.loads(line) for line in process.stdout.decode().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    program = tmp_path / "skill-fleet-work" / "program.json"
+    assert lines[-1]["result_path"] == str(program) and program.is_file()
+    assert not any("artifact" in line for line in lines)  # no artifact line outside a job
+    assert "artifact program.json" in process.stderr.decode()  # but a note says so
 
 
 def test_a_failing_program_exits_1_with_its_traceback(tmp_path: Path):

@@ -64,11 +64,13 @@ def test_optimization_job_completes_with_steps_cost_metric_and_program(
     assert result["cost_usd"] == pytest.approx(costs[-1])
     assert result["cost_usd"] == pytest.approx(result["lm_calls"] * 0.001)
     assert result["score"] == pytest.approx(0.75)  # 3 of 4 validation answers are right
-    assert job["result_path"] == result["program_path"]
-    assert Path(job["result_path"]).is_file()
-    saved = json.loads(Path(job["result_path"]).read_text())
+    # The saved program is stored as the job's artifact program.json, which the result names
+    # (test_server_artifacts.py downloads it).
+    assert job["result_path"] == "artifact:program.json"
+    assert Path(result["program_path"]).is_file()
+    saved = json.loads(Path(result["program_path"]).read_text())
     assert "metadata" in saved
-    load_program(job["result_path"])  # a DSPy program loads it
+    load_program(result["program_path"])  # a DSPy program loads it
 
     if optimizer == "miprov2":
         # One metric per trial (DSPy's percentage turned into 0..1), with its trial number.

@@ -24,24 +24,6 @@ from skill_fleet_worker.client import ApiError, HttpClient, Lease, LeaseLost
 
 TOY = REPO / "examples" / "toy_optimizer.py"
 SRC = Path(__file__).resolve().parents[1] / "src"
-CONFIG = """\
-stop_grace_seconds = 5
-lease_ttl_seconds = 2
-heartbeat_interval_seconds = 0.5
-rescue_interval_seconds = 1
-max_rescues = 3
-
-[executors]
-"""
-
-
-@pytest.fixture
-def lease_server(tmp_path: Path) -> Iterator[Server]:
-    server = Server(tmp_path / "server", CONFIG).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class WorkerProcess:

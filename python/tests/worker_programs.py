@@ -88,6 +88,8 @@ def forever() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     write_pid()
+    if "--artifact" in sys.argv:
+        emit(artifact="a.txt")
     i = 0
     while True:
         i += 1
@@ -114,6 +116,38 @@ def coalesce() -> int:
     return 0
 
 
+def artifacts() -> int:
+    """Artifacts every way: through the Reporter (inside and outside the work dir), a file
+    left in artifacts/, an announced file also left there (stored once), a bad path."""
+    from skill_fleet_worker import Reporter
+
+    reporter = Reporter()  # not installed: its lines and emit()'s share stdout, in order
+    out = work_dir() / "out"
+    out.mkdir(exist_ok=True)
+    (out / "small.txt").write_text("small\n")
+    reporter.progress(step="writing", progress=0.1)
+    reporter.artifact(out / "small.txt")
+    outside = Path(sys.argv[2])
+    reporter.artifact(outside, name="big.bin", content_type="application/x-test")
+    reporter.progress(progress=0.5)
+    not_ours = work_dir().parent / "outside.txt"
+    not_ours.write_text("not the job's")
+    emit(artifact="../outside.txt")  # outside the work dir: skipped with a note
+    leftovers = work_dir() / "artifacts"
+    (leftovers / "leftover.csv").write_text("a,b\n1,2\n")
+    (leftovers / "escape.txt").symlink_to(not_ours)  # leads outside: skipped with a note
+    (leftovers / ".partial").write_text("hidden: never stored")
+    emit(result={"ok": True}, result_path="artifact:small.txt")
+    return 0
+
+
+def artifact_forever() -> int:
+    """As ``forever``, but it announces an artifact once its SIGTERM handler is set."""
+    (work_dir() / "a.txt").write_text("a")
+    sys.argv.append("--artifact")
+    return forever()
+
+
 def main() -> int:
     name = sys.argv[1]
     programs = {
@@ -123,6 +157,8 @@ def main() -> int:
         "kill-self": kill_self,
         "forever": forever,
         "coalesce": coalesce,
+        "artifacts": artifacts,
+        "artifact-forever": artifact_forever,
     }
     return programs[name]()
 

@@ -13,12 +13,16 @@ from .context import JobContext
 from .reporter import MAX_LINE_BYTES, Reporter, get_reporter
 
 if TYPE_CHECKING:
-    from .client import ApiError, HttpClient, LeaseLost
+    from .artifacts import Artifact, ChecksumMismatch
+    from .client import ApiError, ArtifactTooLarge, HttpClient, LeaseLost
     from .worker import Outcome, Worker
 
 __all__ = [
     "MAX_LINE_BYTES",
     "ApiError",
+    "Artifact",
+    "ArtifactTooLarge",
+    "ChecksumMismatch",
     "HttpClient",
     "JobContext",
     "LeaseLost",
@@ -31,6 +35,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ApiError": "client",
+    "Artifact": "artifacts",
+    "ArtifactTooLarge": "client",
+    "ChecksumMismatch": "artifacts",
     "HttpClient": "client",
     "LeaseLost": "client",
     "Outcome": "worker",

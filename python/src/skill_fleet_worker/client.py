@@ -1,7 +1,8 @@
-"""The lease protocol over HTTP: claim, heartbeat, events, complete, fail.
+"""The lease protocol over HTTP: claim, heartbeat, events, artifacts, complete, fail.
 
 :class:`HttpClient` is the one place for the HTTP, the errors and the retries of a remote
-worker (standard library only: :mod:`urllib.request`). Every call is retried with
+worker (standard library only: :mod:`urllib.request`, and :mod:`http.client` for the
+artifacts, whose bodies are streamed from and to disk in blocks). Every call is retried with
 exponential back-off and jitter (0.2 s doubling to 5 s) on a connection error and on 408,
 429, 502, 503 and 504, until its deadline; any other 4xx or 5xx is raised at once as
 :class:`ApiError`, and a 409 ``lease_lost`` as :class:`LeaseLost`.
@@ -10,9 +11,12 @@ exponential back-off and jitter (0.2 s doubling to 5 s) on a connection error an
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
+import os
 import random
+import tempfile
 import threading
 import time
 import urllib.error
@@ -20,7 +24,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
+
+from .artifacts import (
+    ATTEMPT_HEADER,
+    BLOCK_SIZE,
+    LEASE_TOKEN_HEADER,
+    Artifact,
+    ChecksumMismatch,
+    content_type_for,
+    validate_content_type,
+    validate_name,
+)
 
 #: Statuses worth retrying: a proxy or the server said "not now", not "no".
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
@@ -60,6 +76,22 @@ class LeaseLost(ApiError):
         super().__init__(409, "lease_lost", message, body)
         self.attempt = attempt
         self.status = status
+
+
+class ArtifactTooLarge(ApiError):
+    """413 ``payload_too_large``: the server's per-file (``max_artifact_bytes``) or per-job
+    (``max_job_artifact_bytes``) limit refused the upload; nothing was stored. The message
+    is the server's, which names the limit and the numbers."""
+
+    def __init__(self, name: str, size: int, message: str, body: Any = None) -> None:
+        super().__init__(
+            413,
+            "payload_too_large",
+            f"artifact {name!r} ({size} bytes) is over the server's limit: {message}",
+            body,
+        )
+        self.name = name
+        self.size = size
 
 
 class Unreachable(Exception):
@@ -312,10 +344,269 @@ class HttpClient:
         )
         return _object(answer, "fail")
 
+    # -- artifacts ----------------------------------------------------------------------------
+
+    def upload_artifact(
+        self,
+        lease: Lease | str,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        content_type: str | None = None,
+        *,
+        deadline: float | None = None,
+        abort: threading.Event | None = None,
+    ) -> Artifact:
+        """Stores the file at ``path`` as the job's artifact ``name`` (default: its base
+        name): ``PUT /api/v1/jobs/{id}/artifacts/{name}``, the body streamed from disk in
+        blocks with its ``Content-Length``, the claim's fence in the ``Skill-Fleet-Attempt``
+        and ``Skill-Fleet-Lease-Token`` headers. ``lease`` may be a bare job id (no fence:
+        accepted only on a job with an open lease). ``content_type`` defaults to the
+        server's guess from the name's extension (else :mod:`mimetypes`').
+
+        Returns the stored artifact, whose SHA-256 is checked against the bytes sent
+        (:class:`ChecksumMismatch` otherwise). Raises ``ValueError`` for a bad name or
+        content type, :class:`LeaseLost` when the fence no longer owns the job,
+        :class:`ArtifactTooLarge` past the server's limits, :class:`ApiError` for other
+        refusals; nothing is stored on any error. A retry sends the file again from its
+        start.
+        """
+        source = Path(path)
+        name = validate_name(source.name if name is None else name)
+        if content_type is None:
+            content_type = content_type_for(name)
+        else:
+            validate_content_type(content_type)
+        job_id = lease.job_id if isinstance(lease, Lease) else lease
+        headers: dict[str, str] = {}
+        if isinstance(lease, Lease):
+            headers[ATTEMPT_HEADER] = str(lease.attempt)
+            headers[LEASE_TOKEN_HEADER] = lease.token
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        url = f"{self._jobs_path(job_id)}/artifacts/{urllib.parse.quote(name, safe='')}"
+        sent: list[tuple[str, int]] = []
+
+        def once(timeout: float) -> tuple[int, Any]:
+            with source.open("rb") as f:
+                return self._put_file(url, f, headers, timeout, sent)
+
+        try:
+            _, answer, _ = self._retry(f"PUT {url}", once, deadline=deadline, abort=abort)
+        except ApiError as err:
+            if err.http_status == 413:
+                try:
+                    size = source.stat().st_size
+                except OSError:
+                    size = sent[-1][1] if sent else 0
+                raise ArtifactTooLarge(name, size, err.message, err.body) from None
+            raise
+        try:
+            artifact = Artifact.from_json(answer)
+        except ValueError as err:
+            raise ApiError(
+                200, None, f"the upload answer is not an artifact: {err}", answer
+            ) from None
+        digest, size = sent[-1]
+        if artifact.sha256 != digest or artifact.size != size:
+            raise ChecksumMismatch(name, artifact.sha256, digest)
+        return artifact
+
+    def list_artifacts(
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        abort: threading.Event | None = None,
+    ) -> list[Artifact]:
+        """The job's stored artifacts, by name (``GET /api/v1/jobs/{id}/artifacts``)."""
+        path = f"{self._jobs_path(job_id)}/artifacts"
+        _, answer, _ = self._retry(
+            f"GET {path}",
+            lambda timeout: self._send("GET", path, None, timeout),
+            deadline=deadline,
+            abort=abort,
+        )
+        body = _object(answer, "artifact list")
+        items = body.get("artifacts")
+        if not isinstance(items, list):
+            raise ApiError(200, None, f"an artifact list without artifacts: {body!r}", body)
+        try:
+            return [Artifact.from_json(item) for item in items]
+        except ValueError as err:
+            raise ApiError(200, None, str(err), body) from None
+
+    def download_artifact(
+        self,
+        job_id: str,
+        name: str,
+        dest: str | os.PathLike[str],
+        *,
+        sha256: str | None = None,
+        deadline: float | None = None,
+        abort: threading.Event | None = None,
+    ) -> Path:
+        """Downloads the job's artifact ``name`` to ``dest`` (a file, or a directory to put
+        ``name`` in: one that exists, or a path ending with ``/``), streamed to disk in
+        blocks; returns the file's path.
+
+        The bytes are checked against ``sha256`` when given, else against the download's
+        ``ETag`` (the artifact's SHA-256), else against the listing; on a mismatch nothing
+        is left at ``dest`` and :class:`ChecksumMismatch` is raised. The file appears at
+        ``dest`` whole (written beside it, then renamed). 404: :class:`ApiError`.
+        """
+        name = validate_name(name)
+        target = Path(dest)
+        if target.is_dir() or os.fspath(dest).endswith(("/", os.sep)):
+            target = target / name
+        url = f"{self._jobs_path(job_id)}/artifacts/{urllib.parse.quote(name, safe='')}"
+
+        def once(timeout: float) -> tuple[int, Any]:
+            return self._get_file(url, target, timeout)
+
+        _, answer, _ = self._retry(f"GET {url}", once, deadline=deadline, abort=abort)
+        temp, digest, _, etag = answer
+        try:
+            expected = sha256.lower() if sha256 is not None else etag
+            if expected is None:
+                listed = [a for a in self.list_artifacts(job_id, abort=abort) if a.name == name]
+                expected = listed[0].sha256 if listed else None
+            if expected is None:
+                raise ApiError(200, None, f"artifact {name!r}: no SHA-256 to check it against")
+            if digest != expected:
+                raise ChecksumMismatch(name, expected, digest)
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        return target
+
+    def _jobs_path(self, job_id: str) -> str:
+        return f"/api/v1/jobs/{urllib.parse.quote(job_id, safe='')}"
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        parsed = urllib.parse.urlsplit(self.server)
+        if parsed.scheme == "https":
+            return http.client.HTTPSConnection(parsed.hostname or "", parsed.port, timeout=timeout)
+        return http.client.HTTPConnection(parsed.hostname or "", parsed.port, timeout=timeout)
+
+    def _start(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+    ) -> None:
+        prefix = urllib.parse.urlsplit(self.server).path.rstrip("/")
+        connection.putrequest(method, prefix + path, skip_accept_encoding=True)
+        connection.putheader("Accept", "application/json")
+        if self.token:
+            connection.putheader("Authorization", f"Bearer {self.token}")
+        for key, value in headers.items():
+            connection.putheader(key, value)
+
+    def _put_file(
+        self,
+        path: str,
+        f: IO[bytes],
+        headers: Mapping[str, str],
+        timeout: float,
+        sent: list[tuple[str, int]],
+    ) -> tuple[int, Any]:
+        """One PUT of the open file ``f``: ``Content-Length`` from its size, the body
+        written in blocks of :data:`BLOCK_SIZE`. Appends (SHA-256, size) of what was sent
+        to ``sent``."""
+        size = os.fstat(f.fileno()).st_size
+        connection = self._connection(timeout)
+        try:
+            try:
+                self._start(connection, "PUT", path, headers)
+                connection.putheader("Content-Length", str(size))
+                connection.endheaders()
+            except (OSError, http.client.HTTPException) as err:
+                raise _Retryable(err) from err
+            digest = hashlib.sha256()
+            done = 0
+            send_error: BaseException | None = None
+            while done < size:
+                block = f.read(min(BLOCK_SIZE, size - done))
+                if not block:
+                    # The file shrank: the request cannot be finished, so the server sees a
+                    # cut upload and stores nothing.
+                    raise OSError(f"{getattr(f, 'name', 'the file')} shrank while being uploaded")
+                digest.update(block)
+                try:
+                    connection.send(block)
+                except OSError as err:
+                    # The server may have answered early (a 409, a 413) and closed: read it.
+                    send_error = err
+                    break
+                done += len(block)
+            sent.append((digest.hexdigest(), done))
+            try:
+                response = connection.getresponse()
+                raw = response.read()
+            except (OSError, http.client.HTTPException) as err:
+                raise _Retryable(send_error or err) from err
+            status = response.status
+            if 200 <= status < 300 and send_error is None:
+                return status, _decode(raw)
+            if 200 <= status < 300:
+                raise _Retryable(send_error or OSError("upload cut"))
+            raise _error(status, _decode(raw), response.getheader("Retry-After"))
+        finally:
+            connection.close()
+
+    def _get_file(self, path: str, target: Path, timeout: float) -> tuple[int, Any]:
+        """One GET streamed to a temporary file beside ``target``; returns (200, (its path,
+        SHA-256, size, the ETag's SHA-256 or None))."""
+        connection = self._connection(timeout)
+        try:
+            try:
+                self._start(connection, "GET", path, {})
+                connection.endheaders()
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException) as err:
+                raise _Retryable(err) from err
+            if response.status != 200:
+                try:
+                    raw = response.read()
+                except (OSError, http.client.HTTPException):
+                    raw = b""
+                raise _error(response.status, _decode(raw), response.getheader("Retry-After"))
+            etag = response.getheader("ETag")
+            if etag is not None:
+                etag = etag.strip().removeprefix("W/").strip('"').lower() or None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".part", dir=target.parent
+            )
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    while True:
+                        try:
+                            block = response.read(BLOCK_SIZE)
+                        except (OSError, http.client.HTTPException) as err:
+                            raise _Retryable(err) from err
+                        if not block:
+                            break
+                        digest.update(block)
+                        out.write(block)
+                        size += len(block)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+            return 200, (temp, digest.hexdigest(), size, etag)
+        finally:
+            connection.close()
+
     # -- HTTP, errors, retries --------------------------------------------------------------
 
     def _job_path(self, lease: Lease, action: str) -> str:
-        return f"/api/v1/jobs/{urllib.parse.quote(lease.job_id, safe='')}/{action}"
+        return f"{self._jobs_path(lease.job_id)}/{action}"
 
     def _call(
         self,
@@ -328,27 +619,43 @@ class HttpClient:
         """POSTs ``body`` (JSON) until an answer that is not worth retrying, the deadline or
         an abort. Returns (status, decoded body, when the answered try was sent) for a 2xx;
         raises otherwise."""
+        data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        return self._retry(
+            f"POST {path}",
+            lambda timeout: self._send("POST", path, data, timeout),
+            deadline=deadline,
+            abort=abort,
+        )
+
+    def _retry(
+        self,
+        what: str,
+        once: Callable[[float], tuple[int, Any]],
+        *,
+        deadline: float | None,
+        abort: threading.Event | None,
+    ) -> tuple[int, Any, float]:
+        """Calls ``once(timeout)`` until it returns, raises something not worth retrying,
+        or the deadline or an abort comes. Returns (status, answer, when the answered try
+        was sent)."""
         if deadline is None and self.retry_seconds is not None:
             deadline = self._clock() + self.retry_seconds
-        data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
         backoff = self._backoff()
         attempt = 0
         while True:
             if abort is not None and abort.is_set():
-                raise Unreachable(f"POST {path}: aborted", None, aborted=True)
+                raise Unreachable(f"{what}: aborted", None, aborted=True)
             attempt += 1
             timeout = self.timeout
             if deadline is not None:
                 timeout = min(timeout, deadline - self._clock())
                 if timeout <= 0:
-                    raise Unreachable(
-                        f"POST {path}: no answer before the deadline", None, aborted=False
-                    )
+                    raise Unreachable(f"{what}: no answer before the deadline", None, aborted=False)
             error: BaseException
             retry_after: float | None = None
             sent = self._clock()
             try:
-                status, answer = self._post(path, data, timeout)
+                status, answer = once(timeout)
                 return status, answer, sent
             except _Retryable as err:
                 error, retry_after = err.cause, err.retry_after
@@ -357,19 +664,20 @@ class HttpClient:
                 delay = max(delay, min(retry_after, backoff.maximum))
             if deadline is not None and self._clock() + delay > deadline:
                 raise Unreachable(
-                    f"POST {path}: gave up after {attempt} tries: {error}", error, aborted=False
+                    f"{what}: gave up after {attempt} tries: {error}", error, aborted=False
                 )
             if self._log is not None:
-                self._log(f"POST {path}: {error}; retrying in {delay:.2f}s (try {attempt})")
+                self._log(f"{what}: {error}; retrying in {delay:.2f}s (try {attempt})")
             if abort is not None:
                 if abort.wait(delay):
-                    raise Unreachable(f"POST {path}: aborted", error, aborted=True)
+                    raise Unreachable(f"{what}: aborted", error, aborted=True)
             else:
                 time.sleep(delay)
 
-    def _post(self, path: str, data: bytes, timeout: float) -> tuple[int, Any]:
-        request = urllib.request.Request(self.server + path, data=data, method="POST")
-        request.add_header("Content-Type", "application/json")
+    def _send(self, method: str, path: str, data: bytes | None, timeout: float) -> tuple[int, Any]:
+        request = urllib.request.Request(self.server + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         request.add_header("Accept", "application/json")
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")

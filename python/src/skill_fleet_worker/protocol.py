@@ -6,6 +6,9 @@ The remote worker reads the same executor protocol as the server's own executor
 - a JSON object with ``result`` and/or ``result_path``: the job's result (the last one wins);
 - a JSON object with any of ``step``, ``progress``, ``cost_usd``, ``metric``, ``message``,
   ``checkpoint``: a progress update (fields left out, or null, keep their values);
+- a JSON object with ``artifact`` (a path in the work dir, with an optional ``name`` and
+  ``content_type``): a file to store as one of the job's artifacts, now; nothing else of
+  that line is read;
 - anything else (plain text, JSON that is not an object, an object with none of those
   fields): a log line.
 
@@ -18,7 +21,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import IO, Any
+
+from .artifacts import validate_content_type, validate_name
 
 #: The fields of a progress update, in the server's order.
 PROGRESS_FIELDS = ("step", "progress", "cost_usd", "metric", "message", "checkpoint")
@@ -38,8 +44,18 @@ class Result:
 
 
 @dataclass(frozen=True)
+class ArtifactLine:
+    """An artifact line: store the file at ``path`` (relative to the work dir, inside it)
+    as the artifact ``name`` (the line's ``name``, else the path's base name), now."""
+
+    path: str
+    name: str
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
 class Message:
-    """A protocol line: progress fields (``update``), a result, or both.
+    """A protocol line: progress fields (``update``), a result, or both; or an artifact.
 
     ``update`` holds only the known, non-null progress fields, checked; ``step`` is a
     string (a whole number is the same step as its digits, as on the server).
@@ -47,6 +63,7 @@ class Message:
 
     update: dict[str, Any] | None = None
     result: Result | None = None
+    artifact: ArtifactLine | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,13 @@ def parse_line(line: str) -> Line:
     if not isinstance(obj, dict):
         return Log(line)
 
+    if "artifact" in obj:
+        # As on the server, an artifact line is only that: its other fields are not read.
+        try:
+            return Message(artifact=_artifact(obj))
+        except ValueError as err:
+            return Invalid(line, str(err))
+
     result: Result | None = None
     if "result" in obj or "result_path" in obj:
         path = obj.get("result_path")
@@ -105,6 +129,18 @@ def parse_line(line: str) -> Line:
         # A JSON object that says nothing we know: a log line.
         return Log(line)
     return Message(update=update or None, result=result)
+
+
+def _artifact(obj: dict[str, Any]) -> ArtifactLine:
+    path = obj["artifact"]
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"artifact must name a file (a path), got {json.dumps(path)}")
+    name = obj.get("name")
+    name = validate_name(PurePosixPath(path).name if name is None else name)
+    content_type = obj.get("content_type")
+    if content_type is not None:
+        validate_content_type(content_type)
+    return ArtifactLine(path=path, name=name, content_type=content_type)
 
 
 def _check(name: str, value: Any) -> Any:

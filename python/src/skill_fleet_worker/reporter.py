@@ -17,14 +17,18 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from numbers import Real
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .artifacts import ARTIFACTS_DIR, RESULT_ARTIFACT_PREFIX, validate_content_type, validate_name
 from .context import JobContext
 
 #: The server cuts stdout lines longer than this (newline included here).
@@ -183,6 +187,52 @@ class Reporter:
             fields["result_path"] = os.fspath(result_path)
         self._emit(fields)
 
+    def artifact(
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """Stores the file at ``path`` as the job's artifact ``name`` (default: its base
+        name), now; the same name again replaces it. Returns what a ``result_path`` naming
+        it is: ``artifact:NAME`` in a job, the file's own path outside one.
+
+        In a job (the server's executor or the remote worker), a file outside
+        ``SKILL_FLEET_WORK_DIR`` is first copied to ``<work dir>/artifacts/NAME``; then the
+        line ``{"artifact": "<path in the work dir>", "name": "NAME"}`` (with
+        ``"content_type"`` when given) has the server (or the worker, which uploads it)
+        store it before it reads the next line. Outside a job (no ``SKILL_FLEET_JOB_ID``)
+        nothing is copied or written to stdout: a note on stderr says what would be stored.
+
+        Raises ``ValueError`` for a name or content type the server would refuse and
+        ``FileNotFoundError`` / ``IsADirectoryError`` when ``path`` is not a file.
+        """
+        source = Path(path)
+        name = validate_name(source.name if name is None else name)
+        if content_type is not None:
+            validate_content_type(content_type)
+        if not source.exists():
+            raise FileNotFoundError(2, "No such file or directory", str(source))
+        if not source.is_file():
+            raise IsADirectoryError(21, "An artifact must be a regular file", str(source))
+        if not self.context.under_server:
+            _stderr(
+                f"[skill-fleet] artifact {name}: {source} (not running as a job: nothing is "
+                "stored; under the server or a worker it would be)"
+            )
+            return os.fspath(path)
+        work_dir = self.context.work_dir.resolve()
+        real = source.resolve()
+        if not real.is_relative_to(work_dir):
+            target = work_dir / ARTIFACTS_DIR / name
+            _copy_atomically(real, target)
+            real = target
+        fields: dict[str, Any] = {"artifact": real.relative_to(work_dir).as_posix(), "name": name}
+        if content_type is not None:
+            fields["content_type"] = content_type
+        self._emit(fields)
+        return RESULT_ARTIFACT_PREFIX + name
+
     def log(self, text: str) -> None:
         """A log line: shown by ``skill-fleet jobs logs``, never read as protocol.
 
@@ -222,6 +272,21 @@ def _stderr(text: str) -> None:
     # os.write, not print: this may run in a signal handler that interrupted a print.
     with contextlib.suppress(OSError):
         os.write(2, (text + "\n").encode("utf-8", "replace"))
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    """Copies ``source`` to ``target`` through a hidden temporary file in the same directory
+    (a name the server never stores), so ``target`` is always whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            shutil.copyfileobj(src, out)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def _number(name: str, value: Any) -> float:

@@ -3,11 +3,13 @@
 ``python -m skill_fleet_worker worker --server URL --type evaluation -- python eval.py``
 claims a job (``POST /api/v1/jobs/claim``), runs the program as the server's own executor
 would (the ``SKILL_FLEET_*`` environment, stdin closed, its own process group), turns its
-stdout lines into fenced events, renews the lease with a heartbeat in the background, and
-completes or fails the job when the program exits. See ``python/README.md`` for what each
-stop means.
+stdout lines into fenced events and artifact uploads, renews the lease with a heartbeat in
+the background, and completes or fails the job when the program exits (after uploading the
+files it left in ``<job dir>/artifacts/``, as the server's executor stores them). See
+``python/README.md`` for what each stop means.
 
-Threads of one run: a heartbeat thread, an event sender (one POST in flight at a time),
+Threads of one run: a heartbeat thread, an event sender (one POST or artifact upload in
+flight at a time, in the order the program wrote them),
 a reader for the program's stdout and one for its stderr, and a waiter for its exit; the
 calling thread supervises them. Standard library only.
 """
@@ -30,17 +32,19 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from .artifacts import ARTIFACTS_DIR, ChecksumMismatch, sha256_file, validate_name
 from .client import (
     ApiError,
+    ArtifactTooLarge,
     Claim,
     HttpClient,
     LeaseLost,
     Unreachable,
 )
-from .protocol import Invalid, Log, Message, Result, parse_line, read_line
+from .protocol import ArtifactLine, Invalid, Log, Message, Result, parse_line, read_line
 
 __all__ = [
     "DEFAULT_WORK_DIR",
@@ -51,6 +55,7 @@ __all__ = [
     "LeaseLost",
     "Outcome",
     "Tail",
+    "Upload",
     "Worker",
     "default_worker_name",
 ]
@@ -161,19 +166,33 @@ class Tail:
             return "\n".join(list(self._lines)[-n:] if n > 0 else [])
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An artifact to upload: the file (inside the job's directory) and its name."""
+
+    path: Path
+    name: str
+    content_type: str | None = None
+
+
+#: What the event sender takes: progress fields to POST, or an artifact to upload.
+Item = dict[str, Any] | Upload
+
+
 class EventQueue:
-    """Progress waiting to be posted, one POST in flight at a time.
+    """Progress and artifact uploads waiting to be sent, one request in flight at a time.
 
     Progress-only updates that queue up behind a POST in flight are merged into one (the
     newest value of each field wins); checkpoints and step changes are never merged or
-    dropped, and everything is sent in the order written. At most ``max_durable``
-    checkpoints and step changes wait: past that :meth:`put` blocks the reader (and so the
-    program, once its stdout pipe is full) until the sender catches up.
+    dropped, nor are artifact uploads, and everything is sent in the order written. At most
+    ``max_durable`` checkpoints, step changes and uploads wait: past that :meth:`put` blocks
+    the reader (and so the program, once its stdout pipe is full) until the sender catches
+    up.
     """
 
     def __init__(self, max_durable: int = MAX_PENDING_DURABLE) -> None:
         self._cond = threading.Condition()
-        self._items: deque[tuple[dict[str, Any], bool]] = deque()
+        self._items: deque[tuple[Item, bool]] = deque()
         self._durable = 0
         self._max_durable = max(1, max_durable)
         self._in_flight = False
@@ -181,28 +200,34 @@ class EventQueue:
         #: Progress-only updates folded into one already waiting (for tests and stats).
         self.merged = 0
 
-    def put(self, fields: Mapping[str, Any], *, durable: bool) -> bool:
-        """Queues ``fields``; False when the queue is closed (nothing more is sent)."""
+    def put(self, fields: Mapping[str, Any] | Upload, *, durable: bool) -> bool:
+        """Queues ``fields`` (an upload is always durable); False when the queue is closed
+        (nothing more is sent)."""
+        if isinstance(fields, Upload):
+            durable = True
         with self._cond:
             if self._closed:
                 return False
             if not durable and self._items and not self._items[-1][1]:
-                self._items[-1][0].update(fields)
-                self.merged += 1
-                return True
+                last = self._items[-1][0]
+                if isinstance(last, dict) and not isinstance(fields, Upload):
+                    last.update(fields)
+                    self.merged += 1
+                    return True
             if durable:
                 while self._durable >= self._max_durable and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return False
                 self._durable += 1
-            self._items.append((dict(fields), durable))
+            item: Item = fields if isinstance(fields, Upload) else dict(fields)
+            self._items.append((item, durable))
             self._cond.notify_all()
             return True
 
-    def take(self) -> dict[str, Any] | None:
-        """The next update to send (it is then in flight until :meth:`done`); ``None`` once
-        the queue is closed."""
+    def take(self) -> Item | None:
+        """The next update or upload to send (it is then in flight until :meth:`done`);
+        ``None`` once the queue is closed."""
         with self._cond:
             while not self._items and not self._closed:
                 self._cond.wait()
@@ -477,6 +502,9 @@ class _Run:
         step = progress.get("step") if isinstance(progress, dict) else None
         self.last_step: str | None = step if isinstance(step, str) else None
         self.process: subprocess.Popen[bytes] | None = None
+        self.job_dir: Path | None = None
+        #: Artifacts this run stored: name -> SHA-256.
+        self.stored: dict[str, str] = {}
 
     # -- stops ------------------------------------------------------------------------------
 
@@ -583,6 +611,10 @@ class _Run:
         stderr.join(timeout=DRAIN_SECONDS)
         self.reading = False
         self.events.join()
+        if self.ending is None and not self.silenced.is_set():
+            # As the server's executor: the files left in <job dir>/artifacts/ are stored
+            # when the program exits, before the job's end is written.
+            self.store_artifacts_dir()
         with self.lock:
             if self.ending is None:
                 self.finishing = True
@@ -603,6 +635,7 @@ class _Run:
             raise ValueError(f"the server sent a job id that is not a file name: {claim.job_id!r}")
         job_dir = self.worker.work_dir / claim.job_id
         job_dir.mkdir(parents=True, exist_ok=True)
+        self.job_dir = job_dir
         metadata_path = job_dir / "metadata.json"
         metadata_path.write_text(json.dumps(claim.metadata, indent=2), encoding="utf-8")
         checkpoint_path = job_dir / "checkpoint.json"
@@ -694,6 +727,10 @@ class _Run:
         elif isinstance(line, Message):
             if not self.reading:
                 return
+            if line.artifact is not None:
+                upload = self.resolve_artifact(line.artifact)
+                if upload is not None:
+                    self.events.put(upload, durable=True)
             if line.result is not None:
                 with self.lock:
                     self.result = line.result
@@ -704,6 +741,41 @@ class _Run:
                 if step is not None:
                     self.last_step = step
                 self.events.put(update, durable=durable)
+
+    def resolve_artifact(self, line: ArtifactLine) -> Upload | None:
+        """The file an artifact line names, if it is (as the server's executor requires) a
+        relative path without ``..`` that, symbolic links followed, is a regular file inside
+        the job's directory; else a note, and the line is skipped."""
+        assert self.job_dir is not None
+        root = self.job_dir.resolve()
+        relative = PurePosixPath(line.path)
+        if relative.is_absolute() or ".." in relative.parts:
+            self.skipped(
+                f"artifact {line.name}: {line.path!r} must be a relative path inside the job "
+                "directory, without '..'"
+            )
+            return None
+        try:
+            path = (root / line.path).resolve(strict=True)
+        except (OSError, RuntimeError) as err:
+            self.skipped(
+                f"artifact {line.name}: cannot find {line.path!r} in the job directory: {err}"
+            )
+            return None
+        if not path.is_relative_to(root):
+            self.skipped(f"artifact {line.name}: {line.path!r} is outside the job directory")
+            return None
+        if not path.is_file():
+            self.skipped(f"artifact {line.name}: {line.path!r} is not a regular file")
+            return None
+        return Upload(path=path, name=line.name, content_type=line.content_type)
+
+    def skipped(self, text: str) -> None:
+        """A note on the worker's stderr that also goes into the tail (and so into a fail
+        message)."""
+        notice = _cut(f"[skill-fleet] {text}", TAIL_LINE_BYTES)
+        self.tail.push(notice)
+        self.worker.output.write_line(notice.encode("utf-8", "replace"))
 
     def read_stderr(self, stream: IO[bytes]) -> None:
         with contextlib.closing(stream):
@@ -768,6 +840,12 @@ class _Run:
 
     def send_events(self) -> None:
         while (fields := self.events.take()) is not None:
+            if isinstance(fields, Upload):
+                try:
+                    self.upload(fields)
+                finally:
+                    self.events.done()
+                continue
             try:
                 answer = self.client.event(self.lease, fields, abort=self.silenced)
             except LeaseLost as err:
@@ -787,6 +865,89 @@ class _Run:
                     self.ended_elsewhere(f"the job is {answer.status} (answer to an event)")
             finally:
                 self.events.done()
+
+    def upload(self, upload: Upload) -> bool:
+        """Uploads one artifact under the lease; True when it was stored. A 409
+        ``lease_lost`` stops the run as any write's does; a refusal that says the job ended
+        stops it too; anything else (too large, a file gone, the server unreachable) is a
+        note and the upload is skipped, as the server skips a line it cannot store."""
+        try:
+            artifact = self.client.upload_artifact(
+                self.lease,
+                upload.path,
+                upload.name,
+                upload.content_type,
+                abort=self.silenced,
+            )
+        except LeaseLost as err:
+            self.lost(err)
+        except ArtifactTooLarge as err:
+            self.skipped(f"artifact {upload.name} not stored: {err.message}")
+        except ApiError as err:
+            if err.http_status in (404, 405) and "no route" in err.message:
+                # A server from before artifacts: the job itself is fine.
+                self.skipped(f"artifact {upload.name} not stored: this server has no artifacts")
+            elif err.http_status in (401, 403, 404, 409, 410):
+                self.ended_elsewhere(f"artifact upload refused, stopping: {err}")
+            else:
+                self.skipped(f"artifact {upload.name} refused, skipped: {err}")
+        except Unreachable as err:
+            if not err.aborted:
+                self.skipped(f"artifact {upload.name} not delivered, dropped: {err}")
+        except (OSError, ValueError, ChecksumMismatch) as err:
+            self.skipped(f"artifact {upload.name} not stored: {err}")
+        else:
+            self.stored[upload.name] = artifact.sha256
+            return True
+        return False
+
+    def store_artifacts_dir(self) -> None:
+        """Uploads the regular files directly under ``<job dir>/artifacts/`` (named after
+        them), but those already stored with the same SHA-256 (by this run, or listed by the
+        server)."""
+        if self.job_dir is None:
+            return
+        directory = self.job_dir / ARTIFACTS_DIR
+        try:
+            entries = sorted(directory.iterdir())
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            self.skipped(f"cannot read {directory}: {err}")
+            return
+        files: list[Upload] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # hidden, or a copy still being written: never an artifact name
+            try:
+                validate_name(entry.name)
+            except ValueError as err:
+                self.skipped(f"{ARTIFACTS_DIR}/{entry.name} not stored: {err}")
+                continue
+            upload = self.resolve_artifact(
+                ArtifactLine(f"{ARTIFACTS_DIR}/{entry.name}", entry.name)
+            )
+            if upload is not None:
+                files.append(upload)
+        if not files:
+            return
+        known = dict(self.stored)
+        with contextlib.suppress(ApiError, Unreachable):
+            listed = self.client.list_artifacts(
+                self.lease.job_id, deadline=time.monotonic() + 30, abort=self.silenced
+            )
+            known.update({a.name: a.sha256 for a in listed})
+        for upload in files:
+            if self.silenced.is_set():
+                return
+            try:
+                digest, _ = sha256_file(upload.path)
+            except OSError as err:
+                self.skipped(f"artifact {upload.name} not stored: {err}")
+                continue
+            if known.get(upload.name) == digest:
+                continue
+            self.upload(upload)
 
     # -- endings ------------------------------------------------------------------------------
 

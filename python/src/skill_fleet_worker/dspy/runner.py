@@ -9,7 +9,9 @@ with no arguments). The program is not changed: it configures its LM and calls
    calls already paid for, and adds :class:`SkillFleetCallback`;
 3. runs the program; the optimized program is what a ``module:function`` target returns
    when it is a ``dspy.Module``, else the result of the last outermost ``compile``;
-4. saves it with ``program.save(<work dir>/program.json)`` and reports it as the result.
+4. saves it with ``program.save(<work dir>/program.json)``, stores that file as the job's
+   artifact ``program.json`` and reports it as the result (``result_path`` is
+   ``artifact:program.json`` in a job, the file's path in a local run).
 
 On a stop (cancel, budget, time limit, server shutdown: SIGTERM), the run is stopped at the
 next DSPy event (GEPA first through its ``gepa.stop`` file), the best program so far is
@@ -37,6 +39,8 @@ from ..reporter import Reporter
 STOPPED_EXIT = 143
 #: In the work dir: the cumulative cost so far, for the next attempt.
 COST_FILE = "skill_fleet_cost.json"
+#: The artifact the optimized program is stored as.
+PROGRAM_ARTIFACT = "program.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,6 +212,7 @@ def run(
             file=sys.stderr,
         )
     result["program_path"] = None if path is None else str(path)
+    result_path: str | None = None if path is None else str(path)
     if stopped:
         # The server no longer reads stdout after a stop: keep the result on disk too.
         summary = context.work_dir / "stopped_result.json"
@@ -217,10 +222,17 @@ def run(
         )
         return STOPPED_EXIT
     callback.flush()
+    if path is not None:
+        try:
+            # Stored now (the server, or a remote worker, reads this line before the next):
+            # the job's result names the stored copy, which outlives this machine's files.
+            result_path = reporter.artifact(path, name=PROGRAM_ARTIFACT)
+        except (OSError, ValueError):
+            traceback.print_exc()
     reporter.progress(
         step="done", progress=1.0, cost_usd=callback.total_cost_usd, message=_done_message(result)
     )
-    reporter.result(result, result_path=None if path is None else str(path))
+    reporter.result(result, result_path=result_path)
     return 0
 
 
