@@ -201,3 +201,38 @@ def test_a_dspy_job_stores_its_program_as_an_artifact(dspy_server: Server, tmp_p
     assert copy.read_bytes() == saved.read_bytes()  # the file program.save() wrote
     assert "metadata" in json.loads(copy.read_text())
     load_program(str(copy))  # a DSPy program loads the downloaded copy
+
+
+def test_the_package_guesses_content_types_exactly_as_the_server_does(
+    lease_server: Server,
+) -> None:
+    """The package keeps a copy of the server's extension table (so it sends what the server
+    would store); every entry must match what the server guesses for an upload that names
+    no type, so the two tables cannot drift apart."""
+    import http.client
+    from urllib.parse import urlparse
+
+    from skill_fleet_worker.artifacts import _BY_EXTENSION
+
+    job_id = lease_server.create_job("evaluation", {})
+    require_artifact_routes(lease_server, job_id)
+    client = HttpClient(lease_server.url, retry_seconds=30)
+    claim = client.claim(["evaluation"], "box-types")
+    assert claim is not None
+    address = urlparse(lease_server.url)
+    for extension, expected in sorted(_BY_EXTENSION.items()):
+        connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port)
+        connection.request(
+            "PUT",
+            f"/api/v1/jobs/{job_id}/artifacts/file.{extension}",
+            body=b"x",
+            headers={
+                "skill-fleet-attempt": str(claim.lease.attempt),
+                "skill-fleet-lease-token": claim.lease.token,
+            },
+        )
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        connection.close()
+        assert response.status == 201, body
+        assert body["content_type"] == expected, (extension, body)

@@ -17,7 +17,7 @@ use skill_fleet_client::types::{ClaimedJob, CompleteRequest, CreateJob, ErrorCod
 use skill_fleet_client::{
     Client, ClientError, Download, Lease, LeaseState, partial_path, sha256_hex,
 };
-use support::{Dirs, Server, eventually, run, run_in};
+use support::{Dirs, Server, create_and_claim, eventually, run, run_in};
 
 /// The big artifact: three whole 1 MiB chunks and a piece of a fourth.
 const BIG: usize = 3 * 1024 * 1024 + 12_345;
@@ -35,23 +35,6 @@ fn sha(data: &[u8]) -> String {
 
 fn program(version: u32) -> Vec<u8> {
     format!("{{\"program\": \"optimized\", \"version\": {version}}}\n").into_bytes()
-}
-
-/// Creates a job of `job_type` with `id` and claims it as `worker`.
-fn create_and_claim(client: &Client, id: &str, job_type: &str, worker: &str) -> ClaimedJob {
-    client
-        .create_job(&CreateJob {
-            job_type: job_type.into(),
-            id: Some(id.into()),
-            ..Default::default()
-        })
-        .expect("create");
-    let claimed = client
-        .claim(&[job_type.to_owned()], Some(worker))
-        .expect("claim")
-        .expect("a queued job");
-    assert_eq!(claimed.job.id, id);
-    claimed
 }
 
 /// Claims a job of `job_type` as `worker` as soon as one is queued (once the rescue sweep

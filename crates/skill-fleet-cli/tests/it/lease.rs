@@ -32,20 +32,9 @@ fn short_lease_server(dirs: &Dirs) -> Server {
     Server::start_with(&dirs.db(), 0, &SHORT_LEASES)
 }
 
-/// Creates a job of `job_type` with `id` and claims it as `worker`.
+/// Creates a job of `job_type` with `id` and claims it as `worker`, under the short leases.
 fn create_and_claim(client: &Client, id: &str, job_type: &str, worker: &str) -> ClaimedJob {
-    client
-        .create_job(&CreateJob {
-            job_type: job_type.into(),
-            id: Some(id.into()),
-            ..Default::default()
-        })
-        .expect("create");
-    let claimed = client
-        .claim(&[job_type.to_owned()], Some(worker))
-        .expect("claim")
-        .expect("a queued job");
-    assert_eq!(claimed.job.id, id);
+    let claimed = support::create_and_claim(client, id, job_type, worker);
     assert_eq!(claimed.lease_ttl_seconds, 1.5);
     assert_eq!(claimed.heartbeat_interval_seconds, 0.25);
     claimed

@@ -292,3 +292,25 @@ pub fn wait_for_line(
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     skill_fleet_testkit::wait_until(what, DEADLINE, || check().then_some(()));
 }
+
+/// Creates a job of `job_type` with `id` and claims it as `worker` through `client`.
+pub fn create_and_claim(
+    client: &skill_fleet_client::Client,
+    id: &str,
+    job_type: &str,
+    worker: &str,
+) -> skill_fleet_types::ClaimedJob {
+    client
+        .create_job(&skill_fleet_types::CreateJob {
+            job_type: job_type.into(),
+            id: Some(id.into()),
+            ..Default::default()
+        })
+        .expect("create");
+    let claimed = client
+        .claim(&[job_type.to_owned()], Some(worker))
+        .expect("claim")
+        .expect("a queued job");
+    assert_eq!(claimed.job.id, id);
+    claimed
+}
