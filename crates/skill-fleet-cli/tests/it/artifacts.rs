@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use serde_json::Value;
-use skill_fleet_client::types::{ClaimedJob, CompleteRequest, CreateJob, ErrorCode, Fence};
+use skill_fleet_client::types::{ClaimedJob, CompleteRequest, ErrorCode, Fence};
 use skill_fleet_client::{
     Client, ClientError, Download, Lease, LeaseState, partial_path, sha256_hex,
 };

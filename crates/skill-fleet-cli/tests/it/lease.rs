@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skill_fleet_client::types::{
-    ClaimedJob, CompleteRequest, CreateJob, ErrorCode, JobStatus, ProgressUpdate,
+    ClaimedJob, CompleteRequest, ErrorCode, JobStatus, ProgressUpdate,
 };
 use skill_fleet_client::{Client, ClientError, LEASE_DROP_WAIT, Lease, LeaseState};
 use support::{DEADLINE, Dirs, Server, eventually};
