@@ -20,7 +20,9 @@ use crate::error::Result;
 use crate::feed::{ChangeKind, Committed};
 use crate::service::JobService;
 
-/// An upload under way; see the [module documentation](self).
+/// An upload under way: takes the bytes as they come (hashed, cut into the store's chunks,
+/// refused past the per-artifact limit at once); [`ArtifactUpload::finish`] publishes it in
+/// one fenced transaction. Dropped unfinished, it is discarded: nothing of it is listed.
 pub struct ArtifactUpload<'a> {
     service: &'a JobService,
     upload: Option<Upload>,
