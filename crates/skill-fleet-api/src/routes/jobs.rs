@@ -418,8 +418,10 @@ fn query_hash(uri: &Uri) -> u64 {
 )]
 pub async fn claim(
     State(state): State<AppState>,
-    OptionalJson(request): OptionalJson<ClaimRequest>,
+    caller: Option<axum::Extension<crate::access::Caller>>,
+    OptionalJson(mut request): OptionalJson<ClaimRequest>,
 ) -> Result<Response, ApiError> {
+    crate::access::check_claim(caller.as_deref(), &mut request.types)?;
     for job_type in &request.types {
         skill_fleet_types::validate_job_type(job_type)?;
     }
