@@ -383,3 +383,58 @@ async fn metrics_count_requests_by_token_name_and_never_show_a_secret() {
         assert!(!text.contains(secret), "{text}");
     }
 }
+
+#[tokio::test]
+async fn the_history_of_a_cancel_and_a_resume_names_the_token() {
+    let app = app().await;
+    // `app()` cancelled the probe job as `ops`; resume it, cancel it again.
+    let resumed = send(
+        &app,
+        As::Admin,
+        Method::POST,
+        &format!("/api/v1/jobs/{JOB}/resume"),
+        None,
+    )
+    .await;
+    assert_eq!(resumed.status, StatusCode::OK, "{:?}", resumed.body);
+    let history = send(
+        &app,
+        As::Read,
+        Method::GET,
+        &format!("/api/v1/jobs/{JOB}/progress"),
+        None,
+    )
+    .await;
+    assert_eq!(history.status, StatusCode::OK, "{:?}", history.body);
+    let rows: Vec<(Value, Value)> = history.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["event"].clone(), row["actor"].clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (Value::Null, json!("ops")),
+            (json!("resumed"), json!("ops"))
+        ],
+        "{:?}",
+        history.body
+    );
+    let text = history.body.to_string();
+    assert!(!text.contains(ADMIN), "{text}");
+}
+
+#[tokio::test]
+async fn without_tokens_the_history_names_nobody() {
+    let app = TestApp::new().await;
+    app.create("j", "t").await;
+    assert_eq!(
+        app.post("/api/v1/jobs/j/cancel", json!({})).await.status,
+        StatusCode::OK
+    );
+    let history = app.get("/api/v1/jobs/j/progress").await;
+    let rows = history.body["records"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{:?}", history.body);
+    assert!(rows[0].get("actor").is_none(), "{:?}", history.body);
+}
