@@ -537,6 +537,17 @@ fn a_forbidden_action_is_one_line_naming_the_token_and_its_role() {
     )
     .unwrap();
     let server = Server::start_with(&dirs.db(), 0, &["--tokens-file", tokens.to_str().unwrap()]);
+    // The Rust client maps the 403 to its typed error with the code.
+    let client = skill_fleet_client::Client::new(&server.base)
+        .unwrap()
+        .without_cache()
+        .with_token(SECRET);
+    let err = client.cancel("j", None).unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(skill_fleet_client::types::ErrorCode::Forbidden),
+        "{err}"
+    );
     let cache = dirs.cache();
     let out = run(&server.base, &cache, &["--token", SECRET, "jobs", "list"]);
     out.assert_code(0);
