@@ -286,6 +286,23 @@ def test_the_client_raises_lease_lost_with_the_jobs_attempt_and_status():
         assert call.headers["Content-Type"] == "application/json"
 
 
+def test_a_403_is_forbidden_naming_the_token_and_is_not_retried():
+    from skill_fleet_worker import Forbidden
+
+    message = (
+        "token `ci` (role read) may not call POST /api/v1/jobs/claim: it needs the worker role"
+    )
+    with StubServer() as stub:
+        stub.on["fail"] = lambda call: error(403, "forbidden", message)
+        client = fast_client(stub.url, token="secret")
+        with pytest.raises(Forbidden) as caught:
+            client.fail(Lease("job-1", 1, "tok"), "boom")
+        assert (caught.value.http_status, caught.value.code) == (403, "forbidden")
+        assert "`ci` (role read)" in str(caught.value)
+        assert isinstance(caught.value, ApiError)
+        assert len(stub.of("fail")) == 1
+
+
 def test_the_client_retries_502_503_504_408_429_but_no_other_error():
     with StubServer() as stub:
         client = fast_client(stub.url)

@@ -1,13 +1,7 @@
-//! Bearer-token check, constant-time, for every route but `/healthz`.
+//! The `--auth-token` secret (never shown by `Debug`), constant-time comparison, and the
+//! `?token=` of the stream routes. Roles and the check itself are in `access`.
 
-use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
-
-use crate::error::ApiError;
-use crate::state::AppState;
 
 /// The bearer token. Its `Debug` never shows it, so a logged configuration cannot leak it;
 /// [`AuthToken::expose`] is the one way to read it.
@@ -46,43 +40,8 @@ impl std::str::FromStr for AuthToken {
     }
 }
 
-/// Refuses requests without the configured bearer token (no-op when none is configured).
-pub async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(expected) = state.config().auth_token.as_ref().map(AuthToken::expose) else {
-        return next.run(request).await;
-    };
-    if request.uri().path() == "/healthz" {
-        return next.run(request).await;
-    }
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    // A browser's EventSource cannot set headers, so the stream routes also take `?token=`.
-    let given = header
-        .or_else(|| {
-            request
-                .uri()
-                .path()
-                .ends_with("/stream")
-                .then(|| query_token(request.uri()))
-                .flatten()
-        })
-        .unwrap_or_default();
-    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        next.run(request).await
-    } else {
-        ApiError::Unauthorized.into_response()
-    }
-}
-
-fn query_token(uri: &axum::http::Uri) -> Option<String> {
+/// The `?token=` query parameter of a URI.
+pub(crate) fn query_token(uri: &axum::http::Uri) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct TokenQuery {
         token: Option<String>,

@@ -40,6 +40,10 @@ pub enum ApiError {
     /// A bearer token is required and was missing or wrong (401).
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The token is valid but may not do this (403); the message names the token and its
+    /// role, never its secret.
+    #[error("{0}")]
+    Forbidden(String),
     /// The server is starting or stopping (503).
     #[error("{0}")]
     Unavailable(String),
@@ -121,6 +125,7 @@ impl ApiError {
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             ApiError::Unavailable(_) | ApiError::AtLimit { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }

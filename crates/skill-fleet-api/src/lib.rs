@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod access;
 mod auth;
 pub mod cache;
 mod error;
@@ -40,7 +41,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            access::authorize,
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

@@ -101,6 +101,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     // After the paths are in: these modify the operations of the routes.
     Caching.modify(&mut document);
     StorageFaults.modify(&mut document);
+    Roles.modify(&mut document);
     document
 }
 
@@ -162,6 +163,8 @@ pub struct Readiness {
 /// Body of `GET /metrics` (documentation only; the handler builds it with `json!`).
 #[derive(Serialize, ToSchema)]
 pub struct Metrics {
+    /// Requests by token (names and roles, never secrets), and those refused with 401.
+    pub auth: AuthMetrics,
     /// The response cache of GETs.
     pub cache: CacheMetrics,
     /// Store calls made since start (each one a blocking-pool task).
@@ -192,6 +195,28 @@ pub struct ClusterMetrics {
     pub polls: u64,
     /// Other servers' changes fed to this server's caches, streams and executor.
     pub remote_changes: u64,
+}
+
+/// The `auth` part of [`Metrics`], since start.
+#[derive(Serialize, ToSchema)]
+pub struct AuthMetrics {
+    /// Requests refused with 401 (no token, or one no configured token has).
+    pub unauthorized: u64,
+    /// One entry per token name and role that made a request.
+    pub tokens: Vec<TokenMetrics>,
+}
+
+/// One token's requests in [`AuthMetrics`].
+#[derive(Serialize, ToSchema)]
+pub struct TokenMetrics {
+    /// The token's name.
+    pub name: String,
+    /// Its role: `read`, `worker` or `admin`.
+    pub role: String,
+    /// Requests that carried it.
+    pub requests: u64,
+    /// Of those, refused with 403.
+    pub forbidden: u64,
 }
 
 /// The `cache` part of [`Metrics`].
@@ -329,9 +354,14 @@ impl Modify for Security {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "Required on every route but `/healthz` when the server is started \
-                         with a token (`--auth-token`, `SKILL_FLEET_AUTH_TOKEN` or `auth_token`); without one, no \
-                         route needs it. A missing or wrong token gets 401 with \
-                         `WWW-Authenticate: Bearer`.",
+                         with a token (`--auth-token`, `SKILL_FLEET_AUTH_TOKEN` or `auth_token`) \
+                         or a tokens file (`--tokens-file`); without either, no route needs it. \
+                         A missing or wrong token gets 401 with `WWW-Authenticate: Bearer`; a \
+                         token whose role may not call the operation gets 403 `forbidden`. \
+                         Roles: `read` (every GET), `worker` (read, and claim, heartbeat, \
+                         events, complete, fail, artifact upload, limited to its job types \
+                         when it has some), `admin` (everything; `--auth-token` is an admin \
+                         token). Each operation says the role it needs in `x-required-role`.",
                     ))
                     .build(),
             ),
@@ -471,6 +501,67 @@ impl Modify for StorageFaults {
                     )
                     .build();
                 responses.insert("503".to_owned(), fault.into());
+            }
+        }
+    }
+}
+
+/// Adds to every operation that needs a token the role it needs (`x-required-role`, from
+/// [`crate::access::ROUTE_ROLES`]) and its `403`, so the per-route annotations need not
+/// repeat them.
+struct Roles;
+
+impl Modify for Roles {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use crate::access::{Requirement, Role, requirement};
+        use axum::http::Method;
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                (Method::GET, &mut item.get),
+                (Method::POST, &mut item.post),
+                (Method::PUT, &mut item.put),
+                (Method::DELETE, &mut item.delete),
+                (Method::PATCH, &mut item.patch),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else {
+                    continue;
+                };
+                let Requirement::Role(role) = requirement(&method, path) else {
+                    continue;
+                };
+                let mut description = format!(
+                    "A token is configured and this token's role may not call this operation \
+                     (`forbidden`): it needs the `{role}` role or a higher one."
+                );
+                if role == Role::Worker && path.contains("{id}") {
+                    description.push_str(
+                        " A worker token limited to some job types also gets 403 for a job of \
+                         another type.",
+                    );
+                } else if role == Role::Worker {
+                    description.push_str(
+                        " A worker token limited to some job types also gets 403 when it \
+                         names another type.",
+                    );
+                }
+                let forbidden = ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build();
+                operation
+                    .responses
+                    .responses
+                    .insert("403".to_owned(), forbidden.into());
+                operation
+                    .extensions
+                    .get_or_insert_with(Default::default)
+                    .insert("x-required-role".to_owned(), role.as_str().into());
             }
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::access::Tokens;
 use crate::auth::AuthToken;
 use skill_fleet_core::{Audience, JobService};
 
@@ -18,8 +19,12 @@ pub const DEFAULT_MAX_SSE_CONNECTIONS: usize = 10_000;
 /// Settings of the HTTP layer. The server binary fills these from its configuration.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// When set, every route but `/healthz` requires `Authorization: Bearer <token>`.
+    /// When set, every route but `/healthz` requires `Authorization: Bearer <token>`: this
+    /// one, an admin token named `admin`, or one of [`ApiConfig::tokens`].
     pub auth_token: Option<AuthToken>,
+    /// The tokens with roles (a tokens file), shared with whoever reloads them. When set it
+    /// must already hold `auth_token` ([`Tokens::new`]); when `None`, `auth_token` alone.
+    pub tokens: Option<Arc<Tokens>>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// How often an idle SSE stream sends a keep-alive comment.
@@ -42,6 +47,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             auth_token: None,
+            tokens: None,
             max_body_bytes: 1024 * 1024,
             sse_keep_alive: Duration::from_secs(15),
             sse_retry: Duration::from_secs(2),
@@ -65,6 +71,7 @@ struct Inner {
     generations: Arc<Generations>,
     cache: ResponseCache,
     config: ApiConfig,
+    tokens: Arc<Tokens>,
     ready: AtomicBool,
     /// One permit per SSE stream that may be open; a stream holds its permit until it ends.
     streams: Arc<Semaphore>,
@@ -98,6 +105,10 @@ impl AppState {
     pub fn new(service: JobService, config: ApiConfig) -> AppState {
         let max_streams = config.max_sse_connections.min(Semaphore::MAX_PERMITS);
         let generations = Arc::new(Generations::default());
+        let tokens = config
+            .tokens
+            .clone()
+            .unwrap_or_else(|| Arc::new(Tokens::from_auth_token(config.auth_token.as_ref())));
         service
             .feed()
             .subscribe(Audience::Caches, Arc::clone(&generations) as _);
@@ -108,9 +119,10 @@ impl AppState {
                 cache: ResponseCache::new(
                     config.cache_ttl,
                     config.cache_max_bytes,
-                    config.auth_token.is_some(),
+                    tokens.enabled(),
                 ),
                 config,
+                tokens,
                 ready: AtomicBool::new(false),
                 streams: Arc::new(Semaphore::new(max_streams)),
                 max_streams,
@@ -137,6 +149,11 @@ impl AppState {
     /// The HTTP configuration.
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config
+    }
+
+    /// The tokens accepted now, and their counters.
+    pub fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
     }
 
     /// Marks start-up (migrations, recovery, seeding) as done.

@@ -442,8 +442,18 @@ impl JobService {
 
     /// Cancels a queued or running job.
     pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<Job> {
+        self.cancel_by(id, reason, None).await
+    }
+
+    /// [`JobService::cancel`], its history row naming `actor` (who asked: a token's name).
+    pub async fn cancel_by(
+        &self,
+        id: &str,
+        reason: Option<String>,
+        actor: Option<String>,
+    ) -> Result<Job> {
         self.leave_live(id, ChangeKind::Ended, reason.clone(), move |store, id| {
-            store.cancel(id, reason.as_deref())
+            store.cancel_by(id, reason.as_deref(), actor.as_deref())
         })
         .await
     }
@@ -492,8 +502,15 @@ impl JobService {
 
     /// Puts a failed or cancelled job back in the queue, keeping its checkpoint.
     pub async fn resume(&self, id: &str) -> Result<Job> {
+        self.resume_by(id, None).await
+    }
+
+    /// [`JobService::resume`], its `resumed` history row naming `actor` (who asked).
+    pub async fn resume_by(&self, id: &str, actor: Option<String>) -> Result<Job> {
         let job_id = id.to_owned();
-        let job = self.blocking(move |store| store.resume(&job_id)).await?;
+        let job = self
+            .blocking(move |store| store.resume_by(&job_id, actor.as_deref()))
+            .await?;
         self.emit(Committed::of(ChangeKind::Resumed, job.clone(), None));
         Ok(job)
     }

@@ -28,7 +28,7 @@ pub use lease::{
     RescuePolicy, RescueReport, RescueScope, Rescued, SERVER_OWNER_PREFIX, Writer, admits,
 };
 pub use legacy::{DEFAULT_LEGACY_TYPE, IMPORTED_RUNNING_ERROR, ImportReport, LEGACY_SOURCE};
-pub use lifecycle::{Action, ClaimFilter, Claimed, Created, NewJob, transition};
+pub use lifecycle::{Action, ClaimFilter, Claimed, Created, NewJob, RESUMED_EVENT, transition};
 pub use list::{DEFAULT_LIST_LIMIT, ListFilter, MAX_LIST_LIMIT};
 pub use owner::{DatabaseOwner, OwnerRecord, Ownership, lock_path, owner_of};
 pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, ProgressWrite};

@@ -13,8 +13,11 @@ use crate::backend::{Active, ClaimWrite, Conn};
 use crate::error::{Result, StoreError};
 use crate::lease::{HeldLease, Writer};
 use crate::models::job_progress::{
-    FLAG_CHECKPOINT, FLAG_TERMINAL, HistoryInsert, count_history_row,
+    FLAG_CHECKPOINT, FLAG_EVENT, FLAG_TERMINAL, HistoryInsert, count_history_row,
 };
+
+/// The `event` of the history row a resume leaves.
+pub const RESUMED_EVENT: &str = "resumed";
 use crate::models::jobs::{JobRow, create_body};
 use crate::models::store_state::Stamp;
 use crate::schema::jobs;
@@ -181,9 +184,14 @@ pub(crate) enum Change<'a> {
         result_path: Option<&'a str>,
     },
     Fail(&'a str),
-    Cancel(Option<&'a str>),
+    Cancel {
+        reason: Option<&'a str>,
+        actor: Option<&'a str>,
+    },
     Requeue,
-    Resume,
+    Resume {
+        actor: Option<&'a str>,
+    },
 }
 
 impl Change<'_> {
@@ -193,9 +201,9 @@ impl Change<'_> {
             Change::Progress { .. } => Action::Progress,
             Change::Complete { .. } => Action::Complete,
             Change::Fail(_) => Action::Fail,
-            Change::Cancel(_) => Action::Cancel,
+            Change::Cancel { .. } => Action::Cancel,
             Change::Requeue => Action::Requeue,
-            Change::Resume => Action::Resume,
+            Change::Resume { .. } => Action::Resume,
         }
     }
 }
@@ -280,6 +288,8 @@ pub(crate) fn apply(
     row.status = to.as_str().to_owned();
     let mut history = false;
     let mut flags = 0;
+    let mut actor = None;
+    let mut event = None;
     match change {
         Change::Start | Change::Requeue => {}
         Change::Progress {
@@ -313,11 +323,20 @@ pub(crate) fn apply(
             row.error = Some(error.to_owned());
             history = true;
         }
-        Change::Cancel(reason) => {
+        Change::Cancel { reason, actor: who } => {
             row.error = Some(reason.unwrap_or("cancelled").to_owned());
             history = true;
+            actor = who;
         }
-        Change::Resume => {
+        Change::Resume { actor: who } => {
+            // When someone known asked (a token's name), an event row says who and when;
+            // a resume on a server without tokens leaves the history as it was.
+            if who.is_some() {
+                history = true;
+                flags |= FLAG_EVENT;
+                event = Some(RESUMED_EVENT);
+                actor = who;
+            }
             row.error = None;
             row.completed_at = None;
             row.started_at = None;
@@ -338,8 +357,22 @@ pub(crate) fn apply(
     }
     // Every progress report and every terminal state leaves one history row.
     let progress = row_progress(row);
-    let history_row = HistoryInsert::progress(&row.id, &progress, flags, Some(row.attempt));
+    let mut history_row = HistoryInsert::progress(&row.id, &progress, flags, Some(row.attempt));
+    if event.is_some() {
+        history_row.event = event;
+        history_row.message = None;
+    }
     Active::insert_history(conn, &[history_row], stamp.now)?;
+    if let Some(actor) = actor {
+        // The row just inserted is the job's newest.
+        diesel::sql_query(
+            "UPDATE job_progress SET actor = $1 \
+             WHERE seq = (SELECT MAX(seq) FROM job_progress WHERE job_id = $2)",
+        )
+        .bind::<diesel::sql_types::Text, _>(actor)
+        .bind::<diesel::sql_types::Text, _>(&row.id)
+        .execute(conn)?;
+    }
     Ok(Some(count_history_row(conn, &row.id)?))
 }
 
@@ -520,13 +553,24 @@ impl JobStore {
     /// Cancels a queued or running job; its error becomes `reason`, or `cancelled`. An
     /// operator's action: whoever owns the job hears it at its next write or heartbeat.
     pub fn cancel(&self, id: &str, reason: Option<&str>) -> Result<Job> {
-        self.change(id, Change::Cancel(reason), &Writer::Operator)
+        self.cancel_by(id, reason, None)
+    }
+
+    /// [`JobStore::cancel`], its history row naming `actor` (who asked: a token's name).
+    pub fn cancel_by(&self, id: &str, reason: Option<&str>, actor: Option<&str>) -> Result<Job> {
+        self.change(id, Change::Cancel { reason, actor }, &Writer::Operator)
     }
 
     /// Puts a failed or cancelled job back in the queue: checkpoint kept, error and
     /// `completed_at` cleared, rescue count reset. The next start increments `attempt`.
     pub fn resume(&self, id: &str) -> Result<Job> {
-        self.change(id, Change::Resume, &Writer::Operator)
+        self.resume_by(id, None)
+    }
+
+    /// [`JobStore::resume`]; with an `actor` (who asked), the history gets a `resumed` event
+    /// row naming it.
+    pub fn resume_by(&self, id: &str, actor: Option<&str>) -> Result<Job> {
+        self.change(id, Change::Resume { actor }, &Writer::Operator)
     }
 
     /// Puts a running job back in the queue with its checkpoint (graceful shutdown), if

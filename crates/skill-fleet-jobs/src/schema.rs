@@ -37,6 +37,7 @@ diesel::table! {
         flags -> Integer,
         attempt -> Nullable<Integer>,
         event -> Nullable<Text>,
+        actor -> Nullable<Text>,
     }
 }
 

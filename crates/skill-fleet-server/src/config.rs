@@ -129,6 +129,10 @@ pub struct Options {
     #[arg(long, value_name = "TOKEN")]
     #[serde(serialize_with = "serialize_token")]
     pub auth_token: Option<AuthToken>,
+    /// TOML file of tokens with roles (`[[token]]`: name, role, secret_sha256, types);
+    /// reloaded on SIGHUP and when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
     /// How often coalesced progress is streamed and persisted, in ms [default: 100].
     #[arg(long, value_name = "MS")]
     pub emit_interval_ms: Option<u64>,
@@ -504,6 +508,8 @@ pub struct Config {
     pub database: String,
     /// Bearer token, if any (its `Debug` is redacted).
     pub auth_token: Option<AuthToken>,
+    /// Tokens with roles, reloaded while the server runs.
+    pub tokens_file: Option<PathBuf>,
     /// Coalescing interval of streams and progress writes.
     pub emit_interval: Duration,
     /// TTL of cached GET responses.
@@ -588,11 +594,14 @@ impl Config {
             })?;
         }
         let auth_token = options.auth_token.filter(|token| !token.is_empty());
-        if !bind.ip().is_loopback() && auth_token.is_none() {
+        let tokens_file = options
+            .tokens_file
+            .filter(|path| !path.as_os_str().is_empty());
+        if !bind.ip().is_loopback() && auth_token.is_none() && tokens_file.is_none() {
             return Err(layered.invalid(
                 "bind",
                 format!(
-                    "binding to {bind} (not loopback) requires a bearer token: set --auth-token or SKILL_FLEET_AUTH_TOKEN"
+                    "binding to {bind} (not loopback) requires a bearer token: set --auth-token or SKILL_FLEET_AUTH_TOKEN, or a tokens file (--tokens-file)"
                 ),
             ));
         }
@@ -772,6 +781,7 @@ impl Config {
             executors: options.executors,
             bench_routes: options.bench_routes,
             auth_token,
+            tokens_file,
             emit_interval: Duration::from_millis(emit_interval_ms),
             cache_ttl: Duration::from_secs(cache_ttl_seconds),
             resumable_types,
@@ -844,6 +854,17 @@ mod tests {
         assert_eq!(config.emit_interval, Duration::from_millis(100));
         assert_eq!(config.resumable_types, ["optimization", "evaluation"]);
         assert!(config.auth_token.is_none());
+    }
+
+    #[test]
+    fn a_tokens_file_also_allows_a_non_loopback_bind() {
+        let config = resolve(&["--bind", "0.0.0.0:8000", "--tokens-file", "tokens.toml"]).unwrap();
+        assert_eq!(config.tokens_file, Some(PathBuf::from("tokens.toml")));
+        assert!(config.auth_token.is_none());
+        let err = resolve(&["--bind", "0.0.0.0:8000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tokens-file"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,14 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The tokens file is invalid (the reason names the token).
+    #[error("tokens file {}: {reason}", path.display())]
+    TokensFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the token by its place in the file and its name.
+        reason: String,
+    },
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

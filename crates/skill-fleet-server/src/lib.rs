@@ -8,6 +8,7 @@ pub mod executor;
 mod logging;
 mod retention;
 mod startup;
+mod tokens;
 
 pub use config::{Cli, Command, Config, DbCommand};
 pub use error::ServerError;

@@ -47,6 +47,8 @@ pub async fn serve_until(
 ) -> Result<(), ServerError> {
     // Before anything reads or writes the database: recovery would requeue the jobs another
     // server is running.
+    // Checked before anything else: a bad tokens file stops the server at once.
+    let tokens = crate::tokens::live(config.auth_token.as_ref(), config.tokens_file.as_deref())?;
     let mut owner = take_database(&config.database, SERVER_PROGRAM)?;
     let specs = executor_specs(&config)?;
     let store = open_store(&config.database, store_options(&config)).await?;
@@ -110,6 +112,7 @@ pub async fn serve_until(
         service,
         ApiConfig {
             auth_token: config.auth_token.clone(),
+            tokens: Some(std::sync::Arc::clone(&tokens)),
             max_body_bytes: config.max_body_bytes,
             max_sse_connections: config.max_sse_connections,
             cache_ttl: config.cache_ttl,
@@ -193,6 +196,13 @@ pub async fn serve_until(
             stopped(stop_rx.clone()),
         ))
     });
+    let token_watch = config.tokens_file.clone().map(|path| {
+        tokio::spawn(crate::tokens::watch_file(
+            path,
+            std::sync::Arc::clone(&tokens),
+            stop_rx.clone(),
+        ))
+    });
     let dispatcher = executor.start();
     let app = skill_fleet_api::router(state.clone()).merge(crate::dashboard::router());
     let shutdown_state = state.clone();
@@ -214,6 +224,9 @@ pub async fn serve_until(
     let _ = dispatcher.await;
     if let Some(retention) = retention {
         let _ = retention.await;
+    }
+    if let Some(token_watch) = token_watch {
+        let _ = token_watch.await;
     }
     // Anything that arrived while connections drained.
     state.service().shutdown().await;

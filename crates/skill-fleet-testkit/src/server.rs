@@ -29,6 +29,7 @@ pub fn command(binary: &Path, database: &Path) -> Command {
         .arg(database)
         .env("SKILL_FLEET_LOG", "warn")
         .env_remove("SKILL_FLEET_AUTH_TOKEN")
+        .env_remove("SKILL_FLEET_TOKENS_FILE")
         .env_remove("SKILL_FLEET_CONFIG")
         .env_remove("SKILL_FLEET_BIND")
         .env_remove("SKILL_FLEET_DATABASE")

@@ -29,6 +29,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// A bearer token is required or wrong (HTTP 401).
     Unauthorized,
+    /// The token is valid but its role may not do this, or a worker token may not take
+    /// this job's type (HTTP 403).
+    Forbidden,
     /// The server is at a limit (HTTP 503).
     Unavailable,
     /// Something broke on the server side (HTTP 500); never caused by bad input.

@@ -244,8 +244,13 @@ pub struct ProgressRecord {
     pub attempt: Option<u32>,
     /// What the row records when it is not a progress report: `lease_expired` (the job's
     /// worker was lost and the rescue sweep took the job back; `message` says what became
-    /// of it).
+    /// of it), `resumed` (a token's holder, named in `actor`, put the failed or cancelled job back in
+    /// the queue).
     pub event: Option<String>,
+    /// Who asked for a cancel or a resume: the name of the token the request carried (never
+    /// its secret). Absent on other rows, and when the server needs no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     /// When the row was written.
     pub created_at: DateTime<Utc>,
 }

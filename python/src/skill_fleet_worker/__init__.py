@@ -14,7 +14,7 @@ from .reporter import MAX_LINE_BYTES, Reporter, get_reporter
 
 if TYPE_CHECKING:
     from .artifacts import Artifact, ChecksumMismatch
-    from .client import ApiError, ArtifactTooLarge, HttpClient, LeaseLost
+    from .client import ApiError, ArtifactTooLarge, Forbidden, HttpClient, LeaseLost
     from .worker import Outcome, Worker
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Artifact",
     "ArtifactTooLarge",
     "ChecksumMismatch",
+    "Forbidden",
     "HttpClient",
     "JobContext",
     "LeaseLost",
@@ -38,6 +39,7 @@ _LAZY = {
     "Artifact": "artifacts",
     "ArtifactTooLarge": "client",
     "ChecksumMismatch": "artifacts",
+    "Forbidden": "client",
     "HttpClient": "client",
     "LeaseLost": "client",
     "Outcome": "worker",

@@ -58,6 +58,15 @@ class ApiError(Exception):
         self.body = body
 
 
+class Forbidden(ApiError):
+    """403 ``forbidden``: the token is valid but its role may not do this (a ``read`` token
+    claiming, a worker token writing to a job of a type it may not take). The message names
+    the token and its role; retrying will not help: use a token with the role it names."""
+
+    def __init__(self, message: str, body: Any = None) -> None:
+        super().__init__(403, "forbidden", message, body)
+
+
 class LeaseLost(ApiError):
     """409 ``lease_lost``: this attempt no longer owns the job; write nothing more.
 
@@ -727,6 +736,8 @@ def _error(status: int, body: Any, retry_after: str | None) -> Exception:
             status=_text(details.get("status")),
             body=body,
         )
+    if status == 403:
+        return Forbidden(message, body)
     api_error = ApiError(status, code, message, body)
     if status in RETRY_STATUSES:
         seconds: float | None = None

@@ -75,7 +75,25 @@ pub async fn metrics(State(state): State<AppState>) -> Json<serde_json::Value> {
     let counters = &state.cache().counters;
     let hub = state.service().hub().stats();
     let cluster = state.service().cluster_stats();
+    // Names and roles only: a token's secret is never kept, only its hash.
+    let tokens: Vec<serde_json::Value> = state
+        .tokens()
+        .usage()
+        .into_iter()
+        .map(|(name, role, usage)| {
+            json!({
+                "name": name,
+                "role": role.as_str(),
+                "requests": usage.requests,
+                "forbidden": usage.forbidden,
+            })
+        })
+        .collect();
     Json(json!({
+        "auth": {
+            "unauthorized": state.tokens().unauthorized(),
+            "tokens": tokens,
+        },
         "cache": {
             "hits": counters.hits.load(Relaxed),
             "misses": counters.misses.load(Relaxed),

@@ -418,8 +418,10 @@ fn query_hash(uri: &Uri) -> u64 {
 )]
 pub async fn claim(
     State(state): State<AppState>,
-    OptionalJson(request): OptionalJson<ClaimRequest>,
+    caller: Option<axum::Extension<crate::access::Caller>>,
+    OptionalJson(mut request): OptionalJson<ClaimRequest>,
 ) -> Result<Response, ApiError> {
+    crate::access::check_claim(caller.as_deref(), &mut request.types)?;
     for job_type in &request.types {
         skill_fleet_types::validate_job_type(job_type)?;
     }
@@ -577,7 +579,7 @@ pub async fn fail(
     post,
     path = "/api/v1/jobs/{id}/cancel",
     operation_id = "cancel_job",
-    description = "The job's error becomes `reason` (default `cancelled`). If the server runs the job, its process is stopped.",
+    description = "The job's error becomes `reason` (default `cancelled`). If the server runs the job, its process is stopped. The terminal history row's `actor` names the token that asked (when the server needs one).",
     tag = "jobs",
     summary = "Cancel a queued or running job",
     params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
@@ -595,10 +597,15 @@ pub async fn fail(
 )]
 pub async fn cancel(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::access::Caller>>,
     JobId(id): JobId,
     OptionalJson(request): OptionalJson<CancelRequest>,
 ) -> Result<Response, ApiError> {
-    let job = state.service().cancel(&id, request.reason).await?;
+    let actor = caller.map(|caller| caller.name.to_string());
+    let job = state
+        .service()
+        .cancel_by(&id, request.reason, actor)
+        .await?;
     Ok(Json(job).into_response())
 }
 
@@ -607,7 +614,7 @@ pub async fn cancel(
     post,
     path = "/api/v1/jobs/{id}/resume",
     operation_id = "resume_job",
-    description = "The job goes back to `queued` with its checkpoint; error and `completed_at` are cleared, and the next start increments `attempt`.",
+    description = "The job goes back to `queued` with its checkpoint; error and `completed_at` are cleared, and the next start increments `attempt`. When the server needs a token, the history gets a `resumed` event row whose `actor` names the token that asked.",
     tag = "jobs",
     summary = "Requeue a failed or cancelled job",
     params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
@@ -620,8 +627,13 @@ pub async fn cancel(
         (status = 500, description = "The database failed (`internal`)", body = ErrorBody),
     ),
 )]
-pub async fn resume(State(state): State<AppState>, JobId(id): JobId) -> Result<Response, ApiError> {
-    let job = state.service().resume(&id).await?;
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::access::Caller>>,
+    JobId(id): JobId,
+) -> Result<Response, ApiError> {
+    let actor = caller.map(|caller| caller.name.to_string());
+    let job = state.service().resume_by(&id, actor).await?;
     Ok(Json(job).into_response())
 }
 

@@ -185,6 +185,12 @@ async fn every_failure_is_documented_with_the_error_body() {
         );
         if !public {
             assert!(has_error("401"), "{route} lacks 401");
+            assert!(has_error("403"), "{route} lacks 403 (a role that may not)");
+            let role = operation["x-required-role"].as_str().unwrap_or_default();
+            assert!(
+                ["read", "worker", "admin"].contains(&role),
+                "{route} does not say the role it needs: {role:?}"
+            );
         }
         if path.contains("{id}") {
             assert!(has_error("400"), "{route} lacks 400 for a bad id");

@@ -515,3 +515,56 @@ fn a_closed_pipe_is_not_an_error() {
         "{stderr}"
     );
 }
+
+/// A token whose role may not do something: one clear line naming the token and its role,
+/// exit 1; the secret nowhere.
+#[test]
+fn a_forbidden_action_is_one_line_naming_the_token_and_its_role() {
+    const SECRET: &str = "cli-read-secret-41c7e9";
+    // `printf %s cli-read-secret-41c7e9 | sha256sum`, as docs/OPERATIONS.md says.
+    let hash = {
+        use sha2::Digest;
+        sha2::Sha256::digest(SECRET.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    let dirs = Dirs::new();
+    let tokens = dirs.db().with_file_name("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!("[[token]]\nname = \"ci\"\nrole = \"read\"\nsecret_sha256 = \"{hash}\"\n"),
+    )
+    .unwrap();
+    let server = Server::start_with(&dirs.db(), 0, &["--tokens-file", tokens.to_str().unwrap()]);
+    // The Rust client maps the 403 to its typed error with the code.
+    let client = skill_fleet_client::Client::new(&server.base)
+        .unwrap()
+        .without_cache()
+        .with_token(SECRET);
+    let err = client.cancel("j", None).unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(skill_fleet_client::types::ErrorCode::Forbidden),
+        "{err}"
+    );
+    let cache = dirs.cache();
+    let out = run(&server.base, &cache, &["--token", SECRET, "jobs", "list"]);
+    out.assert_code(0);
+    let out = run(
+        &server.base,
+        &cache,
+        &["--token", SECRET, "jobs", "cancel", "j"],
+    );
+    out.assert_code(1);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("error: token `ci` (role read) may not call POST")
+            && out.stderr.contains("it needs the admin role")
+            && out.stderr.contains("HTTP 403"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(SECRET), "{}", out.stderr);
+}

@@ -30,6 +30,7 @@ pub(crate) struct ProgressRow {
     created_at: NaiveDateTime,
     attempt: Option<i32>,
     event: Option<String>,
+    actor: Option<String>,
 }
 
 impl ProgressRow {
@@ -60,6 +61,7 @@ impl ProgressRow {
             metric: self.metric,
             attempt: self.attempt.and_then(|a| u32::try_from(a).ok()),
             event: self.event,
+            actor: self.actor,
             created_at: self.created_at.and_utc(),
         }
     }

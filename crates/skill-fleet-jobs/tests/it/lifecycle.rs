@@ -408,7 +408,7 @@ fn boot_epoch_increases_across_reopens(db: TestDb) {
 fn migrations_are_applied_on_open(db: TestDb) {
     let status = db.migration_status().unwrap();
     assert!(status.pending.is_empty(), "{status:?}");
-    assert_eq!(status.applied.len(), 8, "{status:?}");
+    assert_eq!(status.applied.len(), 9, "{status:?}");
     assert!(status.applied[0].ends_with("_create_jobs"), "{status:?}");
     assert_eq!(skill_fleet_jobs::migration_status(&db.url).unwrap(), status);
     assert!(
@@ -433,8 +433,8 @@ fn sqlite_urls_are_accepted_and_a_fresh_file_migrates() {
     }
     let fresh = dir.path().join("fresh.db").display().to_string();
     let status = skill_fleet_jobs::migration_status(&fresh).unwrap();
-    assert_eq!((status.applied.len(), status.pending.len()), (0, 8));
-    assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 8);
+    assert_eq!((status.applied.len(), status.pending.len()), (0, 9));
+    assert_eq!(skill_fleet_jobs::run_migrations(&fresh).unwrap().len(), 9);
 }
 
 both_backends!(

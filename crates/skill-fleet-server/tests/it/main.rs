@@ -13,4 +13,5 @@ mod proptest_parsers;
 mod restart;
 mod security;
 mod support;
+mod tokens;
 mod webdriver;

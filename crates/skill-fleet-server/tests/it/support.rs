@@ -60,6 +60,11 @@ impl Server {
         Server(TestServer::start(command))
     }
 
+    /// With stderr captured (read it with `stderr()`).
+    pub fn start_capturing(command: Command) -> Server {
+        Server(TestServer::start_capturing(command))
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(self) {
         self.0.kill();
