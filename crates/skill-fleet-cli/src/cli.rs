@@ -37,11 +37,12 @@ pub struct Global {
         value_name = "URL"
     )]
     pub server: String,
-    /// Bearer token, when the server requires one.
+    /// Bearer token, when the server requires one (else `SKILL_FLEET_AUTH_TOKEN`, the
+    /// server's own variable, is used).
     #[arg(
         long,
         global = true,
-        env = "SKILL_FLEET_AUTH_TOKEN",
+        env = "SKILL_FLEET_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN"
     )]

@@ -8,6 +8,9 @@ use skill_fleet_client::Client;
 use crate::cli::Global;
 use crate::error::CliError;
 
+/// The variable the token is read from when neither `--token` nor `SKILL_FLEET_TOKEN` is set.
+const FALLBACK_TOKEN_ENV: &str = "SKILL_FLEET_AUTH_TOKEN";
+
 /// The global options and what is built from them.
 #[derive(Debug)]
 pub struct Context {
@@ -32,8 +35,15 @@ impl Context {
         let mut client = Client::new(&self.global.server)
             .map_err(|err| CliError::Usage(err.to_string()))?
             .with_source("cli");
-        if let Some(token) = &self.global.token {
-            client = client.with_token(token.clone());
+        // `--token` / `SKILL_FLEET_TOKEN`, else the server's own `SKILL_FLEET_AUTH_TOKEN` (an
+        // admin's shell that runs both).
+        let token = self.global.token.clone().or_else(|| {
+            std::env::var(FALLBACK_TOKEN_ENV)
+                .ok()
+                .filter(|token| !token.is_empty())
+        });
+        if let Some(token) = token {
+            client = client.with_token(token);
         }
         if !self.global.no_cache
             && let Some(cache) = skill_fleet_client::Cache::from_env()

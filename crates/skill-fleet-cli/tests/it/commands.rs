@@ -567,4 +567,19 @@ fn a_forbidden_action_is_one_line_naming_the_token_and_its_role() {
         out.stderr
     );
     assert!(!out.stderr.contains(SECRET), "{}", out.stderr);
+    // The token from the environment: `SKILL_FLEET_TOKEN`, else the server's own variable;
+    // without either the server answers 401.
+    for variable in ["SKILL_FLEET_TOKEN", "SKILL_FLEET_AUTH_TOKEN"] {
+        let listed = support::cli(&server.base, &cache)
+            .env(variable, SECRET)
+            .args(["jobs", "list"])
+            .output()
+            .unwrap();
+        assert!(listed.status.success(), "{variable}: {listed:?}");
+    }
+    let refused = support::cli(&server.base, &cache)
+        .args(["jobs", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
 }

@@ -218,6 +218,7 @@ pub fn cli(server: &str, cache: &Path) -> Command {
         .env("SKILL_FLEET_URL", server)
         .env("SKILL_FLEET_CACHE_DIR", cache)
         .env_remove("SKILL_FLEET_AUTH_TOKEN")
+        .env_remove("SKILL_FLEET_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
