@@ -173,8 +173,12 @@ impl StoreError {
             StoreError::Database(err) => Active::fault_of(err),
             StoreError::Connection(err) => Active::fault_of_message(&err.to_string()),
             // r2d2's message carries the last connection error ("timed out waiting for
-            // connection: unable to open database file").
-            StoreError::Pool(err) => Active::fault_of_message(&err.to_string()),
+            // connection: unable to open database file"). Without one, every pooled
+            // connection stayed in use past the busy timeout: the database is busy (r2d2
+            // fails only by timing out).
+            StoreError::Pool(err) => {
+                Active::fault_of_message(&err.to_string()).or(Some(StorageFault::Busy))
+            }
             StoreError::Busy { .. } => Some(StorageFault::Busy),
             _ => None,
         }
