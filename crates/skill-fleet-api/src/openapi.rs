@@ -157,6 +157,13 @@ pub struct Readiness {
     pub live_jobs: Option<u64>,
     /// Open stream subscriptions (only when ready).
     pub subscribers: Option<u64>,
+    /// Whether writes are failing (only when ready): the last write was refused for a storage
+    /// fault and none has committed since. Readiness stays 200 (reads and streams work).
+    pub writes_failing: Option<bool>,
+    /// While writes are failing, why (`null` otherwise): `database is full`, `database is read-only`,
+    /// `database is busy`, `database i/o error` or `database is unavailable`.
+    #[schema(example = "database is full")]
+    pub write_fault: Option<String>,
 }
 
 /// Body of `GET /metrics` (documentation only; the handler builds it with `json!`).
