@@ -26,6 +26,8 @@ use utoipa::openapi::{Header, Object, ObjectBuilder, Required, ResponseBuilder, 
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::UtoipaMethodRouter;
 
+mod contract;
+
 use crate::error::ApiError;
 use crate::routes::jobs::CreateOptimization;
 use crate::state::AppState;
@@ -51,7 +53,8 @@ const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
         title = "skill-fleet",
         description = "A durable job server: create jobs, follow their progress live over \
             Server-Sent Events, read their history and results. Human-readable guide: \
-            `docs/API.md`. Every error is `{\"error\": {\"code\", \"message\"}}` \
+            `docs/API.md`. A bearer token is required only when the server has one \
+            (`--auth-token`); a server without a token needs none. Every error is `{\"error\": {\"code\", \"message\"}}` \
             (`ErrorBody`); clients match on `code`.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
@@ -104,10 +107,14 @@ pub fn document() -> utoipa::openapi::OpenApi {
     document
 }
 
-/// The document as served, built once.
+/// The document as served, built once: [`document`] with the exact contract
+/// ([`contract::apply`]: patterns, ranges and optional security from the validators'
+/// constants).
 static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
-    document()
-        .to_json()
+    let mut value = serde_json::to_value(document())
+        .map_err(|err| format!("cannot encode the openapi document: {err}"))?;
+    contract::apply(&mut value);
+    serde_json::to_vec(&value)
         .map(Bytes::from)
         .map_err(|err| format!("cannot encode the openapi document: {err}"))
 });
@@ -284,7 +291,7 @@ impl IntoParams for StreamParams {
         id.schema = Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .pattern(Some(JOB_ID_PATTERN))
+                .pattern(Some(skill_fleet_types::JOB_ID_PATTERN))
                 .into(),
         );
         vec![
@@ -319,8 +326,6 @@ impl IntoParams for StreamParams {
 
 /// The description of the `{id}` path parameter.
 const JOB_ID: &str = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)";
-/// What a job id must match (`skill_fleet_types::validate_job_id`).
-const JOB_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
 /// Adds the security schemes: a bearer token in `Authorization`, or (stream routes only) in
 /// the `token` query parameter.
@@ -335,9 +340,10 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "Required on every route but `/healthz` when the server is started \
-                         with a token (`--auth-token`, `SKILL_FLEET_AUTH_TOKEN` or `auth_token`); without one, no \
-                         route needs it. A missing or wrong token gets 401 with \
+                        "Optional: required on every route but `/healthz` only when the \
+                         server is started with a token (`--auth-token`, \
+                         `SKILL_FLEET_AUTH_TOKEN` or `auth_token`); without one, no route \
+                         needs it (so every operation's security also lists `{}`). A missing or wrong token gets 401 with \
                          `WWW-Authenticate: Bearer`.",
                     ))
                     .build(),
