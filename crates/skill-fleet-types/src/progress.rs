@@ -58,7 +58,11 @@ pub struct ProgressUpdate {
     )]
     pub attempt: Option<u32>,
     /// Over HTTP: the claim's lease token (with `attempt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::present_string"
+    )]
     pub lease_token: Option<String>,
 }
 

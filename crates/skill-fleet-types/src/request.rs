@@ -57,7 +57,11 @@ pub struct CompleteRequest {
     )]
     pub attempt: Option<u32>,
     /// The claim's lease token (with `attempt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::present_string"
+    )]
     pub lease_token: Option<String>,
 }
 
@@ -76,7 +80,11 @@ pub struct FailRequest {
     )]
     pub attempt: Option<u32>,
     /// The claim's lease token (with `attempt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::present_string"
+    )]
     pub lease_token: Option<String>,
 }
 

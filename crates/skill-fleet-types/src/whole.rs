@@ -26,12 +26,13 @@ impl Whole {
     }
 }
 
-/// An optional `u32` written as `3` or `3.0` (`null` or absent: `None`).
+/// An optional `u32` written as `3` or `3.0`; absent is `None` (with `#[serde(default)]`),
+/// `null` is refused: a fence's fields are given or left out, never `null`.
 pub(crate) fn optional_u32<'de, D>(deserializer: D) -> Result<Option<u32>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    Option::<Whole>::deserialize(deserializer)?
+    Some(Whole::deserialize(deserializer)?)
         .map(|whole| {
             whole
                 .value()
@@ -41,6 +42,14 @@ where
                 })
         })
         .transpose()
+}
+
+/// An optional string: absent is `None` (with `#[serde(default)]`), `null` is refused.
+pub(crate) fn present_string<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    String::deserialize(deserializer).map(Some)
 }
 
 /// A `u32` written as `3` or `3.0`.
@@ -86,7 +95,7 @@ mod tests {
     #[test]
     fn whole_floats_are_integers_and_fractions_are_not() {
         assert_eq!(attempt("{}").unwrap(), None);
-        assert_eq!(attempt(r#"{"attempt": null}"#).unwrap(), None);
+        assert!(attempt(r#"{"attempt": null}"#).is_err());
         assert_eq!(attempt(r#"{"attempt": 3}"#).unwrap(), Some(3));
         assert_eq!(attempt(r#"{"attempt": 3.0}"#).unwrap(), Some(3));
         assert_eq!(

@@ -78,11 +78,13 @@ fn set_property(schema: &mut Value, property: &str, key: &str, value: Value) {
     }
 }
 
-/// The fence of a worker write: `attempt` and `lease_token` together (both present, neither
-/// `null`) or neither (absent or `null`), as `Fence::from_fields` checks.
+/// The fence of a worker write: `attempt` and `lease_token` together or neither, never
+/// `null` (as `Fence::from_fields` and the fields' deserializers check).
 fn fence(schema: &mut Value) {
+    set_property(schema, "attempt", "type", json!("integer"));
     set_property(schema, "attempt", "minimum", json!(0));
     set_property(schema, "attempt", "maximum", json!(u32::MAX));
+    set_property(schema, "lease_token", "type", json!("string"));
     set_property(schema, "lease_token", "minLength", json!(1));
     set_property(
         schema,
@@ -90,13 +92,7 @@ fn fence(schema: &mut Value) {
         "maxLength",
         json!(MAX_LEASE_TOKEN_LEN),
     );
-    schema["anyOf"] = json!([
-        {
-            "required": ["attempt", "lease_token"],
-            "properties": {"attempt": {"type": "integer"}, "lease_token": {"type": "string"}},
-        },
-        {"properties": {"attempt": {"type": "null"}, "lease_token": {"type": "null"}}},
-    ]);
+    schema["dependentRequired"] = json!({"attempt": ["lease_token"], "lease_token": ["attempt"]});
 }
 
 /// The limits a job's metadata may set (`JobLimits::from_metadata`): each a number above 0

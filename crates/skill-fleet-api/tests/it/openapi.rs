@@ -475,7 +475,15 @@ async fn the_document_states_the_rules_the_server_enforces() {
         update["properties"]["lease_token"]["maxLength"],
         MAX_LEASE_TOKEN_LEN
     );
-    assert!(update["anyOf"].is_array(), "the fence: both or neither");
+    assert_eq!(
+        update["dependentRequired"],
+        serde_json::json!({"attempt": ["lease_token"], "lease_token": ["attempt"]}),
+        "the fence: both or neither"
+    );
+    assert_eq!(
+        update["properties"]["attempt"]["type"], "integer",
+        "never null"
+    );
     for (method, path) in operations(&doc)
         .into_iter()
         .map(|(method, path, _)| (method, path))
