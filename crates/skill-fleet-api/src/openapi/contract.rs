@@ -208,7 +208,12 @@ fn operation_contract(path: &str, method: &str, operation: &mut Value) {
     parameter(operation, "name", "path", pattern(ARTIFACT_NAME_PATTERN));
     parameter(operation, "type", "query", pattern(JOB_TYPE_PATTERN));
     parameter(operation, "cursor", "query", pattern(CURSOR_PATTERN));
-    parameter(operation, "after", "query", json!({"type": "integer"}));
+    parameter(
+        operation,
+        "after",
+        "query",
+        json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}),
+    );
     let least = if path == "/api/v1/jobs" { 1 } else { 0 };
     parameter(operation, "limit", "query", u32_schema(least));
     parameter(operation, "Skill-Fleet-Attempt", "header", u32_schema(0));

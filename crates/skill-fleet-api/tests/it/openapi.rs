@@ -515,4 +515,17 @@ async fn the_document_states_the_rules_the_server_enforces() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    // Bodies are objects: serde would read a struct from an array of its fields.
+    for (path, body) in [
+        ("/api/v1/optimization", serde_json::json!([null, null])),
+        ("/api/v1/jobs", serde_json::json!(["contract", null, null])),
+    ] {
+        let reply = app.post(path, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {:?}",
+            reply.body
+        );
+    }
 }
