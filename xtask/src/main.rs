@@ -27,7 +27,7 @@ commands:
   migrate [DATABASE_URL]   apply the embedded migrations (default ./skill-fleet.db)
   new-migration NAME       create migrations/<timestamp>_NAME/{up,down}.sql
   release [--dry-run] [--skip-tests]
-                           check versions, metadata, git and tests; pack target/dist/*.tar.gz
+                           check versions, metadata, git and tests; pack <target dir>/dist/*.tar.gz
   schema [--check]         regenerate crates/skill-fleet-jobs/src/schema.rs, or check it
   bench [--quick] [--only SECTIONS] [--out PATH] [--ticks N] [--no-build]
                            the benchmark suite (release build): table + target/bench/report.json;

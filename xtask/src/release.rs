@@ -6,10 +6,13 @@
 //! the git tree is clean (`--dry-run` only warns); `cargo package --list` succeeds for each
 //! library crate; `cargo test --workspace` passes (unless `--skip-tests`); then the release
 //! build of `skill-fleet-server` and `skill-fleet` is packed with the README, the licenses,
-//! the changelog and `docs/` into `target/dist/skill-fleet-<version>-<target>.tar.gz`, its
-//! checksum goes to `target/dist/SHA256SUMS`, and the changelog section is printed.
+//! the changelog and `docs/` into `<target dir>/dist/skill-fleet-<version>-<target>.tar.gz`,
+//! its checksum goes to `<target dir>/dist/SHA256SUMS`, and the changelog section is printed.
+//! The target directory is the one cargo reports (`cargo metadata`), so `CARGO_TARGET_DIR`
+//! and `build.target-dir` are honoured; the packed binaries are stripped of their symbols.
 //!
-//! Nothing is published, tagged or pushed. Uses the `git`, `tar` and `sha256sum` commands.
+//! Nothing is published, tagged or pushed. Uses the `git`, `tar`, `strip` and `sha256sum`
+//! commands.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -136,7 +139,8 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     cargo_run(&cargo, &root, &build)?;
 
     let target = host_triple()?;
-    let archive = pack(&root, &version, &target)?;
+    let target_dir = target_directory(metadata_command(&cargo, &root))?;
+    let archive = pack(&root, &target_dir, &version, &target)?;
     println!("{changelog}");
     if options.dry_run {
         println!("dry run: nothing was tagged or published");
@@ -319,20 +323,64 @@ fn host_triple() -> Result<String> {
         .ok_or_else(|| "`rustc -vV` printed no host triple".into())
 }
 
-/// Packs the binaries and the documents into `target/dist/<name>.tar.gz`, writes
-/// `target/dist/SHA256SUMS` and returns the archive's path.
-fn pack(root: &Path, version: &str, target: &str) -> Result<PathBuf> {
-    let dist = root.join("target").join("dist");
+/// `cargo metadata` for the workspace, without its dependencies (no network).
+fn metadata_command(cargo: &str, root: &Path) -> Command {
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"]);
+    command
+}
+
+/// The target directory cargo builds into, as `metadata` reports it: `CARGO_TARGET_DIR`,
+/// `build.target-dir` or `<root>/target`.
+fn target_directory(mut metadata: Command) -> Result<PathBuf> {
+    let output = metadata
+        .output()
+        .map_err(|err| format!("cannot run cargo metadata: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`cargo metadata` failed:\n{}",
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        )
+        .into());
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|err| format!("cannot parse cargo metadata's output: {err}"))?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| "cargo metadata reports no `target_directory`".into())
+}
+
+/// Removes the symbols of a packed binary (`strip`), so the archive ships no debug data.
+fn strip(binary: &Path) -> Result {
+    let status = Command::new("strip")
+        .arg(binary)
+        .status()
+        .map_err(|err| format!("cannot run strip on `{}`: {err}", binary.display()))?;
+    if !status.success() {
+        return Err(format!("strip failed on `{}` ({status})", binary.display()).into());
+    }
+    Ok(())
+}
+
+/// Packs the binaries (from `<target_dir>/release`, stripped) and the documents into
+/// `<target_dir>/dist/<name>.tar.gz`, writes `<target_dir>/dist/SHA256SUMS` and returns the
+/// archive's path.
+fn pack(root: &Path, target_dir: &Path, version: &str, target: &str) -> Result<PathBuf> {
+    let dist = target_dir.join("dist");
     let name = format!("skill-fleet-{version}-{target}");
     let stage = dist.join(&name);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
     }
     std::fs::create_dir_all(&stage)?;
-    let release = root.join("target").join("release");
+    let release = target_dir.join("release");
     for (_, binary) in BINARIES {
         let file = format!("{binary}{}", std::env::consts::EXE_SUFFIX);
         copy(&release.join(&file), &stage.join(&file))?;
+        strip(&stage.join(&file))?;
     }
     for item in PACKED {
         copy(&root.join(item), &stage.join(item))?;
@@ -412,4 +460,25 @@ fn check_migrations_packaged(root: &Path, listed: &str) -> Result {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_directory_follows_cargo_target_dir() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let elsewhere = tempfile::tempdir().expect("temp dir");
+        let mut metadata = metadata_command(&cargo, &project_root());
+        metadata.env("CARGO_TARGET_DIR", elsewhere.path());
+        assert_eq!(
+            target_directory(metadata).expect("target directory"),
+            elsewhere.path()
+        );
+        let mut metadata = metadata_command(&cargo, &project_root());
+        metadata.env_remove("CARGO_TARGET_DIR");
+        let default = target_directory(metadata).expect("target directory");
+        assert_ne!(default, elsewhere.path());
+    }
 }

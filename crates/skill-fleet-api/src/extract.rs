@@ -8,7 +8,28 @@ use skill_fleet_types::validate_job_id;
 use crate::error::ApiError;
 
 /// `Json<T>` with [`ApiError`] rejections (400 syntax, 413 size, 415 content type, 422 shape).
+/// The body must be a JSON object: serde would also read a struct from an array of its
+/// fields (`["optimization", null]`), which the document does not allow.
 pub struct ApiJson<T>(pub T);
+
+/// `T` read from a body that must be a JSON object (422 otherwise).
+fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        let kind = match value {
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "a boolean",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::Object(_) => "an object",
+        };
+        return Err(ApiError::Unprocessable(format!(
+            "invalid request body: expected a json object, got {kind}"
+        )));
+    }
+    serde_json::from_value(value)
+        .map_err(|err| ApiError::Unprocessable(format!("invalid request body: {err}")))
+}
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
@@ -18,8 +39,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => from_object(value).map(ApiJson),
             Err(rejection) => Err(ApiError::from_rejection(
                 rejection.status(),
                 rejection.body_text(),
@@ -49,14 +70,9 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
-        serde_json::from_slice(&bytes)
-            .map(OptionalJson)
-            .map_err(|err| match err.classify() {
-                serde_json::error::Category::Data => {
-                    ApiError::Unprocessable(format!("invalid request body: {err}"))
-                }
-                _ => ApiError::BadRequest(format!("invalid json body: {err}")),
-            })
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|err| ApiError::BadRequest(format!("invalid json body: {err}")))?;
+        from_object(value).map(OptionalJson)
     }
 }
 

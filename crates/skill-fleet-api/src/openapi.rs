@@ -26,6 +26,8 @@ use utoipa::openapi::{Header, Object, ObjectBuilder, Required, ResponseBuilder, 
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::UtoipaMethodRouter;
 
+mod contract;
+
 use crate::error::ApiError;
 use crate::routes::jobs::CreateOptimization;
 use crate::state::AppState;
@@ -51,7 +53,8 @@ const OPTIMIZATION_STREAM: &str = "/api/v1/optimization/{id}/stream";
         title = "skill-fleet",
         description = "A durable job server: create jobs, follow their progress live over \
             Server-Sent Events, read their history and results. Human-readable guide: \
-            `docs/API.md`. Every error is `{\"error\": {\"code\", \"message\"}}` \
+            `docs/API.md`. A bearer token is required only when the server has one \
+            (`--auth-token`); a server without a token needs none. Every error is `{\"error\": {\"code\", \"message\"}}` \
             (`ErrorBody`); clients match on `code`.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
@@ -105,10 +108,14 @@ pub fn document() -> utoipa::openapi::OpenApi {
     document
 }
 
-/// The document as served, built once.
+/// The document as served, built once: [`document`] with the exact contract
+/// ([`contract::apply`]: patterns, ranges and optional security from the validators'
+/// constants).
 static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
-    document()
-        .to_json()
+    let mut value = serde_json::to_value(document())
+        .map_err(|err| format!("cannot encode the openapi document: {err}"))?;
+    contract::apply(&mut value);
+    serde_json::to_vec(&value)
         .map(Bytes::from)
         .map_err(|err| format!("cannot encode the openapi document: {err}"))
 });
@@ -158,6 +165,13 @@ pub struct Readiness {
     pub live_jobs: Option<u64>,
     /// Open stream subscriptions (only when ready).
     pub subscribers: Option<u64>,
+    /// Whether writes are failing (only when ready): the last write was refused for a storage
+    /// fault and none has committed since. Readiness stays 200 (reads and streams work).
+    pub writes_failing: Option<bool>,
+    /// While writes are failing, why (`null` otherwise): `database is full`, `database is read-only`,
+    /// `database is busy`, `database i/o error` or `database is unavailable`.
+    #[schema(example = "database is full")]
+    pub write_fault: Option<String>,
 }
 
 /// Body of `GET /metrics` (documentation only; the handler builds it with `json!`).
@@ -302,7 +316,7 @@ impl IntoParams for StreamParams {
         id.schema = Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .pattern(Some(JOB_ID_PATTERN))
+                .pattern(Some(skill_fleet_types::JOB_ID_PATTERN))
                 .into(),
         );
         vec![
@@ -337,8 +351,6 @@ impl IntoParams for StreamParams {
 
 /// The description of the `{id}` path parameter.
 const JOB_ID: &str = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)";
-/// What a job id must match (`skill_fleet_types::validate_job_id`).
-const JOB_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
 /// Adds the security schemes: a bearer token in `Authorization`, or (stream routes only) in
 /// the `token` query parameter.
@@ -353,10 +365,11 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "Required on every route but `/healthz` when the server is started \
-                         with a token (`--auth-token`, `SKILL_FLEET_AUTH_TOKEN` or `auth_token`) \
-                         or a tokens file (`--tokens-file`); without either, no route needs it. \
-                         A missing or wrong token gets 401 with `WWW-Authenticate: Bearer`; a \
+                        "Optional: required on every route but `/healthz` only when the server \
+                         is started with a token (`--auth-token`, `SKILL_FLEET_AUTH_TOKEN` or \
+                         `auth_token`) or a tokens file (`--tokens-file`); without either, no \
+                         route needs it (so every operation's security also lists `{}`). A \
+                         missing or wrong token gets 401 with `WWW-Authenticate: Bearer`; a \
                          token whose role may not call the operation gets 403 `forbidden`. \
                          Roles: `read` (every GET), `worker` (read, and claim, heartbeat, \
                          events, complete, fail, artifact upload, limited to its job types \

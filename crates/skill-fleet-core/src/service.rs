@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use skill_fleet_jobs::{
-    ArtifactLimits, JobStore, ListFilter, ProgressWrite, SERVER_OWNER_PREFIX, StoreError,
+    ArtifactLimits, JobStore, ListFilter, ProgressWrite, SERVER_OWNER_PREFIX, StorageFault,
+    StoreError,
 };
 use skill_fleet_stream::Hub;
 use skill_fleet_types::{Job, JobList, ProgressPage};
@@ -43,6 +44,9 @@ pub struct JobService {
     started_at: Instant,
     /// When a store call last failed because the database could not be used, if ever.
     faulted_at: Mutex<Option<Instant>>,
+    /// The storage fault that refused the last failed write, until a write commits again
+    /// (`/readyz` shows it).
+    write_fault: Mutex<Option<StorageFault>>,
     /// How often workers are told to send heartbeats.
     heartbeat_interval: Duration,
     /// What the cluster feed did (PostgreSQL), for `/metrics`.
@@ -84,6 +88,7 @@ impl JobService {
             server_owner: format!("{SERVER_OWNER_PREFIX}{boot_epoch}"),
             started_at: Instant::now(),
             faulted_at: Mutex::new(None),
+            write_fault: Mutex::new(None),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             cluster: ClusterStats::default(),
             flushed: tokio::sync::Notify::new(),
@@ -128,6 +133,34 @@ impl JobService {
     /// Whether a store call failed because the database could not be used within `window`.
     pub(crate) fn faulted_within(&self, window: Duration) -> bool {
         self.last_fault().is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// The storage fault behind the last refused write, while writes are failing: set when a
+    /// store call fails for a storage fault (disk full, read-only, busy, i/o, unavailable),
+    /// cleared when a write commits again.
+    pub fn write_fault(&self) -> Option<StorageFault> {
+        *self
+            .write_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_write_fault(&self, fault: Option<StorageFault>) {
+        *self
+            .write_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fault;
+    }
+
+    /// Notes a store call's failure: an outage for the rescue sweep's guard, a storage fault
+    /// for `/readyz`.
+    fn note_failure(&self, err: &CoreError) {
+        if err.outage() {
+            self.note_outage();
+        }
+        if let Some(fault) = err.storage_fault() {
+            self.set_write_fault(Some(fault));
+        }
     }
 
     fn note_outage(&self) {
@@ -191,10 +224,8 @@ impl JobService {
             .await
             .map_err(|err| CoreError::Internal(format!("store task failed: {err}")))?
             .map_err(CoreError::from);
-        if let Err(err) = &result
-            && err.outage()
-        {
-            self.note_outage();
+        if let Err(err) = &result {
+            self.note_failure(err);
         }
         result
     }
@@ -224,8 +255,20 @@ impl JobService {
             .await
     }
 
+    /// A write that ran inside a successful store call but was refused for a storage fault
+    /// (the call's own result did not carry it): `/readyz` shows it.
+    fn note_write_refused(&self, err: &CoreError) {
+        if let Some(fault) = err.storage_fault() {
+            self.set_write_fault(Some(fault));
+        }
+    }
+
     /// Tells every listener of the feed.
     pub(crate) fn emit(&self, change: Committed) {
+        if change.kind != ChangeKind::Uncertain {
+            // Something committed: the database takes writes again.
+            self.set_write_fault(None);
+        }
         self.feed.emit(&change);
     }
 
@@ -281,11 +324,15 @@ impl JobService {
             }
             Ok((true, Err(err))) => {
                 self.emit(Committed::bare(ChangeKind::Progress, id));
-                Err(err.into())
+                let err = CoreError::from(err);
+                self.note_write_refused(&err);
+                Err(err)
             }
             Ok((false, Err(err))) => {
                 self.live.restore_pending(waiting);
-                Err(err.into())
+                let err = CoreError::from(err);
+                self.note_write_refused(&err);
+                Err(err)
             }
             Err(err) => {
                 if pending == PendingProgress::WriteFirst {

@@ -29,7 +29,7 @@ pub use lease::{
 };
 pub use legacy::{DEFAULT_LEGACY_TYPE, IMPORTED_RUNNING_ERROR, ImportReport, LEGACY_SOURCE};
 pub use lifecycle::{Action, ClaimFilter, Claimed, Created, NewJob, RESUMED_EVENT, transition};
-pub use list::{DEFAULT_LIST_LIMIT, ListFilter, MAX_LIST_LIMIT};
+pub use list::{CURSOR_PATTERN, DEFAULT_LIST_LIMIT, ListFilter, MAX_LIST_LIMIT};
 pub use owner::{DatabaseOwner, OwnerRecord, Ownership, lock_path, owner_of};
 pub use progress::{BatchReport, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, ProgressWrite};
 pub use recovery::{INTERRUPTED_ERROR, PruneReport};

@@ -39,6 +39,11 @@ impl Default for ListFilter {
     }
 }
 
+/// What [`JobStore::list`] accepts as a cursor, as a regular expression (the OpenAPI
+/// document's `pattern` of `cursor`): the hex (either case) of `<micros>:<job id>`, where
+/// `<micros>` is an optional sign and 1 to 18 digits (a time chrono can always hold).
+pub const CURSOR_PATTERN: &str = "^(2[bBdD])?(3[0-9]){1,18}3[aA](3[0-9]|4[1-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aA]|2[dD]){1,64}$";
+
 /// Where a page ends: the last job's `(created_at, id)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Cursor {

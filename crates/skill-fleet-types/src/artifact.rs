@@ -66,6 +66,10 @@ pub struct ArtifactList {
     pub total_bytes: u64,
 }
 
+/// What [`validate_artifact_name`] accepts, as a regular expression (the OpenAPI document's
+/// `pattern`).
+pub const ARTIFACT_NAME_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$";
+
 /// Checks an artifact name: 1 to [`MAX_ARTIFACT_NAME_LEN`] characters of `A-Z`, `a-z`,
 /// `0-9`, `.`, `_` or `-`, not starting with `.`. So a name is one plain file name: never a
 /// path, never `.` or `..`, never hidden, and safe in a URL and a `Content-Disposition`.

@@ -10,6 +10,13 @@ use crate::validate::ValidationError;
 /// Longest worker name a claim may give.
 pub const MAX_WORKER_NAME_LEN: usize = 128;
 
+/// What [`validate_worker_name`] accepts, as a regular expression (the OpenAPI document's
+/// `pattern`).
+pub const WORKER_NAME_PATTERN: &str = "^[A-Za-z0-9_.:@/-]{1,128}$";
+
+/// Longest lease token a fenced write may carry, in characters.
+pub const MAX_LEASE_TOKEN_LEN: usize = 128;
+
 /// The name a claim records when it gives none.
 pub const DEFAULT_WORKER_NAME: &str = "worker";
 
@@ -43,7 +50,9 @@ impl Fence {
         match (attempt, lease_token) {
             (None, None) => Ok(None),
             (Some(attempt), Some(lease_token)) => {
-                if lease_token.is_empty() || lease_token.len() > 128 {
+                // Characters, as the document's `maxLength` counts them.
+                let length = lease_token.chars().count();
+                if length == 0 || length > MAX_LEASE_TOKEN_LEN {
                     return Err(ValidationError::Fence(
                         "lease_token must be 1 to 128 characters",
                     ));
@@ -125,6 +134,7 @@ impl ClaimedJob {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The attempt the claim started.
+    #[serde(deserialize_with = "crate::whole::required_u32")]
     pub attempt: u32,
     /// The claim's token.
     pub lease_token: String,

@@ -51,10 +51,18 @@ pub struct ProgressUpdate {
     pub checkpoint: Option<Value>,
     /// Over HTTP: the attempt of the claim this event comes from (with `lease_token`).
     /// Ignored in the executor protocol (the server fences its own children).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::optional_u32"
+    )]
     pub attempt: Option<u32>,
     /// Over HTTP: the claim's lease token (with `attempt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::present_string"
+    )]
     pub lease_token: Option<String>,
 }
 
@@ -214,13 +222,18 @@ where
     enum Step {
         Text(String),
         Whole(i64),
+        // `3.0` is the whole number 3 (JSON Schema's reading); `3.5` is refused.
+        Float(f64),
     }
-    Ok(
-        Option::<Step>::deserialize(deserializer)?.map(|step| match step {
-            Step::Text(text) => text,
-            Step::Whole(n) => n.to_string(),
-        }),
-    )
+    Option::<Step>::deserialize(deserializer)?
+        .map(|step| match step {
+            Step::Text(text) => Ok(text),
+            Step::Whole(n) => Ok(n.to_string()),
+            Step::Float(f) => crate::whole::whole_i64(f)
+                .map(|n| n.to_string())
+                .ok_or_else(|| serde::de::Error::custom(format!("step {f} is not a whole number"))),
+        })
+        .transpose()
 }
 
 /// One row of a job's progress history (`GET /api/v1/jobs/{id}/progress`).

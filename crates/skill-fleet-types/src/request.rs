@@ -50,10 +50,18 @@ pub struct CompleteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_path: Option<String>,
     /// The attempt of the claim this write comes from (with `lease_token`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::optional_u32"
+    )]
     pub attempt: Option<u32>,
     /// The claim's lease token (with `attempt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::present_string"
+    )]
     pub lease_token: Option<String>,
 }
 
@@ -65,10 +73,18 @@ pub struct FailRequest {
     /// Why the job failed or was stopped.
     pub error: String,
     /// The attempt of the claim this write comes from (with `lease_token`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::optional_u32"
+    )]
     pub attempt: Option<u32>,
     /// The claim's lease token (with `attempt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole::present_string"
+    )]
     pub lease_token: Option<String>,
 }
 

@@ -5,6 +5,13 @@ use serde_json::{Map, Value};
 /// Longest job id or job type accepted.
 pub const MAX_ID_LEN: usize = 64;
 
+/// What [`validate_job_id`] accepts, as a regular expression (the OpenAPI document's
+/// `pattern`; a test ties the two together).
+pub const JOB_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// What [`validate_job_type`] accepts, as a regular expression.
+pub const JOB_TYPE_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
+
 /// Largest metadata object accepted, serialized as JSON.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
@@ -253,5 +260,98 @@ mod tests {
         assert!(validate_cost(0.0).is_ok() && validate_cost(12.5).is_ok());
         assert!(validate_cost(-1.0).is_err() && validate_cost(f64::INFINITY).is_err());
         assert!(validate_metric(-1.0).is_ok() && validate_metric(f64::NAN).is_err());
+    }
+}
+
+/// The patterns the OpenAPI document states are the validators' rules: same characters, same
+/// lengths (no regex engine here: each pattern is a character class and a count, expanded).
+#[cfg(test)]
+mod pattern_tests {
+    use crate::{
+        ARTIFACT_NAME_PATTERN, JOB_ID_PATTERN, JOB_TYPE_PATTERN, MAX_ARTIFACT_NAME_LEN, MAX_ID_LEN,
+        MAX_WORKER_NAME_LEN, WORKER_NAME_PATTERN, validate_artifact_name, validate_job_id,
+        validate_job_type, validate_worker_name,
+    };
+
+    /// The bytes of a class body such as `A-Za-z0-9_-` (a `-` last is itself).
+    fn class(body: &str) -> Vec<u8> {
+        let bytes = body.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if i + 2 < bytes.len() && bytes[i + 1] == b'-' {
+                out.extend(bytes[i]..=bytes[i + 2]);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// `^[CLASS]{1,N}$` as its class and `N`.
+    fn simple(pattern: &str) -> (Vec<u8>, usize) {
+        let inner = pattern
+            .strip_prefix("^[")
+            .unwrap()
+            .strip_suffix("}$")
+            .unwrap();
+        let (body, count) = inner.split_once("]{1,").unwrap();
+        (class(body), count.parse().unwrap())
+    }
+
+    fn check(pattern: &str, max: usize, validate: impl Fn(&str) -> bool) {
+        let (allowed, count) = simple(pattern);
+        assert_eq!(count, max, "{pattern}");
+        for byte in 0u8..=127 {
+            let one = (byte as char).to_string();
+            assert_eq!(
+                validate(&one),
+                allowed.contains(&byte),
+                "{pattern}: {one:?}"
+            );
+        }
+        assert!(!validate(""), "{pattern}: empty");
+        assert!(validate(&"a".repeat(max)), "{pattern}: {max} characters");
+        assert!(
+            !validate(&"a".repeat(max + 1)),
+            "{pattern}: {} characters",
+            max + 1
+        );
+        assert!(!validate("é"), "{pattern}: non-ASCII");
+    }
+
+    #[test]
+    fn the_documented_patterns_are_the_validators_rules() {
+        check(JOB_ID_PATTERN, MAX_ID_LEN, |s| validate_job_id(s).is_ok());
+        check(JOB_TYPE_PATTERN, MAX_ID_LEN, |s| {
+            validate_job_type(s).is_ok()
+        });
+        check(WORKER_NAME_PATTERN, MAX_WORKER_NAME_LEN, |s| {
+            validate_worker_name(s).is_ok()
+        });
+        // `^[FIRST][REST]{0,N-1}$`
+        let inner = ARTIFACT_NAME_PATTERN.strip_prefix("^[").unwrap();
+        let (first, rest) = inner.split_once("][").unwrap();
+        let (rest, count) = rest.split_once("]{0,").unwrap();
+        let count: usize = count.strip_suffix("}$").unwrap().parse().unwrap();
+        assert_eq!(count + 1, MAX_ARTIFACT_NAME_LEN);
+        let (first, rest) = (class(first), class(rest));
+        for byte in 0u8..=127 {
+            let c = byte as char;
+            assert_eq!(
+                validate_artifact_name(&c.to_string()).is_ok(),
+                first.contains(&byte),
+                "{c:?} first"
+            );
+            assert_eq!(
+                validate_artifact_name(&format!("a{c}")).is_ok(),
+                rest.contains(&byte),
+                "{c:?} after the first"
+            );
+        }
+        assert!(validate_artifact_name(&"a".repeat(MAX_ARTIFACT_NAME_LEN)).is_ok());
+        assert!(validate_artifact_name(&"a".repeat(MAX_ARTIFACT_NAME_LEN + 1)).is_err());
     }
 }

@@ -35,7 +35,7 @@ pub async fn noop(_body: axum::body::Bytes) -> Json<serde_json::Value> {
     tag = "operations",
     summary = "Readiness",
     responses(
-        (status = 200, description = "Start-up is done: `{\"status\": \"ready\", \"live_jobs\", \"subscribers\"}`", body = crate::openapi::Readiness),
+        (status = 200, description = "Start-up is done: `{\"status\": \"ready\", \"live_jobs\", \"subscribers\", \"writes_failing\"}`, and `write_fault` while a storage fault refuses writes (still 200: reads and streams keep working)", body = crate::openapi::Readiness),
         (status = 401, description = "A token is configured and the request did not carry it (`unauthorized`)", body = skill_fleet_types::ErrorBody),
         (status = 503, description = "Still starting (migrations, recovery, seeding): `{\"status\": \"starting\"}`, not an error body", body = crate::openapi::Readiness),
     )
@@ -43,12 +43,20 @@ pub async fn noop(_body: axum::body::Bytes) -> Json<serde_json::Value> {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         let stats = state.service().hub().stats();
-        Json(json!({
+        let mut body = json!({
             "status": "ready",
             "live_jobs": stats.jobs,
             "subscribers": stats.subscribers,
-        }))
-        .into_response()
+            "writes_failing": false,
+            "write_fault": null,
+        });
+        // Readiness stays 200 during a storage fault: reads and streams keep working, and a
+        // restart would not free the disk; the body says writes are refused, and why.
+        if let Some(fault) = state.service().write_fault() {
+            body["writes_failing"] = json!(true);
+            body["write_fault"] = json!(fault.describe());
+        }
+        Json(body).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -220,7 +220,7 @@ pub async fn list(State(state): State<AppState>, request: Request) -> Result<Res
     description = "The stored job. Coalesced progress reaches the database within one flush interval (100 ms by default), so this may lag the stream by that much; in exchange its `version`, and so its `ETag`, always describes exactly this body.",
     tag = "jobs",
     summary = "Get a job",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     responses(
         (status = 200, description = "The job", body = Job),
         (status = 400, description = "The id is not a valid job id (`bad_request`)", body = ErrorBody),
@@ -264,7 +264,7 @@ pub struct HistoryQuery {
     description = "The job's stored progress rows in `seq` order, paged with `after` (the previous page's `next_after`).",
     tag = "jobs",
     summary = "A job's progress history",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)"), HistoryQuery),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)"), HistoryQuery),
     responses(
         (status = 200, description = "One page of progress records, in `seq` order", body = ProgressPage),
         (status = 400, description = "The id is not a valid job id, or the query cannot be parsed (`bad_request`)", body = ErrorBody),
@@ -313,7 +313,7 @@ pub async fn history(
     description = "200 only once the job is `completed` with a `result` or a `result_path`.",
     tag = "jobs",
     summary = "A completed job's result",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     responses(
         (status = 200, description = "The result (its `Cache-Control` is always `max-age`: a result never changes)", body = ResultBody),
         (status = 400, description = "The id is not a valid job id (`bad_request`)", body = ErrorBody),
@@ -449,7 +449,7 @@ pub async fn claim(
     description = "Renews the lease of the attempt that owns the job for another `lease_ttl_seconds` (checked before the answer, written with the next flush; while the database is failing, written before the answer, 503 when it cannot be). When the job was cancelled (by a user, a budget or a time limit) the answer is 200 with `stop: true` and the reason: stop the run and report nothing more. When the attempt no longer owns the job (its lease expired and the job was rescued, or another attempt holds it) the answer is 409 `lease_lost` with the job's current `attempt` and `status`.",
     tag = "workers",
     summary = "Renew a lease",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     request_body(content = HeartbeatRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Renewed (`stop: false`), or the job ended from outside (`stop: true`)", body = HeartbeatAck),
@@ -483,7 +483,7 @@ pub async fn heartbeat(
     description = "Progress from an external worker, merged into the job's state and streamed at once. A claimed job's events carry the claim's `attempt` and `lease_token` (a mismatch is 409 `lease_lost` and changes nothing) and renew its lease. An event without them is accepted on a queued job (it starts it, under an open lease that token-less events keep) and on a job so started, never on a claimed job. Written to the database before the answer (`durable: true`) when it is the first event of a queued job (which starts it), changes the step, or carries a checkpoint; otherwise written within one flush interval. A `cost_usd` past the job's `budget_usd` cancels the job (the answer's `status` is then `cancelled`).",
     tag = "workers",
     summary = "Report progress",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     request_body(content = ProgressUpdate, content_type = "application/json", description = "Fields left out keep their values. The first event of a queued job starts it."),
     responses(
         (status = 202, description = "Accepted and streamed; `durable` says whether it was written before the answer", body = EventAck),
@@ -516,7 +516,7 @@ pub async fn events(
     description = "Pending progress is written first; the job's stream sends the final state and ends. A claimed job's complete carries the claim's `attempt` and `lease_token`; retried with the same ones after a lost answer, it answers 200 with the job as it is. A mismatch is 409 `lease_lost` and stores nothing.",
     tag = "workers",
     summary = "Complete a running job",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     request_body(content = Option<CompleteRequest>, content_type = "application/json", description = "Optional. `Content-Type` is not checked."),
     responses(
         (status = 200, description = "The job, now `completed` (progress 1)", body = Job),
@@ -550,7 +550,7 @@ pub async fn complete(
     description = "Pending progress is written first; the job's stream sends the final state (its `message` is the error) and ends. A claimed job's fail carries the claim's `attempt` and `lease_token` (a mismatch is 409 `lease_lost`); a retry with the same ones answers 200.",
     tag = "workers",
     summary = "Fail a queued or running job",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     request_body(content = FailRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The job, now `failed`", body = Job),
@@ -582,7 +582,7 @@ pub async fn fail(
     description = "The job's error becomes `reason` (default `cancelled`). If the server runs the job, its process is stopped. The terminal history row's `actor` names the token that asked (when the server needs one).",
     tag = "jobs",
     summary = "Cancel a queued or running job",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     request_body(content = Option<CancelRequest>, content_type = "application/json", description = "Optional. `Content-Type` is not checked."),
     responses(
         (status = 200, description = "The job, now `cancelled`; a process running it is stopped", body = Job),
@@ -617,7 +617,7 @@ pub async fn cancel(
     description = "The job goes back to `queued` with its checkpoint; error and `completed_at` are cleared, and the next start increments `attempt`. When the server needs a token, the history gets a `resumed` event row whose `actor` names the token that asked.",
     tag = "jobs",
     summary = "Requeue a failed or cancelled job",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     responses(
         (status = 200, description = "The job, `queued` again with its checkpoint", body = Job),
         (status = 400, description = "The id is not a valid job id (`bad_request`)", body = ErrorBody),
@@ -645,7 +645,7 @@ pub async fn resume(
     operation_id = "job_logs",
     tag = "jobs",
     summary = "The tails of a job's process output",
-    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
+    params(("id" = String, Path, description = "The job id, `[A-Za-z0-9_-]{1,64}` (400 otherwise)")),
     responses(
         (status = 200, description = "The stdout and stderr tails (empty for a job run by an external worker or not run yet)", body = JobLogs),
         (status = 400, description = "The id is not a valid job id (`bad_request`)", body = ErrorBody),

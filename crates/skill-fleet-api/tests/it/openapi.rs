@@ -255,7 +255,8 @@ async fn every_reference_resolves_and_security_is_declared() {
     let schemes = &doc["components"]["securitySchemes"];
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
     assert_eq!(schemes["token"]["in"], "query");
-    assert_eq!(doc["security"], serde_json::json!([{"bearer": []}]));
+    // A token is needed only when the server has one: no requirement (`{}`) or the bearer.
+    assert_eq!(doc["security"], serde_json::json!([{}, {"bearer": []}]));
 }
 
 #[tokio::test]
@@ -267,10 +268,22 @@ async fn streams_are_documented_as_event_streams() {
         "/api/v1/optimization/{id}/stream",
     ] {
         let operation = &doc["paths"][path]["get"];
+        // Each event as `text/event-stream` carries it (what Schemathesis validates): `data`
+        // holds one `StreamEvent` as JSON.
         assert_eq!(
             operation["responses"]["200"]["content"]["text/event-stream"]["schema"]["$ref"],
-            "#/components/schemas/StreamEvent",
+            "#/components/schemas/StreamFrame",
             "{path}"
+        );
+        let frame = &doc["components"]["schemas"]["StreamFrame"];
+        assert_eq!(frame["required"], serde_json::json!(["data"]));
+        assert_eq!(
+            frame["properties"]["data"]["contentSchema"]["$ref"],
+            "#/components/schemas/StreamEvent"
+        );
+        assert_eq!(
+            frame["properties"]["data"]["contentMediaType"],
+            "application/json"
         );
         let params: BTreeSet<(&str, &str)> = operation["parameters"]
             .as_array()
@@ -288,7 +301,7 @@ async fn streams_are_documented_as_event_streams() {
         }
         assert_eq!(
             operation["security"],
-            serde_json::json!([{"bearer": []}, {"token": []}])
+            serde_json::json!([{}, {"bearer": []}, {"token": []}])
         );
     }
 }
@@ -434,4 +447,91 @@ async fn operations_bodies_match_their_hand_written_schemas() {
     assert_eq!(starting.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(starting.body, serde_json::json!({"status": "starting"}));
     assert!(doc["paths"]["/readyz"]["get"]["responses"]["503"].is_object());
+}
+
+/// The document states the validators' rules from their constants: the patterns of ids,
+/// types, worker and artifact names and cursors, the ranges of progress and cost, the fence,
+/// and optional bodies that are absent rather than `null`.
+#[tokio::test]
+async fn the_document_states_the_rules_the_server_enforces() {
+    use skill_fleet_types::{
+        ARTIFACT_NAME_PATTERN, JOB_ID_PATTERN, JOB_TYPE_PATTERN, MAX_LEASE_TOKEN_LEN,
+        WORKER_NAME_PATTERN,
+    };
+    let app = TestApp::new().await;
+    let doc = document(&app).await;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["CreateJob"]["properties"]["type"]["pattern"],
+        JOB_TYPE_PATTERN
+    );
+    assert_eq!(
+        schemas["CreateJob"]["properties"]["id"]["pattern"],
+        JOB_ID_PATTERN
+    );
+    assert_eq!(
+        schemas["ClaimRequest"]["properties"]["worker"]["pattern"],
+        WORKER_NAME_PATTERN
+    );
+    let update = &schemas["ProgressUpdate"];
+    assert_eq!(update["properties"]["progress"]["minimum"], 0);
+    assert_eq!(update["properties"]["progress"]["maximum"], 1);
+    assert_eq!(update["properties"]["cost_usd"]["minimum"], 0);
+    assert_eq!(
+        update["properties"]["lease_token"]["maxLength"],
+        MAX_LEASE_TOKEN_LEN
+    );
+    assert_eq!(
+        update["dependentRequired"],
+        serde_json::json!({"attempt": ["lease_token"], "lease_token": ["attempt"]}),
+        "the fence: both or neither"
+    );
+    assert_eq!(
+        update["properties"]["attempt"]["type"], "integer",
+        "never null"
+    );
+    for (method, path) in operations(&doc)
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+    {
+        let operation = &doc["paths"][&path][method.to_lowercase()];
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            let expected = match (parameter["name"].as_str(), parameter["in"].as_str()) {
+                (Some("id"), Some("path")) => JOB_ID_PATTERN,
+                (Some("name"), Some("path")) => ARTIFACT_NAME_PATTERN,
+                (Some("type"), Some("query")) => JOB_TYPE_PATTERN,
+                (Some("cursor"), Some("query")) => skill_fleet_jobs::CURSOR_PATTERN,
+                _ => continue,
+            };
+            assert_eq!(parameter["schema"]["pattern"], expected, "{method} {path}");
+        }
+        if let Some(schema) = operation.pointer("/requestBody/content/application~1json/schema") {
+            assert!(
+                schema.get("oneOf").is_none(),
+                "{method} {path}: an optional body is absent, not null: {schema}"
+            );
+        }
+    }
+    // What the document calls valid, the server takes: a whole float is an integer.
+    app.create("w", "contract").await;
+    let reply = app
+        .post(
+            "/api/v1/jobs/w/events",
+            serde_json::json!({"step": 3.0, "progress": 1}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    // Bodies are objects: serde would read a struct from an array of its fields.
+    for (path, body) in [
+        ("/api/v1/optimization", serde_json::json!([null, null])),
+        ("/api/v1/jobs", serde_json::json!(["contract", null, null])),
+    ] {
+        let reply = app.post(path, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {:?}",
+            reply.body
+        );
+    }
 }

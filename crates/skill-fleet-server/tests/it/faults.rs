@@ -374,7 +374,15 @@ fn check_during_fault(server: &Server, sse: &Sse, causes: &[&str]) {
     // Liveness and readiness stay up: the process serves reads and streams, and a restart
     // would not free the disk.
     assert_eq!(get_ok(server, "/healthz")["status"], "ok");
-    assert_eq!(get_ok(server, "/readyz")["status"], "ready");
+    let ready = get_ok(server, "/readyz");
+    assert_eq!(ready["status"], "ready", "{ready}");
+    // Readiness says writes are failing, and why.
+    assert_eq!(ready["writes_failing"], true, "{ready}");
+    let fault = ready["write_fault"].as_str().unwrap_or_default();
+    assert!(
+        causes.contains(&fault),
+        "/readyz names {fault:?}, expected one of {causes:?}: {ready}"
+    );
 }
 
 /// After the fault: the pending progress reaches the database without a restart, the refused
@@ -409,6 +417,10 @@ fn check_recovery(server: &Server) {
             json!({"step": "first"}),
         );
     }
+    // Writes commit again: readiness no longer says they fail.
+    let ready = get_ok(server, "/readyz");
+    assert_eq!(ready["writes_failing"], false, "{ready}");
+    assert!(ready["write_fault"].is_null(), "{ready}");
 }
 
 /// After a clean restart every acknowledged write is there.
