@@ -503,20 +503,23 @@ impl Modify for StorageFaults {
                     existing.description = format!("{} {STORAGE_FAULT}", existing.description);
                     continue;
                 }
-                let fault = ResponseBuilder::new()
-                    .description(STORAGE_FAULT)
+                let fault = error_response(STORAGE_FAULT)
                     .header("Retry-After", Header::new(Object::with_type(Type::Integer)))
-                    .content(
-                        "application/json",
-                        utoipa::openapi::ContentBuilder::new()
-                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
-                            .build(),
-                    )
                     .build();
                 responses.insert("503".to_owned(), fault.into());
             }
         }
     }
+}
+
+/// A response of our error body (`ErrorBody` as JSON) with `description`.
+fn error_response(description: impl Into<String>) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/json",
+        utoipa::openapi::ContentBuilder::new()
+            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+            .build(),
+    )
 }
 
 /// Adds to every operation that needs a token the role it needs (`x-required-role`, from
@@ -558,15 +561,7 @@ impl Modify for Roles {
                          names another type.",
                     );
                 }
-                let forbidden = ResponseBuilder::new()
-                    .description(description)
-                    .content(
-                        "application/json",
-                        utoipa::openapi::ContentBuilder::new()
-                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
-                            .build(),
-                    )
-                    .build();
+                let forbidden = error_response(description).build();
                 operation
                     .responses
                     .responses

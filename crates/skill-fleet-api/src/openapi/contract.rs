@@ -82,9 +82,16 @@ fn set_property(schema: &mut Value, property: &str, key: &str, value: Value) {
 /// `null` (as `Fence::from_fields` and the fields' deserializers check).
 fn fence(schema: &mut Value) {
     set_property(schema, "attempt", "type", json!("integer"));
+    set_property(schema, "lease_token", "type", json!("string"));
+    fence_ranges(schema);
+    schema["dependentRequired"] = json!({"attempt": ["lease_token"], "lease_token": ["attempt"]});
+}
+
+/// The ranges of a fence's two fields: an attempt is a `u32`, a lease token 1 to
+/// [`MAX_LEASE_TOKEN_LEN`] characters (`Fence::from_fields`).
+fn fence_ranges(schema: &mut Value) {
     set_property(schema, "attempt", "minimum", json!(0));
     set_property(schema, "attempt", "maximum", json!(u32::MAX));
-    set_property(schema, "lease_token", "type", json!("string"));
     set_property(schema, "lease_token", "minLength", json!(1));
     set_property(
         schema,
@@ -92,7 +99,6 @@ fn fence(schema: &mut Value) {
         "maxLength",
         json!(MAX_LEASE_TOKEN_LEN),
     );
-    schema["dependentRequired"] = json!({"attempt": ["lease_token"], "lease_token": ["attempt"]});
 }
 
 /// The limits a job's metadata may set (`JobLimits::from_metadata`): each a number above 0
@@ -154,17 +160,7 @@ fn schemas_contract(schemas: &mut Map<String, Value>) {
     });
     with("CompleteRequest", &fence);
     with("FailRequest", &fence);
-    with("HeartbeatRequest", &|schema| {
-        set_property(schema, "attempt", "minimum", json!(0));
-        set_property(schema, "attempt", "maximum", json!(u32::MAX));
-        set_property(schema, "lease_token", "minLength", json!(1));
-        set_property(
-            schema,
-            "lease_token",
-            "maxLength",
-            json!(MAX_LEASE_TOKEN_LEN),
-        );
-    });
+    with("HeartbeatRequest", &fence_ranges);
     schemas.insert(
         "StreamFrame".to_owned(),
         json!({
