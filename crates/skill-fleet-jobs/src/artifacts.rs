@@ -64,6 +64,8 @@ pub struct Published {
 /// A stored artifact and where its bytes are ([`JobStore::artifact`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredArtifact {
+    /// The job it belongs to.
+    pub job_id: String,
     /// The artifact.
     pub artifact: Artifact,
     /// Its row, for [`JobStore::artifact_chunk`].
@@ -398,6 +400,7 @@ impl JobStore {
             });
         };
         Ok(StoredArtifact {
+            job_id: job_id.to_owned(),
             id: row.id,
             chunk_size: u64::try_from(row.chunk_size).unwrap_or(1).max(1),
             artifact: row.into_artifact(),
@@ -418,13 +421,13 @@ impl JobStore {
             Conn::Sqlite(sqlite) => query.first(sqlite).optional()?,
         };
         data.ok_or_else(|| StoreError::ArtifactNotFound {
-            id: String::new(),
+            id: artifact.job_id.clone(),
             name: artifact.artifact.name.clone(),
         })
     }
 
-    /// Whether job `job_id` is running and holds a stored artifact `name` (what a
-    /// `result_path` of `artifact:NAME` must name).
+    /// Whether job `job_id` holds a stored artifact `name` (what a `result_path` of
+    /// `artifact:NAME` must name); false for an unknown job.
     pub fn has_artifact(&self, job_id: &str, name: &str) -> Result<bool> {
         let conn = &mut *self.conn()?;
         Ok(ArtifactRow::stored(conn, job_id, name)?.is_some())
